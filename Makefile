@@ -1,0 +1,128 @@
+# ngx_http_openclaw_bridge_module
+#
+#   make run         nginx with the module on 127.0.0.1:8080 (conf-examples/)
+#   make test        unit tests, the nginx suite, and the suite under ASan
+#   make test-asan   only the suite under AddressSanitizer + UBSan
+#   make fuzz        build the libFuzzer targets and run each FUZZ_TIME s
+#
+# The module is built against Debian's nginx + nginx-dev by default, or
+# against an nginx source tree given as NGINX_SRC=/path/to/nginx.
+
+TOP        := $(abspath .)
+BUILD      := $(TOP)/build
+BUILD_ASAN := $(TOP)/build-asan
+NGINX_SRC  ?= /usr/share/nginx/src
+NGINX      ?= /usr/sbin/nginx
+MODULE     := ngx_http_openclaw_bridge_module.so
+SRCS       := $(wildcard src/*.c src/*.h) config
+FUZZ_TIME  ?= 30
+PROVE      ?= prove
+PROVE_ARGS ?= -r -j2 t/
+
+DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev \
+        libmojolicious-perl libio-socket-ssl-perl \
+        clang libclang-rt-14-dev gcc make perl
+
+CFLAGS_DEB := $(shell dpkg-buildflags --get CFLAGS 2>/dev/null) -fPIC \
+              $(shell dpkg-buildflags --get CPPFLAGS 2>/dev/null)
+LDFLAGS_DEB := $(shell dpkg-buildflags --get LDFLAGS 2>/dev/null) -fPIC
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+              -fno-omit-frame-pointer
+
+.PHONY: all deps module module-asan unit run test test-asan fuzz clean
+
+all: module
+
+# Installs only what is missing, so a ready machine pays nothing.
+deps:
+	@missing=""; for p in $(DEBS); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# configure runs from the nginx tree (it sources ./auto/*) and, for
+# Debian's tree, needs the flags of the stock binary from conf_flags so
+# that the module is binary compatible with /usr/sbin/nginx.
+define configure
+	mkdir -p $(1)
+	cd $(NGINX_SRC) && MOD=$(TOP) B=$(1) CCOPT="$(CFLAGS_DEB) $(2)" \
+	    LDOPT="$(LDFLAGS_DEB) $(2)" bash -c '\
+	    flags=(); \
+	    if [ -f ./conf_flags ]; then . ./conf_flags; \
+	        flags=("$${NGX_CONF_FLAGS[@]}"); \
+	    else flags=(--with-compat --with-debug --with-http_ssl_module \
+	        --with-threads --with-http_v2_module \
+	        --with-http_auth_request_module); fi; \
+	    ./configure --with-cc-opt="$$CCOPT" --with-ld-opt="$$LDOPT" \
+	        "$${flags[@]}" --add-dynamic-module="$$MOD" \
+	        --builddir="$$B"' > $(1)/configure.log 2>&1 \
+	    || { tail -20 $(1)/configure.log; exit 1; }
+endef
+
+$(BUILD)/Makefile: config
+	$(call configure,$(BUILD),)
+
+$(BUILD_ASAN)/Makefile: config
+	$(call configure,$(BUILD_ASAN),$(ASAN_FLAGS))
+
+$(BUILD)/$(MODULE): $(BUILD)/Makefile $(SRCS)
+	$(MAKE) -s -f $(BUILD)/Makefile -C $(NGINX_SRC) modules
+
+$(BUILD_ASAN)/$(MODULE): $(BUILD_ASAN)/Makefile $(SRCS)
+	$(MAKE) -s -f $(BUILD_ASAN)/Makefile -C $(NGINX_SRC) modules
+
+module: deps $(BUILD)/$(MODULE)
+
+module-asan: deps $(BUILD_ASAN)/$(MODULE)
+
+$(BUILD)/ws_codec_test: src/ngx_http_openclaw_ws.c src/ngx_http_openclaw_ws.h \
+                        t/unit/ws_codec_test.c
+	mkdir -p $(BUILD)
+	cc -std=gnu99 -O1 -g -W -Wall -Wextra -Werror $(ASAN_FLAGS) \
+	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_ws.c \
+	    t/unit/ws_codec_test.c -lcrypto -o $@
+
+unit: deps $(BUILD)/ws_codec_test
+
+run: module
+	mkdir -p $(BUILD)/run/logs $(BUILD)/run/modules $(BUILD)/run/tmp
+	ln -sf $(BUILD)/$(MODULE) $(BUILD)/run/modules/$(MODULE)
+	$(NGINX) -p $(BUILD)/run/ -c $(TOP)/conf-examples/nginx.conf \
+	    -e logs/error.log -t
+	@echo "nginx with the module: ws://127.0.0.1:8080/ (Ctrl-C stops it)"
+	exec $(NGINX) -p $(BUILD)/run/ -c $(TOP)/conf-examples/nginx.conf \
+	    -e logs/error.log -g 'daemon off; master_process on;'
+
+# The stock nginx binary is not instrumented, so the ASan runtime is
+# preloaded for it; leaks are checked by the tests through LSan reports
+# in error logs and stderr (see t/lib/OCB.pm).
+test: module unit module-asan
+	OCB_ASAN=0 $(PROVE) $(PROVE_ARGS)
+	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) $(PROVE_ARGS)
+
+test-asan: module-asan unit
+	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) $(PROVE_ARGS)
+
+FUZZERS := $(BUILD)/fuzz_frame
+
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c src/ngx_http_openclaw_ws.c \
+                 src/ngx_http_openclaw_ws.h
+	mkdir -p $(BUILD)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+	    src/ngx_http_openclaw_ws.c $< -lcrypto -o $@
+
+fuzz: deps $(FUZZERS)
+	for f in $(FUZZERS); do \
+	    n=$${f##*/fuzz_}; mkdir -p $(BUILD)/corpus-$$n; \
+	    $$f -max_total_time=$(FUZZ_TIME) -max_len=8192 \
+	        -artifact_prefix=$(BUILD)/ $(BUILD)/corpus-$$n \
+	        fuzz/corpus/$$n || exit 1; \
+	done
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)

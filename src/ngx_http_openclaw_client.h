@@ -1,0 +1,92 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+#ifndef _NGX_HTTP_OPENCLAW_CLIENT_H_INCLUDED_
+#define _NGX_HTTP_OPENCLAW_CLIENT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_openclaw_bridge.h"
+#include "ngx_http_openclaw_ws.h"
+
+
+typedef struct ngx_http_openclaw_client_s  ngx_http_openclaw_client_t;
+
+/*
+ * Called with each complete data message; "data" is only valid during the
+ * call.  NGX_ERROR means the client is already being closed.
+ */
+typedef ngx_int_t (*ngx_http_openclaw_message_pt)(
+    ngx_http_openclaw_client_t *cl, ngx_uint_t opcode, u_char *data,
+    size_t len);
+
+/* called once when the client connection goes away, for any reason */
+typedef void (*ngx_http_openclaw_gone_pt)(ngx_http_openclaw_client_t *cl);
+
+
+typedef enum {
+    NGX_HTTP_OPENCLAW_OPEN = 0,
+    NGX_HTTP_OPENCLAW_CLOSING,      /* close sent, waiting for the peer's */
+    NGX_HTTP_OPENCLAW_FLUSHING,     /* handshake over, flushing then done */
+    NGX_HTTP_OPENCLAW_DONE
+} ngx_http_openclaw_client_state_e;
+
+
+struct ngx_http_openclaw_client_s {
+    ngx_http_request_t             *request;
+    ngx_connection_t               *connection;
+    ngx_http_openclaw_loc_conf_t   *conf;
+
+    ngx_http_openclaw_message_pt    handler;
+    ngx_http_openclaw_gone_pt       gone;
+    void                           *data;
+
+    ngx_http_openclaw_ws_parser_t   parser;
+
+    /* a data message being reassembled from several frames or reads */
+    u_char                         *msg;
+    size_t                          msg_len;
+    size_t                          msg_size;
+
+    /* framed output not yet accepted by the socket */
+    u_char                         *out;
+    u_char                         *out_pos;
+    u_char                         *out_last;
+    size_t                          out_size;
+
+    ngx_event_t                     keepalive;
+    ngx_event_t                     idle;
+    ngx_event_t                     closing;
+
+    ngx_msec_t                      last_active;
+
+    ngx_http_openclaw_client_state_e  state;
+
+    unsigned                        reading:1;
+    unsigned                        awaiting_pong:1;
+};
+
+
+ngx_int_t ngx_http_openclaw_client_handler(ngx_http_request_t *r,
+    ngx_http_openclaw_message_pt handler);
+
+/*
+ * Queues one message.  NGX_DECLINED: the connection is closing and the
+ * message was dropped; NGX_ERROR: the client fell too far behind and is
+ * being closed.
+ */
+ngx_int_t ngx_http_openclaw_client_send(ngx_http_openclaw_client_t *cl,
+    ngx_uint_t opcode, u_char *data, size_t len);
+
+/* starts the close handshake with "code" and a static reason */
+void ngx_http_openclaw_client_close(ngx_http_openclaw_client_t *cl,
+    ngx_uint_t code, const char *reason);
+
+
+#endif /* _NGX_HTTP_OPENCLAW_CLIENT_H_INCLUDED_ */

@@ -19,7 +19,41 @@
 
 
 typedef struct {
+    ngx_str_t                   url;
+    ngx_url_t                   u;
+    ngx_str_t                   host;
+    ngx_str_t                   uri;
+
+    ngx_str_t                   token;
+    ngx_str_t                   password;
+    ngx_str_t                   token_file;
+    ngx_str_t                   secret;
+    ngx_uint_t                  secret_is_password;
+
+    ngx_flag_t                  ssl_verify;
+    ngx_str_t                   ssl_trusted_certificate;
+    ngx_str_t                   ssl_name;
+    ngx_flag_t                  ssl_server_name;
+#if (NGX_HTTP_SSL)
+    ngx_ssl_t                  *ssl;
+#endif
+
+    ngx_msec_t                  connect_timeout;
+    ngx_msec_t                  request_timeout;
+    ngx_msec_t                  run_timeout;
+    ngx_uint_t                  queue_size;
+    ngx_flag_t                  admin;
+
+    unsigned                    tls:1;
+    unsigned                    used:1;
+} ngx_http_openclaw_main_conf_t;
+
+
+typedef struct {
     ngx_uint_t                  mode;
+    ngx_flag_t                  abort_on_disconnect;
+    ngx_uint_t                  max_in_flight;
+    ngx_http_complex_value_t   *agent;
 
     size_t                      max_message_size;
     size_t                      send_buffer;

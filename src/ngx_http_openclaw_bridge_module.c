@@ -8,8 +8,15 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <cjson/cJSON.h>
+
 #include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_client.h"
+#include "ngx_http_openclaw_gateway.h"
+#include "ngx_http_openclaw_relay.h"
+
+
+#define NGX_HTTP_OPENCLAW_SECRET_MAX  4096
 
 
 static ngx_int_t ngx_http_openclaw_bridge_handler(ngx_http_request_t *r);
@@ -17,9 +24,8 @@ static ngx_int_t ngx_http_openclaw_echo_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_openclaw_echo_message(
     ngx_http_openclaw_client_t *cl, ngx_uint_t opcode, u_char *data,
     size_t len);
-static ngx_int_t ngx_http_openclaw_bridge_message(
-    ngx_http_openclaw_client_t *cl, ngx_uint_t opcode, u_char *data,
-    size_t len);
+static void *ngx_http_openclaw_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_openclaw_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_openclaw_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -27,9 +33,24 @@ static char *ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_openclaw_allow_origin(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_openclaw_gateway(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_openclaw_token_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_openclaw_read_secret(ngx_conf_t *cf,
+    ngx_str_t *file, ngx_str_t *secret, ngx_uint_t *is_password);
+static void ngx_http_openclaw_strip_json5(u_char *p, size_t len);
+#if (NGX_HTTP_SSL)
+static ngx_int_t ngx_http_openclaw_set_ssl(ngx_conf_t *cf,
+    ngx_http_openclaw_main_conf_t *omcf);
+#endif
+static ngx_int_t ngx_http_openclaw_init_process(ngx_cycle_t *cycle);
+static void ngx_http_openclaw_exit_process(ngx_cycle_t *cycle);
 static char *ngx_http_openclaw_positive_size(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_openclaw_positive_msec(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_openclaw_positive_num(ngx_conf_t *cf, void *post,
     void *data);
 
 
@@ -38,6 +59,9 @@ static ngx_conf_post_handler_pt  ngx_http_openclaw_positive_size_p =
 
 static ngx_conf_post_handler_pt  ngx_http_openclaw_positive_msec_p =
     ngx_http_openclaw_positive_msec;
+
+static ngx_conf_post_handler_pt  ngx_http_openclaw_positive_num_p =
+    ngx_http_openclaw_positive_num;
 
 
 static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
@@ -98,6 +122,118 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       offsetof(ngx_http_openclaw_loc_conf_t, close_timeout),
       &ngx_http_openclaw_positive_msec_p },
 
+    { ngx_string("openclaw_bridge_agent_id"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, agent),
+      NULL },
+
+    { ngx_string("openclaw_bridge_abort_on_disconnect"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, abort_on_disconnect),
+      NULL },
+
+    { ngx_string("openclaw_bridge_max_in_flight"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, max_in_flight),
+      &ngx_http_openclaw_positive_num_p },
+
+    { ngx_string("openclaw_gateway"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_openclaw_gateway,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_gateway_token"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, token),
+      NULL },
+
+    { ngx_string("openclaw_gateway_password"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, password),
+      NULL },
+
+    { ngx_string("openclaw_gateway_token_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_openclaw_token_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_gateway_admin"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, admin),
+      NULL },
+
+    { ngx_string("openclaw_gateway_connect_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, connect_timeout),
+      &ngx_http_openclaw_positive_msec_p },
+
+    { ngx_string("openclaw_gateway_request_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, request_timeout),
+      &ngx_http_openclaw_positive_msec_p },
+
+    { ngx_string("openclaw_gateway_run_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, run_timeout),
+      &ngx_http_openclaw_positive_msec_p },
+
+    { ngx_string("openclaw_gateway_queue"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, queue_size),
+      NULL },
+
+    { ngx_string("openclaw_gateway_ssl_verify"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, ssl_verify),
+      NULL },
+
+    { ngx_string("openclaw_gateway_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, ssl_trusted_certificate),
+      NULL },
+
+    { ngx_string("openclaw_gateway_ssl_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, ssl_name),
+      NULL },
+
+    { ngx_string("openclaw_gateway_ssl_server_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, ssl_server_name),
+      NULL },
+
     { ngx_string("openclaw_bridge_allow_origin"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_openclaw_allow_origin,
@@ -113,8 +249,8 @@ static ngx_http_module_t  ngx_http_openclaw_bridge_module_ctx = {
     NULL,                                  /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_openclaw_create_main_conf,    /* create main configuration */
+    ngx_http_openclaw_init_main_conf,      /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -131,10 +267,10 @@ ngx_module_t  ngx_http_openclaw_bridge_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_openclaw_init_process,        /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_openclaw_exit_process,        /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -144,7 +280,7 @@ static ngx_int_t
 ngx_http_openclaw_bridge_handler(ngx_http_request_t *r)
 {
     return ngx_http_openclaw_client_handler(r,
-                                            ngx_http_openclaw_bridge_message);
+                                            ngx_http_openclaw_relay_message);
 }
 
 
@@ -169,15 +305,105 @@ ngx_http_openclaw_echo_message(ngx_http_openclaw_client_t *cl,
 }
 
 
-static ngx_int_t
-ngx_http_openclaw_bridge_message(ngx_http_openclaw_client_t *cl,
-    ngx_uint_t opcode, u_char *data, size_t len)
+static void *
+ngx_http_openclaw_create_main_conf(ngx_conf_t *cf)
 {
-    static u_char  reply[] =
-        "{\"type\":\"error\",\"error\":\"gateway relay not available\"}";
+    ngx_http_openclaw_main_conf_t  *omcf;
 
-    return ngx_http_openclaw_client_send(cl, NGX_HTTP_OPENCLAW_WS_TEXT,
-                                         reply, sizeof(reply) - 1);
+    omcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_openclaw_main_conf_t));
+    if (omcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     omcf->url = { 0, NULL };
+     *     omcf->token = { 0, NULL };
+     *     omcf->password = { 0, NULL };
+     *     omcf->token_file = { 0, NULL };
+     *     omcf->ssl_trusted_certificate = { 0, NULL };
+     *     omcf->ssl_name = { 0, NULL };
+     *     omcf->used = 0;
+     */
+
+    omcf->admin = NGX_CONF_UNSET;
+    omcf->ssl_verify = NGX_CONF_UNSET;
+    omcf->ssl_server_name = NGX_CONF_UNSET;
+    omcf->connect_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->request_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->run_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->queue_size = NGX_CONF_UNSET_UINT;
+
+    return omcf;
+}
+
+
+static char *
+ngx_http_openclaw_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_openclaw_main_conf_t *omcf = conf;
+
+    char       *value;
+    ngx_str_t   url;
+
+    ngx_conf_init_value(omcf->admin, 0);
+    ngx_conf_init_value(omcf->ssl_verify, 1);
+    ngx_conf_init_value(omcf->ssl_server_name, 1);
+    ngx_conf_init_msec_value(omcf->connect_timeout, 10000);
+    ngx_conf_init_msec_value(omcf->request_timeout, 30000);
+    ngx_conf_init_msec_value(omcf->run_timeout, 600000);
+    ngx_conf_init_uint_value(omcf->queue_size, 1024);
+
+    if (!omcf->used) {
+        return NGX_CONF_OK;
+    }
+
+    if (omcf->url.len == 0) {
+        ngx_str_set(&url, "ws://127.0.0.1:18789");
+
+        if (ngx_http_openclaw_gateway(cf, NULL, omcf) != NGX_CONF_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    /*
+     * The credential: a directive, else the file, else the environment
+     * that OpenClaw's own tools use.  It is kept for the connect request
+     * only and never logged.
+     */
+
+    if (omcf->token.len) {
+        omcf->secret = omcf->token;
+
+    } else if (omcf->password.len) {
+        omcf->secret = omcf->password;
+        omcf->secret_is_password = 1;
+
+    } else if (omcf->secret.len == 0) {
+        value = getenv("OPENCLAW_GATEWAY_TOKEN");
+
+        if (value == NULL || *value == '\0') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "no credential for the OpenClaw gateway: set "
+                               "\"openclaw_gateway_token\", "
+                               "\"openclaw_gateway_password\" or "
+                               "\"openclaw_gateway_token_file\", or the "
+                               "OPENCLAW_GATEWAY_TOKEN environment variable");
+            return NGX_CONF_ERROR;
+        }
+
+        omcf->secret.data = (u_char *) value;
+        omcf->secret.len = ngx_strlen(value);
+    }
+
+#if (NGX_HTTP_SSL)
+    if (omcf->tls && ngx_http_openclaw_set_ssl(cf, omcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+#endif
+
+    return NGX_CONF_OK;
 }
 
 
@@ -204,6 +430,9 @@ ngx_http_openclaw_create_loc_conf(ngx_conf_t *cf)
     conf->idle_timeout = NGX_CONF_UNSET_MSEC;
     conf->close_timeout = NGX_CONF_UNSET_MSEC;
     conf->origins = NGX_CONF_UNSET_PTR;
+    conf->abort_on_disconnect = NGX_CONF_UNSET;
+    conf->max_in_flight = NGX_CONF_UNSET_UINT;
+    conf->agent = NGX_CONF_UNSET_PTR;
 
     return conf;
 }
@@ -226,6 +455,10 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->close_timeout, prev->close_timeout,
                               5000);
     ngx_conf_merge_ptr_value(conf->origins, prev->origins, NULL);
+    ngx_conf_merge_value(conf->abort_on_disconnect,
+                         prev->abort_on_disconnect, 1);
+    ngx_conf_merge_uint_value(conf->max_in_flight, prev->max_in_flight, 64);
+    ngx_conf_merge_ptr_value(conf->agent, prev->agent, NULL);
 
     return NGX_CONF_OK;
 }
@@ -236,7 +469,8 @@ ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_openclaw_loc_conf_t *olcf = conf;
 
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_http_core_loc_conf_t       *clcf;
+    ngx_http_openclaw_main_conf_t  *omcf;
 
     if (olcf->mode != NGX_HTTP_OPENCLAW_MODE_OFF) {
         return "is duplicate: a location has either openclaw_bridge or "
@@ -252,9 +486,431 @@ ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     } else {
         olcf->mode = NGX_HTTP_OPENCLAW_MODE_BRIDGE;
         clcf->handler = ngx_http_openclaw_bridge_handler;
+
+        omcf = ngx_http_conf_get_module_main_conf(cf,
+                                            ngx_http_openclaw_bridge_module);
+        omcf->used = 1;
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* ws:// or wss:// URL; resolved here, as proxy_pass does for static names */
+
+static char *
+ngx_http_openclaw_gateway(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_openclaw_main_conf_t *omcf = conf;
+
+    size_t      skip;
+    ngx_str_t  *value, url;
+    in_port_t   port;
+
+    if (cmd == NULL) {
+        ngx_str_set(&url, "ws://127.0.0.1:18789");
+
+    } else {
+        if (omcf->url.len) {
+            return "is duplicate";
+        }
+
+        value = cf->args->elts;
+        url = value[1];
+    }
+
+    if (url.len > 5 && ngx_strncasecmp(url.data, (u_char *) "ws://", 5) == 0)
+    {
+        skip = 5;
+        port = 80;
+
+    } else if (url.len > 6
+               && ngx_strncasecmp(url.data, (u_char *) "wss://", 6) == 0)
+    {
+#if (NGX_HTTP_SSL)
+        skip = 6;
+        port = 443;
+        omcf->tls = 1;
+#else
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "wss:// needs nginx built with the SSL module");
+        return NGX_CONF_ERROR;
+#endif
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid OpenClaw gateway URL \"%V\": it must "
+                           "start with ws:// or wss://", &url);
+        return NGX_CONF_ERROR;
+    }
+
+    omcf->url = url;
+
+    ngx_memzero(&omcf->u, sizeof(ngx_url_t));
+
+    omcf->u.url.data = url.data + skip;
+    omcf->u.url.len = url.len - skip;
+    omcf->u.default_port = port;
+    omcf->u.uri_part = 1;
+
+    if (ngx_parse_url(cf->pool, &omcf->u) != NGX_OK) {
+        if (omcf->u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in OpenClaw gateway URL \"%V\"",
+                               omcf->u.err, &url);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    if (omcf->u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no address for OpenClaw gateway \"%V\"", &url);
+        return NGX_CONF_ERROR;
+    }
+
+    if (omcf->u.uri.len == 0) {
+        ngx_str_set(&omcf->u.uri, "/");
+    }
+
+    omcf->uri = omcf->u.uri;
+
+    if (omcf->u.no_port || omcf->u.port == port) {
+        omcf->host = omcf->u.host;
+
+    } else {
+        omcf->host.data = ngx_pnalloc(cf->pool, omcf->u.host.len + 7);
+        if (omcf->host.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        omcf->host.len = ngx_sprintf(omcf->host.data, "%V:%d",
+                                     &omcf->u.host, (int) omcf->u.port)
+                         - omcf->host.data;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_openclaw_token_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_openclaw_main_conf_t *omcf = conf;
+
+    ngx_str_t  *value;
+
+    if (omcf->token_file.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    omcf->token_file = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &omcf->token_file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_openclaw_read_secret(cf, &omcf->token_file, &omcf->secret,
+                                      &omcf->secret_is_password)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * A file with just the token, or OpenClaw's own openclaw.json, from which
+ * gateway.auth.token (or gateway.auth.password) is taken.  That file is
+ * JSON5; comments and trailing commas are removed before parsing.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_read_secret(ngx_conf_t *cf, ngx_str_t *file,
+    ngx_str_t *secret, ngx_uint_t *is_password)
+{
+    u_char      *buf, *p, *last;
+    cJSON       *json, *auth, *item;
+    ssize_t      n;
+    ngx_fd_t     fd;
+    ngx_file_t   f;
+
+    fd = ngx_open_file(file->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", file);
+        return NGX_ERROR;
+    }
+
+    buf = ngx_pnalloc(cf->temp_pool, 65536 + 1);
+    if (buf == NULL) {
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&f, sizeof(ngx_file_t));
+    f.fd = fd;
+    f.name = *file;
+    f.log = cf->log;
+
+    n = ngx_read_file(&f, buf, 65536, 0);
+
+    ngx_close_file(fd);
+
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    p = buf;
+    last = buf + n;
+
+    while (p < last && (*p == ' ' || *p == '\t' || *p == CR || *p == LF)) {
+        p++;
+    }
+
+    while (last > p
+           && (last[-1] == ' ' || last[-1] == '\t' || last[-1] == CR
+               || last[-1] == LF))
+    {
+        last--;
+    }
+
+    if (p < last && *p == '{') {
+        ngx_http_openclaw_strip_json5(p, last - p);
+
+        json = cJSON_ParseWithLength((char *) p, last - p);
+        auth = cJSON_GetObjectItemCaseSensitive(
+                   cJSON_GetObjectItemCaseSensitive(json, "gateway"), "auth");
+
+        item = cJSON_GetObjectItemCaseSensitive(auth, "token");
+        *is_password = 0;
+
+        if (!cJSON_IsString(item) || item->valuestring[0] == '\0') {
+            item = cJSON_GetObjectItemCaseSensitive(auth, "password");
+            *is_password = 1;
+        }
+
+        if (!cJSON_IsString(item) || item->valuestring[0] == '\0') {
+            cJSON_Delete(json);
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s: no string gateway.auth.token or "
+                               "gateway.auth.password in \"%V\"",
+                               json ? "JSON file" : "invalid JSON", file);
+            return NGX_ERROR;
+        }
+
+        p = (u_char *) item->valuestring;
+        last = p + ngx_strlen(item->valuestring);
+
+        secret->data = ngx_pnalloc(cf->pool, last - p + 1);
+        if (secret->data == NULL) {
+            cJSON_Delete(json);
+            return NGX_ERROR;
+        }
+
+        ngx_cpystrn(secret->data, p, last - p + 1);
+        secret->len = last - p;
+
+        cJSON_Delete(json);
+        ngx_explicit_memzero(buf, n);
+
+        return NGX_OK;
+    }
+
+    if (p == last || last - p > NGX_HTTP_OPENCLAW_SECRET_MAX
+        || ngx_strlchr(p, last, LF) != NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must hold the gateway token on one line, "
+                           "or be OpenClaw's openclaw.json", file);
+        return NGX_ERROR;
+    }
+
+    *is_password = 0;
+
+    secret->data = ngx_pnalloc(cf->pool, last - p + 1);
+    if (secret->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_cpystrn(secret->data, p, last - p + 1);
+    secret->len = last - p;
+
+    ngx_explicit_memzero(buf, n);
+
+    return NGX_OK;
+}
+
+
+/* blanks out // and block comments, and commas before } or ] */
+
+static void
+ngx_http_openclaw_strip_json5(u_char *p, size_t len)
+{
+    u_char  *last, *q;
+
+    last = p + len;
+
+    while (p < last) {
+
+        if (*p == '"' || *p == '\'') {
+            q = p++;
+
+            while (p < last && *p != *q) {
+                if (*p == '\\') {
+                    p++;
+                }
+
+                p++;
+            }
+
+            p++;
+            continue;
+        }
+
+        if (*p == '/' && p + 1 < last && p[1] == '/') {
+            while (p < last && *p != LF) {
+                *p++ = ' ';
+            }
+
+            continue;
+        }
+
+        if (*p == '/' && p + 1 < last && p[1] == '*') {
+            while (p < last && !(*p == '*' && p + 1 < last && p[1] == '/')) {
+                *p++ = ' ';
+            }
+
+            if (p < last) {
+                p[0] = ' ';
+                p[1] = ' ';
+                p += 2;
+            }
+
+            continue;
+        }
+
+        if (*p == ',') {
+            q = p + 1;
+
+            while (q < last && (*q == ' ' || *q == '\t' || *q == CR
+                                || *q == LF))
+            {
+                q++;
+            }
+
+            if (q < last && (*q == '}' || *q == ']')) {
+                *p = ' ';
+            }
+        }
+
+        p++;
+    }
+}
+
+
+#if (NGX_HTTP_SSL)
+
+static ngx_int_t
+ngx_http_openclaw_set_ssl(ngx_conf_t *cf, ngx_http_openclaw_main_conf_t *omcf)
+{
+    ngx_str_t            ciphers;
+    ngx_pool_cleanup_t  *cln;
+
+    omcf->ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (omcf->ssl == NULL) {
+        return NGX_ERROR;
+    }
+
+    omcf->ssl->log = cf->log;
+
+    if (ngx_ssl_create(omcf->ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(omcf->ssl);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = omcf->ssl;
+
+    ngx_str_set(&ciphers, "DEFAULT");
+
+    if (ngx_ssl_ciphers(cf, omcf->ssl, &ciphers, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (omcf->ssl_name.len == 0) {
+        omcf->ssl_name = omcf->u.host;
+    }
+
+    if (!omcf->ssl_verify) {
+        return NGX_OK;
+    }
+
+    /* verification is on by default: the system's CAs unless told */
+
+    if (omcf->ssl_trusted_certificate.len) {
+        if (ngx_ssl_trusted_certificate(cf, omcf->ssl,
+                                        &omcf->ssl_trusted_certificate, 4)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (SSL_CTX_set_default_verify_paths(omcf->ssl->ctx) != 1) {
+        ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                      "SSL_CTX_set_default_verify_paths() failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+#endif
+
+
+static ngx_int_t
+ngx_http_openclaw_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_openclaw_main_conf_t  *omcf;
+
+    /* cache manager and loader processes have no clients to relay for */
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    omcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                            ngx_http_openclaw_bridge_module);
+
+    if (omcf == NULL || !omcf->used) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_openclaw_relay_init_process(cycle, omcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_openclaw_gateway_init_process(cycle, omcf);
+}
+
+
+static void
+ngx_http_openclaw_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_openclaw_gateway_exit_process(cycle);
 }
 
 
@@ -344,6 +1000,19 @@ ngx_http_openclaw_positive_msec(ngx_conf_t *cf, void *post, void *data)
     ngx_msec_t  *mp = data;
 
     if (*mp == 0) {
+        return "must be greater than zero";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_openclaw_positive_num(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_uint_t  *np = data;
+
+    if (*np == 0) {
         return "must be greater than zero";
     }
 

@@ -81,8 +81,10 @@ ngx_http_openclaw_client_handler(ngx_http_request_t *r,
 
     ngx_str_null(&key);
 
+    /* NGX_DECLINED: nothing to refuse */
+
     rc = ngx_http_openclaw_client_check(r, &key);
-    if (rc != NGX_OK) {
+    if (rc != NGX_DECLINED) {
         return rc;
     }
 
@@ -153,9 +155,9 @@ ngx_http_openclaw_client_handler(ngx_http_request_t *r,
 
     /* a close handshake in progress must hold off the worker's exit */
 
-    cl->closing.handler = ngx_http_openclaw_client_closing;
-    cl->closing.data = cl;
-    cl->closing.log = c->log;
+    cl->close_timer.handler = ngx_http_openclaw_client_closing;
+    cl->close_timer.data = cl;
+    cl->close_timer.log = c->log;
 
     if (conf->ping_interval) {
         ngx_add_timer(&cl->keepalive, conf->ping_interval);
@@ -194,7 +196,8 @@ ngx_http_openclaw_client_handler(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_openclaw_client_check(ngx_http_request_t *r, ngx_str_t *key)
 {
-    ngx_uint_t                     i, upgrade, connection, keys, versions;
+    ngx_uint_t                     i, upgrade, connection, keys, versions,
+                                   origins;
     ngx_str_t                     *version, *origin;
     ngx_list_part_t               *part;
     ngx_table_elt_t               *h;
@@ -227,6 +230,7 @@ ngx_http_openclaw_client_check(ngx_http_request_t *r, ngx_str_t *key)
     connection = 0;
     keys = 0;
     versions = 0;
+    origins = 0;
     version = NULL;
     origin = NULL;
 
@@ -287,6 +291,7 @@ ngx_http_openclaw_client_check(ngx_http_request_t *r, ngx_str_t *key)
 
         case sizeof("Origin") - 1:
             if (ngx_strncmp(h[i].lowcase_key, "origin", 6) == 0) {
+                origins++;
                 origin = &h[i].value;
             }
             break;
@@ -334,6 +339,12 @@ ngx_http_openclaw_client_check(ngx_http_request_t *r, ngx_str_t *key)
         return NGX_HTTP_BAD_REQUEST;
     }
 
+    if (origins > 1) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "WebSocket handshake with several Origin headers");
+        return NGX_HTTP_FORBIDDEN;
+    }
+
     if (origin && !ngx_http_openclaw_client_origin_allowed(conf, origin)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "WebSocket handshake from origin \"%V\" not allowed",
@@ -341,7 +352,7 @@ ngx_http_openclaw_client_check(ngx_http_request_t *r, ngx_str_t *key)
         return NGX_HTTP_FORBIDDEN;
     }
 
-    return NGX_OK;
+    return NGX_DECLINED;
 }
 
 
@@ -413,7 +424,9 @@ ngx_http_openclaw_client_origin_allowed(ngx_http_openclaw_loc_conf_t *conf,
 
 /*
  * nginx has no error page for 426, and RFC 6455 wants the supported
- * version in it, so the response is made here.
+ * version in it, so the response is made here.  The connection is not
+ * kept alive: bytes a client sent after its upgrade request, expecting
+ * success, must not be read as HTTP (RFC 9931).
  */
 
 static ngx_int_t
@@ -432,15 +445,22 @@ ngx_http_openclaw_client_refuse(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* RFC 9110 7.8: whoever sends Upgrade lists it in Connection too */
+
     if (ngx_http_openclaw_client_add_header(r, "Sec-WebSocket-Version",
                                             (u_char *) "13", 2)
         != NGX_OK
         || ngx_http_openclaw_client_add_header(r, "Upgrade",
                                                (u_char *) "websocket", 9)
+           != NGX_OK
+        || ngx_http_openclaw_client_add_header(r, "Connection",
+                                               (u_char *) "upgrade", 7)
            != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    r->keepalive = 0;
 
     len = ngx_strlen(why);
 
@@ -935,11 +955,25 @@ void
 ngx_http_openclaw_client_close(ngx_http_openclaw_client_t *cl,
     ngx_uint_t code, const char *reason)
 {
-    size_t   n;
-    u_char   payload[NGX_HTTP_OPENCLAW_WS_MAX_CONTROL];
+    size_t                         n;
+    u_char                         payload[NGX_HTTP_OPENCLAW_WS_MAX_CONTROL];
+    ngx_http_openclaw_closing_pt   closing;
 
     if (cl->state != NGX_HTTP_OPENCLAW_OPEN) {
         return;
+    }
+
+    closing = cl->closing;
+
+    if (closing) {
+        cl->closing = NULL;
+        closing(cl, reason);
+
+        /* answering may itself have overflowed the queue and closed */
+
+        if (cl->state != NGX_HTTP_OPENCLAW_OPEN) {
+            return;
+        }
     }
 
     n = ngx_http_openclaw_ws_close_payload(payload, code, reason,
@@ -955,7 +989,7 @@ ngx_http_openclaw_client_close(ngx_http_openclaw_client_t *cl,
         cl->state = NGX_HTTP_OPENCLAW_FLUSHING;
     }
 
-    ngx_add_timer(&cl->closing, cl->conf->close_timeout);
+    ngx_add_timer(&cl->close_timer, cl->conf->close_timeout);
 
     ngx_http_openclaw_client_post_write(cl);
 }
@@ -985,7 +1019,7 @@ ngx_http_openclaw_client_fail(ngx_http_openclaw_client_t *cl,
         (void) ngx_http_openclaw_client_frame(cl, NGX_HTTP_OPENCLAW_WS_CLOSE,
                                               payload, n);
 
-        ngx_add_timer(&cl->closing, cl->conf->close_timeout);
+        ngx_add_timer(&cl->close_timer, cl->conf->close_timeout);
     }
 
     cl->state = NGX_HTTP_OPENCLAW_FLUSHING;
@@ -1206,8 +1240,8 @@ ngx_http_openclaw_client_finalize(ngx_http_openclaw_client_t *cl,
         ngx_del_timer(&cl->idle);
     }
 
-    if (cl->closing.timer_set) {
-        ngx_del_timer(&cl->closing);
+    if (cl->close_timer.timer_set) {
+        ngx_del_timer(&cl->close_timer);
     }
 
     c = cl->connection;
@@ -1237,8 +1271,8 @@ ngx_http_openclaw_client_cleanup(void *data)
         ngx_del_timer(&cl->idle);
     }
 
-    if (cl->closing.timer_set) {
-        ngx_del_timer(&cl->closing);
+    if (cl->close_timer.timer_set) {
+        ngx_del_timer(&cl->close_timer);
     }
 
     if (cl->msg) {

@@ -29,6 +29,13 @@ typedef ngx_int_t (*ngx_http_openclaw_message_pt)(
 /* called once when the client connection goes away, for any reason */
 typedef void (*ngx_http_openclaw_gone_pt)(ngx_http_openclaw_client_t *cl);
 
+/*
+ * Called once when the server starts a close handshake, while messages
+ * can still be sent: the last chance to answer what is pending.
+ */
+typedef void (*ngx_http_openclaw_closing_pt)(ngx_http_openclaw_client_t *cl,
+    const char *reason);
+
 
 typedef enum {
     NGX_HTTP_OPENCLAW_OPEN = 0,
@@ -45,6 +52,7 @@ struct ngx_http_openclaw_client_s {
 
     ngx_http_openclaw_message_pt    handler;
     ngx_http_openclaw_gone_pt       gone;
+    ngx_http_openclaw_closing_pt    closing;
     void                           *data;
 
     ngx_http_openclaw_ws_parser_t   parser;
@@ -62,7 +70,7 @@ struct ngx_http_openclaw_client_s {
 
     ngx_event_t                     keepalive;
     ngx_event_t                     idle;
-    ngx_event_t                     closing;
+    ngx_event_t                     close_timer;
 
     ngx_msec_t                      last_active;
 

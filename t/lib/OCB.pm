@@ -112,20 +112,23 @@ sub env_for_nginx {
     if (asan()) {
         my $asan = `gcc -print-file-name=libasan.so`; chomp $asan;
         $env{LD_PRELOAD} = $asan;
+        # full malloc stacks: the stock binary has no frame pointers, and
+        # check_logs needs to see which leaks come from the module
         $env{ASAN_OPTIONS} = join ':', 'detect_leaks=1', 'abort_on_error=0',
-            "log_path=$self->{prefix}/logs/asan",
-            "suppressions=$TOP/t/asan.supp";
-        $env{LSAN_OPTIONS} = "suppressions=$TOP/t/lsan.supp:print_suppressions=0";
+            'fast_unwind_on_malloc=0', "log_path=$self->{prefix}/logs/asan";
         $env{UBSAN_OPTIONS} = "print_stacktrace=1:halt_on_error=1:"
             . "log_path=$self->{prefix}/logs/ubsan";
     }
     return %env;
 }
 
-# nginx -t on the current conf: returns (exit status, output)
+# nginx -t on the current conf: returns (exit status, output).  nginx -t
+# returns from main() holding its cycle in a local only, which LeakSanitizer
+# reports on every run: leak checking is off for it.
 sub test_conf {
     my ($self) = @_;
     my %env = $self->env_for_nginx;
+    $env{ASAN_OPTIONS} =~ s/detect_leaks=1/detect_leaks=0/ if $env{ASAN_OPTIONS};
     local @ENV{keys %env} = values %env;
     my $out = `$NGINX -p $self->{prefix}/ -c conf/nginx.conf -e logs/error.log -t 2>&1`;
     return ($? >> 8, $out);
@@ -267,14 +270,32 @@ sub check_logs {
     for my $f (glob "$self->{prefix}/logs/asan* $self->{prefix}/logs/ubsan*") {
         open my $h, '<', $f or next;
         local $/;
-        $reports .= "== $f\n" . <$h>;
+        my $text = <$h>;
+        close $h;
+        $reports .= "== $f\n" . $_ for sanitizer_reports($text);
     }
     # nginx points stderr at error.log, so reports may land there too
     for my $name ('stderr.log', 'error.log') {
-        $reports .= "$name: $1" while $self->read_log($name)
-            =~ /((?:ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:).*\n)/g;
+        $reports .= "== $name\n" . $_ for sanitizer_reports($self->read_log($name));
     }
     ok($reports eq '', 'no sanitizer report') or diag $reports;
+}
+
+# The sanitizer reports in a text that concern the module.  Every ASan or
+# UBSan error counts; a leak counts when its allocation stack goes through
+# the module, since stock nginx leaves its cycle arrays to the OS at exit
+# in workers that served nothing.
+sub sanitizer_reports {
+    my ($text) = @_;
+    my @found;
+    push @found, $1 while $text =~ /(ERROR: AddressSanitizer(?!: \d+ byte).*?(?:\n\n|\z))/gs;
+    push @found, $1 while $text =~ /(\S+:\d+:\d+: runtime error:.*\n)/g;
+    push @found, $1 while $text =~ /^(\S.*runtime error:.*\n)/mg;
+    for my $leak ($text =~ /((?:Direct|Indirect) leak of .*?(?:\n\n|\z))/gs) {
+        push @found, $leak if $leak =~ /openclaw/;
+    }
+    my %seen;
+    return grep { !$seen{$_}++ } @found;
 }
 
 sub DESTROY {

@@ -1,0 +1,78 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+#ifndef _NGX_HTTP_OPENCLAW_GATEWAY_H_INCLUDED_
+#define _NGX_HTTP_OPENCLAW_GATEWAY_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <cjson/cJSON.h>
+
+#include "ngx_http_openclaw_bridge.h"
+
+
+typedef struct ngx_http_openclaw_rpc_s  ngx_http_openclaw_rpc_t;
+
+/*
+ * "res" is the gateway's whole response frame, or NULL when the link was
+ * lost before it came; it is freed after the call.
+ */
+typedef void (*ngx_http_openclaw_rpc_pt)(ngx_http_openclaw_rpc_t *rpc,
+    cJSON *res);
+
+struct ngx_http_openclaw_rpc_s {
+    ngx_rbtree_node_t           node;
+    ngx_http_openclaw_rpc_pt    handler;
+    void                       *data;
+};
+
+
+typedef enum {
+    NGX_HTTP_OPENCLAW_LINK_DOWN = 0,
+    NGX_HTTP_OPENCLAW_LINK_CONNECTING,
+    NGX_HTTP_OPENCLAW_LINK_UPGRADING,
+    NGX_HTTP_OPENCLAW_LINK_CHALLENGE,
+    NGX_HTTP_OPENCLAW_LINK_HELLO,
+    NGX_HTTP_OPENCLAW_LINK_READY
+} ngx_http_openclaw_link_state_e;
+
+
+/* what the status endpoint and the relay may read */
+
+typedef struct {
+    ngx_http_openclaw_link_state_e  state;
+    ngx_uint_t                      protocol;
+    ngx_msec_t                      tick_interval;
+    size_t                          max_payload;
+    time_t                          since;
+    ngx_uint_t                      reconnects;
+    u_char                          last_error[128];
+} ngx_http_openclaw_link_info_t;
+
+
+ngx_int_t ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
+    ngx_http_openclaw_main_conf_t *omcf);
+void ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle);
+
+ngx_http_openclaw_link_info_t *ngx_http_openclaw_gateway_info(void);
+
+/*
+ * Sends a request whose params are already JSON text.  NGX_DECLINED: the
+ * link is not ready.  With an "rpc" the response is delivered to it,
+ * without one it is dropped.
+ */
+ngx_int_t ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
+    const char *method, u_char *params, size_t len);
+
+/* forgets a pending request: its response, if any, will be dropped */
+void ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc);
+
+ngx_int_t ngx_http_openclaw_gateway_pending(ngx_http_openclaw_rpc_t *rpc);
+
+
+#endif /* _NGX_HTTP_OPENCLAW_GATEWAY_H_INCLUDED_ */

@@ -1,0 +1,657 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+/*
+ * Message translation: client JSON in, gateway params out, and the JSON
+ * replies.  Replies are written by hand into one reusable buffer rather
+ * than built as cJSON trees: they are on the per-message path.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "ngx_http_openclaw_message.h"
+
+
+static ngx_int_t ngx_http_openclaw_message_field(
+    ngx_http_openclaw_inbound_t *in, const char *name, ngx_str_t *value,
+    const char **err);
+static ngx_int_t ngx_http_openclaw_message_alias(
+    ngx_http_openclaw_inbound_t *in, const char *first, const char *second,
+    const char *third, ngx_str_t *value, const char **err);
+static void ngx_http_openclaw_trim(ngx_str_t *s);
+static u_char *ngx_http_openclaw_lower(u_char *dst, u_char *src, size_t n);
+static ngx_int_t ngx_http_openclaw_json_reserve(ngx_http_openclaw_json_t *j,
+    size_t n);
+
+
+static u_char  *ngx_http_openclaw_json_buf;
+static size_t   ngx_http_openclaw_json_size;
+
+
+ngx_int_t
+ngx_http_openclaw_message_parse(u_char *data, size_t len,
+    ngx_http_openclaw_inbound_t *in, const char **err)
+{
+    cJSON         *json, *item;
+    const char    *end;
+    ngx_str_t      type;
+
+    ngx_memzero(in, sizeof(ngx_http_openclaw_inbound_t));
+
+    json = cJSON_ParseWithLengthOpts((const char *) data, len, &end, 0);
+
+    if (json == NULL) {
+        *err = "message is not valid JSON";
+        return NGX_ERROR;
+    }
+
+    in->json = json;
+
+    while (end < (const char *) data + len
+           && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+    {
+        end++;
+    }
+
+    if (end != (const char *) data + len) {
+        *err = "message has trailing data after the JSON value";
+        return NGX_ERROR;
+    }
+
+    if (!cJSON_IsObject(json)) {
+        *err = "message must be a JSON object";
+        return NGX_ERROR;
+    }
+
+    /* the id first, so that every later error can carry it */
+
+    item = cJSON_GetObjectItemCaseSensitive(json, "id");
+
+    if (item && cJSON_IsNumber(item)) {
+        in->id_number = 1;
+    }
+
+    if (ngx_http_openclaw_message_field(in, "id", &in->id, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_openclaw_message_field(in, "type", &type, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    in->type_name = type;
+
+    if (type.len == 0) {
+        in->type = NGX_HTTP_OPENCLAW_MSG_CHAT;
+
+    } else if (type.len == 12
+               && ngx_strncmp(type.data, "session.list", 12) == 0)
+    {
+        in->type = NGX_HTTP_OPENCLAW_MSG_SESSION_LIST;
+
+    } else if (type.len == 11
+               && ngx_strncmp(type.data, "session.get", 11) == 0)
+    {
+        in->type = NGX_HTTP_OPENCLAW_MSG_SESSION_GET;
+
+    } else if (type.len == 13
+               && ngx_strncmp(type.data, "session.reset", 13) == 0)
+    {
+        in->type = NGX_HTTP_OPENCLAW_MSG_SESSION_RESET;
+
+    } else if (type.len == 14
+               && ngx_strncmp(type.data, "session.delete", 14) == 0)
+    {
+        in->type = NGX_HTTP_OPENCLAW_MSG_SESSION_DELETE;
+
+    } else if ((type.len == 8 && ngx_strncmp(type.data, "progress", 8) == 0)
+               || (type.len == 8
+                   && ngx_strncmp(type.data, "complete", 8) == 0)
+               || (type.len == 5 && ngx_strncmp(type.data, "error", 5) == 0)
+               || (type.len == 9
+                   && ngx_strncmp(type.data, "connected", 9) == 0)
+               || (type.len == 5 && ngx_strncmp(type.data, "event", 5) == 0)
+               || (type.len == 3 && ngx_strncmp(type.data, "res", 3) == 0))
+    {
+        /*
+         * Our own replies, hub greetings and raw gateway frames coming
+         * back through a hub that echoes to the sender: answering them
+         * would start a loop.
+         */
+
+        in->type = NGX_HTTP_OPENCLAW_MSG_IGNORED;
+        return NGX_OK;
+
+    } else {
+        in->type = NGX_HTTP_OPENCLAW_MSG_CHAT;
+    }
+
+    if (in->type != NGX_HTTP_OPENCLAW_MSG_CHAT) {
+
+        /* the Go bridge takes "id" for "key" in control messages */
+
+        if (ngx_http_openclaw_message_field(in, "key", &in->key, err)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    item = cJSON_GetObjectItemCaseSensitive(json, "content");
+
+    if (item == NULL || cJSON_IsNull(item)) {
+        *err = "missing field \"content\"";
+        return NGX_ERROR;
+    }
+
+    if (!cJSON_IsString(item)) {
+        *err = "field \"content\" must be a string";
+        return NGX_ERROR;
+    }
+
+    in->content.data = (u_char *) item->valuestring;
+    in->content.len = ngx_strlen(item->valuestring);
+
+    if (in->content.len == 0) {
+        *err = "field \"content\" is empty";
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_openclaw_message_field(in, "session", &in->session, err)
+        != NGX_OK
+        || ngx_http_openclaw_message_alias(in, "peerKind", "chatType", NULL,
+                                           &in->peer_kind, err)
+           != NGX_OK
+        || ngx_http_openclaw_message_alias(in, "peerId", "chatId",
+                                           "senderId", &in->peer_id, err)
+           != NGX_OK
+        || ngx_http_openclaw_message_field(in, "topicId", &in->topic_id,
+                                           err)
+           != NGX_OK
+        || ngx_http_openclaw_message_field(in, "threadId", &in->thread_id,
+                                           err)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_openclaw_message_free(ngx_http_openclaw_inbound_t *in)
+{
+    if (in->json) {
+        cJSON_Delete(in->json);
+        in->json = NULL;
+    }
+}
+
+
+/*
+ * An optional text field, trimmed.  Peer and thread ids are often
+ * numbers (Telegram chat ids are), so integers are accepted too.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_message_field(ngx_http_openclaw_inbound_t *in,
+    const char *name, ngx_str_t *value, const char **err)
+{
+    u_char         *p;
+    cJSON          *item;
+    ngx_uint_t      text_only;
+    static u_char   errbuf[96];
+
+    value->len = 0;
+    value->data = NULL;
+
+    item = cJSON_GetObjectItemCaseSensitive(in->json, name);
+
+    if (item == NULL || cJSON_IsNull(item)) {
+        return NGX_OK;
+    }
+
+    if (cJSON_IsString(item)) {
+        value->data = (u_char *) item->valuestring;
+        value->len = ngx_strlen(item->valuestring);
+
+        /* ids go back to the client exactly as they came */
+
+        if (ngx_strcmp(name, "id") != 0) {
+            ngx_http_openclaw_trim(value);
+        }
+
+        return NGX_OK;
+    }
+
+    text_only = (ngx_strcmp(name, "type") == 0
+                 || ngx_strcmp(name, "session") == 0
+                 || ngx_strcmp(name, "key") == 0);
+
+    /* doubles hold integers exactly up to 2^53 */
+
+    if (!text_only
+        && cJSON_IsNumber(item)
+        && item->valuedouble == (double) (int64_t) item->valuedouble
+        && item->valuedouble < 9007199254740992.0
+        && item->valuedouble > -9007199254740992.0
+        && in->nnumbers < sizeof(in->numbers) / sizeof(in->numbers[0]))
+    {
+        p = in->numbers[in->nnumbers++];
+        value->data = p;
+        value->len = ngx_sprintf(p, "%L", (int64_t) item->valuedouble) - p;
+        return NGX_OK;
+    }
+
+    p = ngx_snprintf(errbuf, sizeof(errbuf) - 1, "field \"%s\" must be a %s",
+                     name, text_only ? "string" : "string or an integer");
+    *p = '\0';
+    *err = (const char *) errbuf;
+
+    return NGX_ERROR;
+}
+
+
+/* the first of several alias fields that is set and not blank */
+
+static ngx_int_t
+ngx_http_openclaw_message_alias(ngx_http_openclaw_inbound_t *in,
+    const char *first, const char *second, const char *third,
+    ngx_str_t *value, const char **err)
+{
+    if (ngx_http_openclaw_message_field(in, first, value, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (value->len || second == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_openclaw_message_field(in, second, value, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (value->len || third == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_http_openclaw_message_field(in, third, value, err);
+}
+
+
+static void
+ngx_http_openclaw_trim(ngx_str_t *s)
+{
+    while (s->len && (s->data[0] == ' ' || s->data[0] == '\t'
+                      || s->data[0] == '\r' || s->data[0] == '\n'))
+    {
+        s->data++;
+        s->len--;
+    }
+
+    while (s->len && (s->data[s->len - 1] == ' '
+                      || s->data[s->len - 1] == '\t'
+                      || s->data[s->len - 1] == '\r'
+                      || s->data[s->len - 1] == '\n'))
+    {
+        s->len--;
+    }
+}
+
+
+static u_char *
+ngx_http_openclaw_lower(u_char *dst, u_char *src, size_t n)
+{
+    while (n--) {
+        *dst++ = ngx_tolower(*src);
+        src++;
+    }
+
+    return dst;
+}
+
+
+ngx_int_t
+ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
+    ngx_str_t *agent, ngx_str_t *sender, u_char *buf, ngx_str_t *key)
+{
+    u_char     *p;
+    size_t      len;
+    ngx_str_t   kind, thread, rest;
+    ngx_uint_t  dm;
+
+    rest.len = 0;
+    thread.len = 0;
+    thread.data = NULL;
+    kind.len = 0;
+    dm = 0;
+
+    if (in->session.len) {
+        rest = in->session;
+
+    } else if (in->peer_id.len) {
+        kind = in->peer_kind;
+
+        if (kind.len == 0) {
+            ngx_str_set(&kind, "dm");
+        }
+
+        if (kind.len == 2 && ngx_strncasecmp(kind.data, (u_char *) "dm", 2)
+                             == 0)
+        {
+            dm = 1;
+            thread = in->thread_id;
+
+        } else if ((kind.len == 5
+                    && ngx_strncasecmp(kind.data, (u_char *) "group", 5)
+                       == 0)
+                   || (kind.len == 7
+                       && ngx_strncasecmp(kind.data, (u_char *) "channel", 7)
+                          == 0))
+        {
+            thread = in->topic_id.len ? in->topic_id : in->thread_id;
+
+        } else {
+            kind.len = 0;
+        }
+    }
+
+    if (rest.len) {
+
+        /* explicit keys: a bare key belongs to the location's agent */
+
+        len = rest.len;
+
+        if (!(rest.len > 6 && ngx_strncasecmp(rest.data, (u_char *) "agent:",
+                                              6) == 0))
+        {
+            len += sizeof("agent::") - 1 + agent->len;
+        }
+
+        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+            return NGX_ERROR;
+        }
+
+        p = buf;
+
+        if (len != rest.len) {
+            p = ngx_cpymem(p, "agent:", 6);
+            p = ngx_http_openclaw_lower(p, agent->data, agent->len);
+            *p++ = ':';
+        }
+
+        p = ngx_http_openclaw_lower(p, rest.data, rest.len);
+
+    } else if (kind.len) {
+
+        len = sizeof("agent::webhook::") - 1 + agent->len + kind.len
+              + in->peer_id.len
+              + (thread.len ? sizeof(":thread:") - 1 + thread.len : 0);
+
+        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(buf, "agent:", 6);
+        p = ngx_http_openclaw_lower(p, agent->data, agent->len);
+        p = ngx_cpymem(p, ":webhook:", 9);
+        p = ngx_http_openclaw_lower(p, kind.data, kind.len);
+        *p++ = ':';
+        p = ngx_http_openclaw_lower(p, in->peer_id.data, in->peer_id.len);
+
+        if (thread.len) {
+            p = dm ? ngx_cpymem(p, ":thread:", 8) : ngx_cpymem(p, ":topic:", 7);
+            p = ngx_http_openclaw_lower(p, thread.data, thread.len);
+        }
+
+    } else {
+
+        len = sizeof("agent::webhook:") - 1 + agent->len + sender->len;
+
+        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(buf, "agent:", 6);
+        p = ngx_http_openclaw_lower(p, agent->data, agent->len);
+        p = ngx_cpymem(p, ":webhook:", 9);
+        p = ngx_http_openclaw_lower(p, sender->data, sender->len);
+    }
+
+    key->data = buf;
+    key->len = p - buf;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
+    u_char *buf)
+{
+    int            ok;
+    u_char         md[EVP_MAX_MD_SIZE];
+    unsigned int   mdlen;
+    EVP_MD_CTX    *ctx;
+
+    buf = ngx_cpymem(buf, "wh-", 3);
+
+    if (id->len == 0) {
+        ok = (RAND_bytes(md, 16) == 1);
+
+    } else {
+
+        /* the zero byte keeps "a" + "b:c" apart from "a:b" + "c" */
+
+        ctx = EVP_MD_CTX_new();
+
+        ok = ctx != NULL
+             && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1
+             && EVP_DigestUpdate(ctx, session->data, session->len) == 1
+             && EVP_DigestUpdate(ctx, "", 1) == 1
+             && EVP_DigestUpdate(ctx, id->data, id->len) == 1
+             && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1;
+
+        EVP_MD_CTX_free(ctx);
+    }
+
+    if (!ok) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "cannot make a run id");
+        ngx_memzero(md, 16);
+    }
+
+    ngx_hex_dump(buf, md, 16);
+}
+
+
+ngx_int_t
+ngx_http_openclaw_message_text(cJSON *message, ngx_str_t *text, u_char **buf)
+{
+    u_char      *p;
+    size_t       len;
+    cJSON       *content, *block, *type, *t;
+    ngx_uint_t   n;
+
+    *buf = NULL;
+    ngx_str_set(text, "");
+
+    content = cJSON_GetObjectItemCaseSensitive(message, "content");
+
+    if (cJSON_IsString(content)) {
+        text->data = (u_char *) content->valuestring;
+        text->len = ngx_strlen(content->valuestring);
+        return NGX_OK;
+    }
+
+    len = 0;
+    n = 0;
+
+    cJSON_ArrayForEach(block, content) {
+        type = cJSON_GetObjectItemCaseSensitive(block, "type");
+        t = cJSON_GetObjectItemCaseSensitive(block, "text");
+
+        if (cJSON_IsString(type) && ngx_strcmp(type->valuestring, "text") == 0
+            && cJSON_IsString(t))
+        {
+            text->data = (u_char *) t->valuestring;
+            text->len = ngx_strlen(t->valuestring);
+            len += text->len;
+            n++;
+        }
+    }
+
+    if (n < 2) {
+        return NGX_OK;
+    }
+
+    p = ngx_alloc(len, ngx_cycle->log);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    *buf = p;
+    text->data = p;
+    text->len = len;
+
+    cJSON_ArrayForEach(block, content) {
+        type = cJSON_GetObjectItemCaseSensitive(block, "type");
+        t = cJSON_GetObjectItemCaseSensitive(block, "text");
+
+        if (cJSON_IsString(type) && ngx_strcmp(type->valuestring, "text") == 0
+            && cJSON_IsString(t))
+        {
+            p = ngx_cpymem(p, t->valuestring, ngx_strlen(t->valuestring));
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_openclaw_json_begin(ngx_http_openclaw_json_t *j, const char *type)
+{
+    j->start = ngx_http_openclaw_json_buf;
+    j->pos = j->start;
+    j->end = j->start + ngx_http_openclaw_json_size;
+    j->failed = 0;
+    j->first = 1;
+
+    if (j->log == NULL) {
+        j->log = ngx_cycle->log;
+    }
+
+    if (ngx_http_openclaw_json_reserve(j, 1) != NGX_OK) {
+        return;
+    }
+
+    *j->pos++ = '{';
+
+    if (type) {
+        ngx_http_openclaw_json_string(j, "type", (u_char *) type,
+                                      ngx_strlen(type));
+    }
+}
+
+
+void
+ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j, const char *name,
+    u_char *value, size_t len)
+{
+    size_t  n;
+
+    n = len + ngx_escape_json(NULL, value, len);
+
+    if (ngx_http_openclaw_json_reserve(j, ngx_strlen(name) + n + 6)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    j->pos = ngx_sprintf(j->pos, "%s\"%s\":\"", j->first ? "" : ",", name);
+    j->pos = (u_char *) ngx_escape_json(j->pos, value, len);
+    *j->pos++ = '"';
+    j->first = 0;
+}
+
+
+void
+ngx_http_openclaw_json_raw(ngx_http_openclaw_json_t *j, const char *name,
+    u_char *value, size_t len)
+{
+    if (ngx_http_openclaw_json_reserve(j, ngx_strlen(name) + len + 4)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    j->pos = ngx_sprintf(j->pos, "%s\"%s\":", j->first ? "" : ",", name);
+    j->pos = ngx_cpymem(j->pos, value, len);
+    j->first = 0;
+}
+
+
+ngx_int_t
+ngx_http_openclaw_json_end(ngx_http_openclaw_json_t *j, ngx_str_t *out)
+{
+    if (ngx_http_openclaw_json_reserve(j, 1) != NGX_OK || j->failed) {
+        return NGX_ERROR;
+    }
+
+    *j->pos++ = '}';
+
+    out->data = j->start;
+    out->len = j->pos - j->start;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_json_reserve(ngx_http_openclaw_json_t *j, size_t n)
+{
+    size_t   size, used;
+    u_char  *buf;
+
+    if (j->failed) {
+        return NGX_ERROR;
+    }
+
+    if ((size_t) (j->end - j->pos) >= n) {
+        return NGX_OK;
+    }
+
+    used = j->pos - j->start;
+    size = ngx_max(2 * ngx_http_openclaw_json_size, used + n + 1024);
+
+    buf = ngx_alloc(size, j->log);
+    if (buf == NULL) {
+        j->failed = 1;
+        return NGX_ERROR;
+    }
+
+    if (j->start) {
+        ngx_memcpy(buf, j->start, used);
+        ngx_free(j->start);
+    }
+
+    ngx_http_openclaw_json_buf = buf;
+    ngx_http_openclaw_json_size = size;
+
+    j->start = buf;
+    j->pos = buf + used;
+    j->end = buf + size;
+
+    return NGX_OK;
+}

@@ -1,0 +1,111 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+#ifndef _NGX_HTTP_OPENCLAW_MESSAGE_H_INCLUDED_
+#define _NGX_HTTP_OPENCLAW_MESSAGE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <cjson/cJSON.h>
+
+
+#define NGX_HTTP_OPENCLAW_SESSION_MAX   512
+#define NGX_HTTP_OPENCLAW_RUN_ID_LEN    35
+
+
+typedef enum {
+    NGX_HTTP_OPENCLAW_MSG_CHAT = 0,
+    NGX_HTTP_OPENCLAW_MSG_IGNORED,
+    NGX_HTTP_OPENCLAW_MSG_SESSION_LIST,
+    NGX_HTTP_OPENCLAW_MSG_SESSION_GET,
+    NGX_HTTP_OPENCLAW_MSG_SESSION_RESET,
+    NGX_HTTP_OPENCLAW_MSG_SESSION_DELETE
+} ngx_http_openclaw_msg_type_e;
+
+
+/*
+ * A client message.  The strings point into "json", which owns them.
+ * "id" is the id as JSON text (a quoted string or an integer), ready to
+ * be copied into replies; the other fields are plain text, trimmed, with
+ * aliases resolved as the Go bridge does (peerKind before chatType,
+ * peerId before chatId before senderId).
+ */
+
+typedef struct {
+    ngx_http_openclaw_msg_type_e    type;
+    ngx_str_t                       type_name;
+    ngx_str_t                       id;
+    ngx_str_t                       content;
+    ngx_str_t                       session;
+    ngx_str_t                       peer_kind;
+    ngx_str_t                       peer_id;
+    ngx_str_t                       topic_id;
+    ngx_str_t                       thread_id;
+    ngx_str_t                       key;
+
+    cJSON                          *json;
+
+    /* integers given for text fields, printed */
+    u_char                          numbers[8][24];
+    ngx_uint_t                      nnumbers;
+
+    unsigned                        id_number:1;
+} ngx_http_openclaw_inbound_t;
+
+
+/*
+ * NGX_OK, or NGX_ERROR with "*err" naming the problem; "in->id" is set
+ * whenever the id could be read, so that the error can carry it.
+ */
+ngx_int_t ngx_http_openclaw_message_parse(u_char *data, size_t len,
+    ngx_http_openclaw_inbound_t *in, const char **err);
+void ngx_http_openclaw_message_free(ngx_http_openclaw_inbound_t *in);
+
+/*
+ * The session key of a chat message under the per-sender rules: the
+ * explicit "session", else the peer fields (the Go bridge's
+ * agent:<agent>:webhook:<kind>:<peer>... keys), else "sender".  Keys are
+ * lowercased and canonical (agent:<agent>:...).  Writes into "buf" (at
+ * least SESSION_MAX bytes); NGX_ERROR if the key would be too long.
+ */
+ngx_int_t ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
+    ngx_str_t *agent, ngx_str_t *sender, u_char *buf, ngx_str_t *key);
+
+/*
+ * The idempotency key (and so the gateway's run id) of a message: stable
+ * for the same session and client id, so that a retry is recognised;
+ * random without an id.  Writes RUN_ID_LEN bytes.
+ */
+void ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
+    u_char *buf);
+
+/* the text of a gateway message object (blocks of type "text" joined) */
+ngx_int_t ngx_http_openclaw_message_text(cJSON *message, ngx_str_t *text,
+    u_char **buf);
+
+/* JSON output into a growing worker-wide scratch buffer */
+
+typedef struct {
+    u_char                         *start;
+    u_char                         *pos;
+    u_char                         *end;
+    ngx_log_t                      *log;
+    unsigned                        first:1;
+    unsigned                        failed:1;
+} ngx_http_openclaw_json_t;
+
+void ngx_http_openclaw_json_begin(ngx_http_openclaw_json_t *j,
+    const char *type);
+void ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j,
+    const char *name, u_char *value, size_t len);
+void ngx_http_openclaw_json_raw(ngx_http_openclaw_json_t *j,
+    const char *name, u_char *value, size_t len);
+ngx_int_t ngx_http_openclaw_json_end(ngx_http_openclaw_json_t *j,
+    ngx_str_t *out);
+
+
+#endif /* _NGX_HTTP_OPENCLAW_MESSAGE_H_INCLUDED_ */

@@ -1,0 +1,1418 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+/*
+ * The relay: every accepted client message becomes a run on the gateway,
+ * and the run's chat events stream back to exactly that client.  The
+ * gateway broadcasts every session's events to every operator link, so a
+ * run is found by the run id this module chose, and nothing else is ever
+ * forwarded.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_openclaw_relay.h"
+#include "ngx_http_openclaw_gateway.h"
+#include "ngx_http_openclaw_message.h"
+
+
+#define NGX_HTTP_OPENCLAW_RUN_ID_MAX    64
+
+/* protocol 3: how long an empty final waits for the run with the reply */
+#define NGX_HTTP_OPENCLAW_ADOPT_WAIT    120000
+
+/* unowned runs remembered for adoption, and for how long */
+#define NGX_HTTP_OPENCLAW_STRAYS        16
+#define NGX_HTTP_OPENCLAW_STRAY_TTL     30000
+
+
+typedef enum {
+    NGX_HTTP_OPENCLAW_RUN_WAITING = 0,
+    NGX_HTTP_OPENCLAW_RUN_SENT,
+    NGX_HTTP_OPENCLAW_RUN_RUNNING,
+    NGX_HTTP_OPENCLAW_RUN_ADOPTING,
+    NGX_HTTP_OPENCLAW_RUN_HISTORY
+} ngx_http_openclaw_run_state_e;
+
+
+typedef struct {
+    ngx_http_openclaw_client_t     *client;
+    ngx_queue_t                     runs;
+    ngx_uint_t                      nruns;
+    ngx_str_t                       agent;
+    ngx_str_t                       sender;
+    u_char                          sender_buf[48];
+} ngx_http_openclaw_peer_t;
+
+
+typedef struct {
+    ngx_str_node_t                  sn;
+    ngx_queue_t                     peer_link;
+    ngx_queue_t                     link;
+    ngx_http_openclaw_rpc_t         rpc;
+    ngx_event_t                     timer;
+    ngx_http_openclaw_peer_t       *peer;
+    ngx_http_openclaw_run_state_e   state;
+
+    ngx_str_t                       session;
+    ngx_str_t                       id;
+    ngx_str_t                       params;
+
+    u_char                         *text;
+    size_t                          text_len;
+    size_t                          text_size;
+
+    unsigned                        id_number:1;
+    unsigned                        seen_text:1;
+
+    u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
+} ngx_http_openclaw_run_t;
+
+
+/* a run no client here owns, seen recently: protocol 3 may hand it over */
+
+typedef struct {
+    u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
+    size_t                          run_id_len;
+    u_char                          session[NGX_HTTP_OPENCLAW_SESSION_MAX];
+    size_t                          session_len;
+    ngx_msec_t                      seen;
+    u_char                         *text;
+    size_t                          text_len;
+    ngx_uint_t                      ended;
+} ngx_http_openclaw_stray_t;
+
+
+typedef struct {
+    ngx_http_openclaw_main_conf_t  *conf;
+    ngx_rbtree_t                    runs;
+    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                     waiting;
+    ngx_queue_t                     sent;
+    ngx_uint_t                      protocol;
+    ngx_uint_t                      connections;
+    ngx_http_openclaw_relay_stats_t stats;
+    ngx_http_openclaw_stray_t       strays[NGX_HTTP_OPENCLAW_STRAYS];
+} ngx_http_openclaw_relay_t;
+
+
+static ngx_http_openclaw_peer_t *ngx_http_openclaw_relay_peer(
+    ngx_http_openclaw_client_t *cl);
+static ngx_int_t ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
+    ngx_http_openclaw_inbound_t *in);
+static void ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run);
+static void ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
+    cJSON *res);
+static void ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
+    cJSON *res);
+static void ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
+    cJSON *payload, const char *state);
+static ngx_int_t ngx_http_openclaw_relay_progress(
+    ngx_http_openclaw_run_t *run, cJSON *payload);
+static ngx_int_t ngx_http_openclaw_relay_set_text(
+    ngx_http_openclaw_run_t *run, u_char *text, size_t len);
+static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_adopt(cJSON *payload,
+    ngx_str_t *run_id);
+static void ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run);
+static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id, cJSON *payload,
+    const char *state);
+static ngx_http_openclaw_stray_t *ngx_http_openclaw_relay_find_stray(
+    ngx_str_t *session);
+static void ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run,
+    u_char *run_id, size_t len);
+static void ngx_http_openclaw_relay_timeout(ngx_event_t *ev);
+static void ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run);
+static void ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
+    ngx_str_t *text);
+static void ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
+    const char *fmt, ...);
+static void ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run);
+static ngx_int_t ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
+    const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
+    ngx_str_t *session, ngx_str_t *id, ngx_uint_t id_number);
+static void ngx_http_openclaw_relay_closing(ngx_http_openclaw_client_t *cl,
+    const char *reason);
+static void ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl);
+
+
+static ngx_http_openclaw_relay_t  ngx_http_openclaw_relay;
+
+
+ngx_int_t
+ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
+    ngx_http_openclaw_main_conf_t *omcf)
+{
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    rl->conf = omcf;
+
+    ngx_rbtree_init(&rl->runs, &rl->sentinel, ngx_str_rbtree_insert_value);
+    ngx_queue_init(&rl->waiting);
+    ngx_queue_init(&rl->sent);
+
+    return NGX_OK;
+}
+
+
+ngx_http_openclaw_relay_stats_t *
+ngx_http_openclaw_relay_stats(void)
+{
+    return &ngx_http_openclaw_relay.stats;
+}
+
+
+ngx_int_t
+ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
+    ngx_uint_t opcode, u_char *data, size_t len)
+{
+    ngx_int_t                     rc;
+    ngx_str_t                     error;
+    const char                   *err;
+    ngx_http_openclaw_peer_t     *peer;
+    ngx_http_openclaw_inbound_t   in;
+
+    peer = ngx_http_openclaw_relay_peer(cl);
+    if (peer == NULL) {
+        ngx_http_openclaw_client_close(cl, NGX_HTTP_OPENCLAW_WS_INTERNAL,
+                                       "out of memory");
+        return NGX_ERROR;
+    }
+
+    ngx_http_openclaw_relay.stats.messages_in++;
+
+    if (opcode != NGX_HTTP_OPENCLAW_WS_TEXT) {
+        ngx_http_openclaw_relay.stats.errors_input++;
+        ngx_str_set(&error, "binary messages are not supported: send the "
+                            "message as JSON text");
+        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                             NULL, NULL, 0);
+    }
+
+    err = NULL;
+
+    if (ngx_http_openclaw_message_parse(data, len, &in, &err) != NGX_OK) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
+                       "openclaw bad message: %s", err);
+
+        ngx_http_openclaw_relay.stats.errors_input++;
+        error.data = (u_char *) err;
+        error.len = ngx_strlen(err);
+
+        rc = ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                           NULL, &in.id, in.id_number);
+        ngx_http_openclaw_message_free(&in);
+        return rc;
+    }
+
+    switch (in.type) {
+
+    case NGX_HTTP_OPENCLAW_MSG_IGNORED:
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
+                       "openclaw ignored a \"%V\" message", &in.type_name);
+        rc = NGX_OK;
+        break;
+
+    case NGX_HTTP_OPENCLAW_MSG_CHAT:
+        rc = ngx_http_openclaw_relay_chat(peer, &in);
+        break;
+
+    default:
+        ngx_http_openclaw_relay.stats.errors_input++;
+        ngx_str_set(&error, "session control messages are not available "
+                            "on this location");
+        rc = ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                           NULL, &in.id, in.id_number);
+        break;
+    }
+
+    ngx_http_openclaw_message_free(&in);
+
+    return rc;
+}
+
+
+static ngx_http_openclaw_peer_t *
+ngx_http_openclaw_relay_peer(ngx_http_openclaw_client_t *cl)
+{
+    ngx_http_openclaw_peer_t      *peer;
+    ngx_http_openclaw_loc_conf_t  *conf;
+
+    if (cl->data) {
+        return cl->data;
+    }
+
+    peer = ngx_pcalloc(cl->request->pool, sizeof(ngx_http_openclaw_peer_t));
+    if (peer == NULL) {
+        return NULL;
+    }
+
+    conf = cl->conf;
+
+    peer->client = cl;
+    ngx_queue_init(&peer->runs);
+
+    if (conf->agent == NULL) {
+        ngx_str_set(&peer->agent, "main");
+
+    } else if (ngx_http_complex_value(cl->request, conf->agent, &peer->agent)
+               != NGX_OK)
+    {
+        return NULL;
+    }
+
+    if (peer->agent.len == 0) {
+        ngx_str_set(&peer->agent, "main");
+    }
+
+    /* a connection without peer fields is a sender of its own */
+
+    peer->sender.data = peer->sender_buf;
+    peer->sender.len = ngx_sprintf(peer->sender_buf, "conn:%P-%ui",
+                                   ngx_pid,
+                                   ++ngx_http_openclaw_relay.connections)
+                       - peer->sender_buf;
+
+    cl->data = peer;
+    cl->gone = ngx_http_openclaw_relay_gone;
+    cl->closing = ngx_http_openclaw_relay_closing;
+
+    ngx_http_openclaw_relay.stats.clients++;
+
+    return peer;
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
+    ngx_http_openclaw_inbound_t *in)
+{
+    u_char                         *p;
+    size_t                          size;
+    ngx_str_t                       session, error, run_id, params;
+    ngx_http_openclaw_run_t        *run;
+    ngx_http_openclaw_json_t        j;
+    ngx_http_openclaw_relay_t      *rl;
+    ngx_http_openclaw_client_t     *cl;
+    ngx_http_openclaw_loc_conf_t   *conf;
+    u_char                          key[NGX_HTTP_OPENCLAW_SESSION_MAX];
+    u_char                          rid[NGX_HTTP_OPENCLAW_RUN_ID_LEN];
+
+    rl = &ngx_http_openclaw_relay;
+    cl = peer->client;
+    conf = cl->conf;
+
+    if (peer->nruns >= conf->max_in_flight) {
+        rl->stats.errors_input++;
+        ngx_str_set(&error, "too many messages in flight on this "
+                            "connection: wait for their replies");
+        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                             NULL, &in->id, in->id_number);
+    }
+
+    if (ngx_http_openclaw_message_session(in, &peer->agent, &peer->sender,
+                                          key, &session)
+        != NGX_OK)
+    {
+        rl->stats.errors_input++;
+        ngx_str_set(&error, "session key longer than 512 characters");
+        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                             NULL, &in->id, in->id_number);
+    }
+
+    ngx_http_openclaw_message_run_id(&session, &in->id, rid);
+
+    run_id.data = rid;
+    run_id.len = NGX_HTTP_OPENCLAW_RUN_ID_LEN;
+
+    if (ngx_str_rbtree_lookup(&rl->runs, &run_id,
+                              ngx_crc32_short(rid, run_id.len))
+        != NULL)
+    {
+        rl->stats.errors_input++;
+        ngx_str_set(&error, "a message with this id is already in flight "
+                            "in this session");
+        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                             &session, &in->id,
+                                             in->id_number);
+    }
+
+    /* the params are built once: a reconnect sends them again as they are */
+
+    j.log = cl->connection->log;
+    ngx_http_openclaw_json_begin(&j, NULL);
+    ngx_http_openclaw_json_string(&j, "sessionKey", session.data,
+                                  session.len);
+    ngx_http_openclaw_json_string(&j, "message", in->content.data,
+                                  in->content.len);
+    ngx_http_openclaw_json_string(&j, "idempotencyKey", rid, run_id.len);
+
+    if (ngx_http_openclaw_json_end(&j, &params) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    size = sizeof(ngx_http_openclaw_run_t) + session.len + in->id.len
+           + params.len;
+
+    run = ngx_calloc(size, cl->connection->log);
+    if (run == NULL) {
+        ngx_str_set(&error, "out of memory");
+        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                             &session, &in->id,
+                                             in->id_number);
+    }
+
+    p = (u_char *) (run + 1);
+
+    run->session.data = p;
+    run->session.len = session.len;
+    p = ngx_cpymem(p, session.data, session.len);
+
+    run->id.data = p;
+    run->id.len = in->id.len;
+    p = ngx_cpymem(p, in->id.data, in->id.len);
+    run->id_number = in->id_number;
+
+    run->params.data = p;
+    run->params.len = params.len;
+    ngx_memcpy(p, params.data, params.len);
+
+    ngx_memcpy(run->run_id, rid, run_id.len);
+    run->sn.str.data = run->run_id;
+    run->sn.str.len = run_id.len;
+    run->sn.node.key = ngx_crc32_short(run->run_id, run_id.len);
+    ngx_rbtree_insert(&rl->runs, &run->sn.node);
+
+    run->peer = peer;
+    ngx_queue_insert_tail(&peer->runs, &run->peer_link);
+    peer->nruns++;
+    rl->stats.runs++;
+
+    run->rpc.handler = ngx_http_openclaw_relay_acked;
+    run->rpc.data = run;
+
+    run->timer.handler = ngx_http_openclaw_relay_timeout;
+    run->timer.data = run;
+    run->timer.log = cl->connection->log;
+    run->timer.cancelable = 1;
+
+    run->state = NGX_HTTP_OPENCLAW_RUN_WAITING;
+    ngx_queue_insert_tail(&rl->waiting, &run->link);
+    rl->stats.waiting++;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
+                   "openclaw run %V in session \"%V\"", &run_id, &session);
+
+    if (rl->protocol == 0) {
+
+        /* the link is down: wait for it, but not in an unbounded queue */
+
+        if (rl->stats.waiting > rl->conf->queue_size) {
+            rl->stats.errors_link++;
+            ngx_http_openclaw_relay_fail(run, "gateway not connected, and "
+                                         "%ui messages are already waiting",
+                                         rl->conf->queue_size);
+            return NGX_OK;
+        }
+
+        ngx_add_timer(&run->timer, rl->conf->request_timeout);
+        return NGX_OK;
+    }
+
+    ngx_http_openclaw_relay_send(run);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
+{
+    ngx_int_t                   rc;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    rc = ngx_http_openclaw_gateway_call(&run->rpc, "chat.send",
+                                        run->params.data, run->params.len);
+
+    if (rc == NGX_DECLINED) {
+        if (!run->timer.timer_set) {
+            ngx_add_timer(&run->timer, rl->conf->request_timeout);
+        }
+
+        return;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_http_openclaw_relay_fail(run, "cannot send the message to the "
+                                     "gateway");
+        return;
+    }
+
+    ngx_queue_remove(&run->link);
+    ngx_queue_insert_tail(&rl->sent, &run->link);
+    rl->stats.waiting--;
+
+    run->state = NGX_HTTP_OPENCLAW_RUN_SENT;
+
+    ngx_add_timer(&run->timer, rl->conf->request_timeout);
+}
+
+
+static void
+ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
+{
+    char                       *status;
+    cJSON                      *ok, *payload, *error, *code, *message, *item;
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+    ngx_http_openclaw_json_t    j;
+    ngx_str_t                   params;
+
+    run = rpc->data;
+    rl = &ngx_http_openclaw_relay;
+
+    if (res == NULL) {
+
+        /* the link went down: it is sent again when the link is back */
+
+        return;
+    }
+
+    ok = cJSON_GetObjectItemCaseSensitive(res, "ok");
+
+    if (!cJSON_IsTrue(ok)) {
+        error = cJSON_GetObjectItemCaseSensitive(res, "error");
+        code = cJSON_GetObjectItemCaseSensitive(error, "code");
+        message = cJSON_GetObjectItemCaseSensitive(error, "message");
+
+        rl->stats.errors_gateway++;
+        ngx_http_openclaw_relay_fail(run, "gateway refused the message: %s%s%s",
+                                     cJSON_IsString(code)
+                                     ? code->valuestring : "error",
+                                     cJSON_IsString(message) ? ": " : "",
+                                     cJSON_IsString(message)
+                                     ? message->valuestring : "");
+        return;
+    }
+
+    payload = cJSON_GetObjectItemCaseSensitive(res, "payload");
+    item = cJSON_GetObjectItemCaseSensitive(payload, "status");
+    status = cJSON_IsString(item) ? item->valuestring : "";
+
+    if (run->state == NGX_HTTP_OPENCLAW_RUN_SENT) {
+        run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
+        ngx_add_timer(&run->timer, rl->conf->run_timeout);
+    }
+
+    if (ngx_strcmp(status, "started") == 0
+        || ngx_strcmp(status, "in_flight") == 0
+        || ngx_strcmp(status, "accepted") == 0)
+    {
+        return;
+    }
+
+    if (ngx_strcmp(status, "ok") == 0) {
+
+        /*
+         * The gateway had already run this idempotency key, while the
+         * link was down or for an earlier try of the same message: its
+         * reply is in the session's history.
+         */
+
+        j.log = ngx_cycle->log;
+        ngx_http_openclaw_json_begin(&j, NULL);
+        ngx_http_openclaw_json_string(&j, "sessionKey", run->session.data,
+                                      run->session.len);
+        ngx_http_openclaw_json_raw(&j, "limit", (u_char *) "50", 2);
+
+        if (ngx_http_openclaw_json_end(&j, &params) != NGX_OK) {
+            ngx_http_openclaw_relay_fail(run, "out of memory");
+            return;
+        }
+
+        run->state = NGX_HTTP_OPENCLAW_RUN_HISTORY;
+        run->rpc.handler = ngx_http_openclaw_relay_history;
+
+        if (ngx_http_openclaw_gateway_call(&run->rpc, "chat.history",
+                                           params.data, params.len)
+            != NGX_OK)
+        {
+            ngx_http_openclaw_relay_fail(run, "gateway link lost while "
+                                         "fetching the reply");
+        }
+
+        return;
+    }
+
+    rl->stats.errors_gateway++;
+    ngx_http_openclaw_relay_fail(run, "gateway reports the run as \"%s\"",
+                                 *status ? status : "unknown");
+}
+
+
+static void
+ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
+{
+    u_char                   *buf;
+    cJSON                    *messages, *message, *role, *meta, *id;
+    ngx_str_t                 text;
+    ngx_http_openclaw_run_t  *run;
+
+    run = rpc->data;
+
+    if (res == NULL) {
+        ngx_http_openclaw_relay_fail(run, "gateway link lost while fetching "
+                                     "the reply");
+        return;
+    }
+
+    messages = cJSON_GetObjectItemCaseSensitive(
+                   cJSON_GetObjectItemCaseSensitive(res, "payload"),
+                   "messages");
+
+    /* protocol 4 marks assistant messages with the run they answer */
+
+    for (message = messages ? messages->child : NULL;
+         message;
+         message = message->next)
+    {
+        role = cJSON_GetObjectItemCaseSensitive(message, "role");
+        meta = cJSON_GetObjectItemCaseSensitive(message, "__openclaw");
+        id = cJSON_GetObjectItemCaseSensitive(meta, "runId");
+
+        if (!cJSON_IsString(role)
+            || ngx_strcmp(role->valuestring, "assistant") != 0
+            || !cJSON_IsString(id)
+            || ngx_strlen(id->valuestring) != run->sn.str.len
+            || ngx_strncmp(id->valuestring, run->sn.str.data,
+                           run->sn.str.len) != 0)
+        {
+            continue;
+        }
+
+        if (ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK) {
+            ngx_http_openclaw_relay_fail(run, "out of memory");
+            return;
+        }
+
+        ngx_http_openclaw_relay_complete(run, &text);
+
+        if (buf) {
+            ngx_free(buf);
+        }
+
+        return;
+    }
+
+    ngx_http_openclaw_relay.stats.errors_gateway++;
+    ngx_http_openclaw_relay_fail(run, "the gateway already answered this "
+                                 "message, and its reply is no longer in the "
+                                 "session history");
+}
+
+
+void
+ngx_http_openclaw_relay_link_up(ngx_uint_t protocol)
+{
+    ngx_queue_t                *q;
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+    rl->protocol = protocol;
+
+    /* re-sent runs keep their key: the gateway answers "in_flight" */
+
+    while (!ngx_queue_empty(&rl->waiting)) {
+        q = ngx_queue_head(&rl->waiting);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+
+        if (run->timer.timer_set) {
+            ngx_del_timer(&run->timer);
+        }
+
+        ngx_http_openclaw_relay_send(run);
+
+        if (rl->protocol == 0) {
+            return;
+        }
+    }
+}
+
+
+void
+ngx_http_openclaw_relay_link_down(void)
+{
+    ngx_queue_t                *q;
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+    rl->protocol = 0;
+
+    while (!ngx_queue_empty(&rl->sent)) {
+        q = ngx_queue_head(&rl->sent);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+
+        ngx_http_openclaw_gateway_cancel(&run->rpc);
+        run->rpc.handler = ngx_http_openclaw_relay_acked;
+
+        ngx_queue_remove(&run->link);
+        ngx_queue_insert_tail(&rl->waiting, &run->link);
+        rl->stats.waiting++;
+
+        run->state = NGX_HTTP_OPENCLAW_RUN_WAITING;
+
+        /* the link has this long to come back before the client hears */
+
+        ngx_add_timer(&run->timer, rl->conf->request_timeout);
+    }
+}
+
+
+void
+ngx_http_openclaw_relay_chat_event(cJSON *payload)
+{
+    char                     *state;
+    cJSON                    *item;
+    ngx_str_t                 run_id;
+    ngx_http_openclaw_run_t  *run;
+
+    item = cJSON_GetObjectItemCaseSensitive(payload, "runId");
+
+    if (!cJSON_IsString(item)) {
+        return;
+    }
+
+    run_id.data = (u_char *) item->valuestring;
+    run_id.len = ngx_strlen(item->valuestring);
+
+    item = cJSON_GetObjectItemCaseSensitive(payload, "state");
+    state = cJSON_IsString(item) ? item->valuestring : "";
+
+    run = (ngx_http_openclaw_run_t *)
+              ngx_str_rbtree_lookup(&ngx_http_openclaw_relay.runs, &run_id,
+                                    ngx_crc32_short(run_id.data,
+                                                    run_id.len));
+
+    if (run == NULL) {
+        run = ngx_http_openclaw_relay_adopt(payload, &run_id);
+
+        if (run == NULL) {
+            ngx_http_openclaw_relay_stray(&run_id, payload, state);
+            return;
+        }
+    }
+
+    ngx_http_openclaw_relay_run_event(run, payload, state);
+}
+
+
+static void
+ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
+    cJSON *payload, const char *state)
+{
+    u_char                     *buf;
+    cJSON                      *message, *item;
+    ngx_str_t                   text;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    if (ngx_strcmp(state, "delta") == 0) {
+        if (ngx_http_openclaw_relay_progress(run, payload) != NGX_OK) {
+            ngx_http_openclaw_relay_fail(run, "out of memory");
+        }
+
+        return;
+    }
+
+    if (ngx_strcmp(state, "final") == 0) {
+        message = cJSON_GetObjectItemCaseSensitive(payload, "message");
+        buf = NULL;
+
+        if (message == NULL) {
+            text.data = run->text;
+            text.len = run->text_len;
+
+        } else if (ngx_http_openclaw_message_text(message, &text, &buf)
+                   != NGX_OK)
+        {
+            ngx_http_openclaw_relay_fail(run, "out of memory");
+            return;
+        }
+
+        /*
+         * Protocol 3 answers a message that reached a session still busy
+         * with an empty final, and streams the reply in a run of its own
+         * choosing: wait for that run instead of ending empty.
+         */
+
+        if (text.len == 0 && !run->seen_text && rl->protocol == 3
+            && run->state != NGX_HTTP_OPENCLAW_RUN_ADOPTING)
+        {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "openclaw run %V ended empty, waiting for the "
+                           "run that carries its reply", &run->sn.str);
+
+            run->state = NGX_HTTP_OPENCLAW_RUN_ADOPTING;
+            ngx_add_timer(&run->timer, NGX_HTTP_OPENCLAW_ADOPT_WAIT);
+
+            ngx_http_openclaw_relay_adopt_stray(run);
+            return;
+        }
+
+        ngx_http_openclaw_relay_complete(run, &text);
+
+        if (buf) {
+            ngx_free(buf);
+        }
+
+        return;
+    }
+
+    if (ngx_strcmp(state, "error") == 0) {
+        item = cJSON_GetObjectItemCaseSensitive(payload, "errorMessage");
+        rl->stats.errors_gateway++;
+
+        ngx_http_openclaw_relay_fail(run, "agent error: %s",
+                                     cJSON_IsString(item)
+                                     ? item->valuestring
+                                     : "the run failed");
+        return;
+    }
+
+    if (ngx_strcmp(state, "aborted") == 0) {
+        rl->stats.errors_gateway++;
+        ngx_http_openclaw_relay_fail(run, "agent run aborted");
+        return;
+    }
+
+    /* "status" and anything newer: typing signals, nothing to relay */
+}
+
+
+/*
+ * Clients get the cumulative text (what existing clients display) and
+ * the new part.  The cumulative message is the truth; protocol 4's
+ * deltaText is used only when a delta comes without it.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
+    cJSON *payload)
+{
+    u_char     *buf;
+    cJSON      *message, *delta, *replace;
+    ngx_int_t   rc;
+    ngx_str_t   text, added, content;
+    size_t      old;
+
+    buf = NULL;
+    message = cJSON_GetObjectItemCaseSensitive(payload, "message");
+
+    if (message) {
+        if (ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+    } else {
+        delta = cJSON_GetObjectItemCaseSensitive(payload, "deltaText");
+        replace = cJSON_GetObjectItemCaseSensitive(payload, "replace");
+
+        if (!cJSON_IsString(delta)) {
+            return NGX_OK;
+        }
+
+        added.data = (u_char *) delta->valuestring;
+        added.len = ngx_strlen(delta->valuestring);
+
+        if (!cJSON_IsTrue(replace)) {
+            if (ngx_http_openclaw_relay_set_text(run, NULL,
+                                                 run->text_len + added.len)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(run->text + run->text_len - added.len, added.data,
+                       added.len);
+            goto send;
+        }
+
+        text = added;
+    }
+
+    old = run->text_len;
+
+    if (text.len >= old && ngx_memcmp(text.data, run->text, old) == 0) {
+
+        if (text.len == old) {
+            if (buf) {
+                ngx_free(buf);
+            }
+
+            return NGX_OK;
+        }
+
+        added.data = text.data + old;
+        added.len = text.len - old;
+
+    } else {
+
+        /* rewritten rather than extended: the whole text is new */
+
+        added = text;
+    }
+
+    rc = ngx_http_openclaw_relay_set_text(run, text.data, text.len);
+
+    if (buf) {
+        ngx_free(buf);
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    added.data = run->text + (run->text_len - added.len);
+
+send:
+
+    run->seen_text = 1;
+
+    if (run->peer == NULL) {
+        return NGX_OK;
+    }
+
+    content.data = run->text;
+    content.len = run->text_len;
+
+    (void) ngx_http_openclaw_relay_reply(run->peer->client, "progress",
+                                         &content, &added, NULL,
+                                         &run->session, &run->id,
+                                         run->id_number);
+    return NGX_OK;
+}
+
+
+/* sets the run's text to "len" bytes, copied from "text" unless NULL */
+
+static ngx_int_t
+ngx_http_openclaw_relay_set_text(ngx_http_openclaw_run_t *run, u_char *text,
+    size_t len)
+{
+    size_t   size;
+    u_char  *p;
+
+    if (len > run->text_size) {
+        size = ngx_max(len, 2 * run->text_size);
+        size = ngx_max(size, 256);
+
+        p = ngx_alloc(size, ngx_cycle->log);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (run->text) {
+            ngx_memcpy(p, run->text, run->text_len);
+            ngx_free(run->text);
+        }
+
+        run->text = p;
+        run->text_size = size;
+    }
+
+    if (text) {
+        ngx_memcpy(run->text, text, len);
+    }
+
+    run->text_len = len;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Protocol 3's hand-over: an event of an unknown run, on the session of a
+ * run that ended empty, belongs to that run.
+ */
+
+static ngx_http_openclaw_run_t *
+ngx_http_openclaw_relay_adopt(cJSON *payload, ngx_str_t *run_id)
+{
+    cJSON                      *item;
+    ngx_str_t                   session;
+    ngx_queue_t                *q;
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    if (rl->protocol != 3 || run_id->len >= NGX_HTTP_OPENCLAW_RUN_ID_MAX) {
+        return NULL;
+    }
+
+    item = cJSON_GetObjectItemCaseSensitive(payload, "sessionKey");
+
+    if (!cJSON_IsString(item)) {
+        return NULL;
+    }
+
+    session.data = (u_char *) item->valuestring;
+    session.len = ngx_strlen(item->valuestring);
+
+    for (q = ngx_queue_head(&rl->sent);
+         q != ngx_queue_sentinel(&rl->sent);
+         q = ngx_queue_next(q))
+    {
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+
+        if (run->state == NGX_HTTP_OPENCLAW_RUN_ADOPTING
+            && run->session.len == session.len
+            && ngx_strncmp(run->session.data, session.data, session.len) == 0)
+        {
+            ngx_http_openclaw_relay_rekey(run, run_id->data, run_id->len);
+            run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
+            ngx_add_timer(&run->timer, rl->conf->run_timeout);
+            return run;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* the run with the reply may have started, or even ended, before */
+
+static void
+ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
+{
+    ngx_str_t                   text;
+    ngx_http_openclaw_stray_t  *stray;
+
+    stray = ngx_http_openclaw_relay_find_stray(&run->session);
+
+    if (stray == NULL) {
+        return;
+    }
+
+    ngx_http_openclaw_relay_rekey(run, stray->run_id, stray->run_id_len);
+    stray->run_id_len = 0;
+
+    text.data = stray->text;
+    text.len = stray->text_len;
+
+    if (stray->ended) {
+        ngx_http_openclaw_relay_complete(run, &text);
+
+    } else {
+        run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
+        ngx_add_timer(&run->timer, ngx_http_openclaw_relay.conf->run_timeout);
+
+        if (text.len
+            && ngx_http_openclaw_relay_set_text(run, text.data, text.len)
+               == NGX_OK)
+        {
+            run->seen_text = 1;
+        }
+    }
+
+    if (stray->text) {
+        ngx_free(stray->text);
+        stray->text = NULL;
+        stray->text_len = 0;
+    }
+}
+
+
+/* remembers an unowned run briefly, in case protocol 3 hands it over */
+
+static void
+ngx_http_openclaw_relay_stray(ngx_str_t *run_id, cJSON *payload,
+    const char *state)
+{
+    u_char                     *buf;
+    cJSON                      *item, *message;
+    ngx_str_t                   session, text;
+    ngx_uint_t                  i, oldest;
+    ngx_http_openclaw_relay_t  *rl;
+    ngx_http_openclaw_stray_t  *s;
+
+    rl = &ngx_http_openclaw_relay;
+
+    if (rl->protocol != 3 || run_id->len >= NGX_HTTP_OPENCLAW_RUN_ID_MAX) {
+        return;
+    }
+
+    item = cJSON_GetObjectItemCaseSensitive(payload, "sessionKey");
+
+    if (!cJSON_IsString(item)) {
+        return;
+    }
+
+    session.data = (u_char *) item->valuestring;
+    session.len = ngx_strlen(item->valuestring);
+
+    if (session.len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+        return;
+    }
+
+    s = NULL;
+    oldest = 0;
+
+    for (i = 0; i < NGX_HTTP_OPENCLAW_STRAYS; i++) {
+        if (rl->strays[i].run_id_len == run_id->len
+            && ngx_strncmp(rl->strays[i].run_id, run_id->data, run_id->len)
+               == 0)
+        {
+            s = &rl->strays[i];
+            break;
+        }
+
+        if (rl->strays[i].seen < rl->strays[oldest].seen) {
+            oldest = i;
+        }
+    }
+
+    if (s == NULL) {
+        s = &rl->strays[oldest];
+
+        if (s->text) {
+            ngx_free(s->text);
+        }
+
+        ngx_memzero(s, sizeof(ngx_http_openclaw_stray_t));
+        ngx_memcpy(s->run_id, run_id->data, run_id->len);
+        s->run_id_len = run_id->len;
+        ngx_memcpy(s->session, session.data, session.len);
+        s->session_len = session.len;
+    }
+
+    s->seen = ngx_current_msec;
+
+    if (ngx_strcmp(state, "final") == 0 || ngx_strcmp(state, "error") == 0
+        || ngx_strcmp(state, "aborted") == 0)
+    {
+        s->ended = 1;
+    }
+
+    message = cJSON_GetObjectItemCaseSensitive(payload, "message");
+
+    if (message == NULL
+        || ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK
+        || text.len == 0)
+    {
+        return;
+    }
+
+    if (s->text) {
+        ngx_free(s->text);
+    }
+
+    s->text = ngx_alloc(text.len, ngx_cycle->log);
+
+    if (s->text) {
+        ngx_memcpy(s->text, text.data, text.len);
+        s->text_len = text.len;
+    }
+
+    if (buf) {
+        ngx_free(buf);
+    }
+}
+
+
+static ngx_http_openclaw_stray_t *
+ngx_http_openclaw_relay_find_stray(ngx_str_t *session)
+{
+    ngx_uint_t                  i;
+    ngx_http_openclaw_stray_t  *s;
+
+    for (i = 0; i < NGX_HTTP_OPENCLAW_STRAYS; i++) {
+        s = &ngx_http_openclaw_relay.strays[i];
+
+        if (s->run_id_len
+            && ngx_current_msec - s->seen < NGX_HTTP_OPENCLAW_STRAY_TTL
+            && s->session_len == session->len
+            && ngx_strncmp(s->session, session->data, session->len) == 0)
+        {
+            return s;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run, u_char *run_id,
+    size_t len)
+{
+    ngx_rbtree_delete(&ngx_http_openclaw_relay.runs, &run->sn.node);
+
+    ngx_memcpy(run->run_id, run_id, len);
+    run->sn.str.len = len;
+    run->sn.node.key = ngx_crc32_short(run->run_id, len);
+
+    ngx_rbtree_insert(&ngx_http_openclaw_relay.runs, &run->sn.node);
+}
+
+
+static void
+ngx_http_openclaw_relay_timeout(ngx_event_t *ev)
+{
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+
+    run = ev->data;
+    rl = &ngx_http_openclaw_relay;
+
+    rl->stats.errors_timeout++;
+
+    switch (run->state) {
+
+    case NGX_HTTP_OPENCLAW_RUN_WAITING:
+        ngx_http_openclaw_relay_fail(run, "gateway not connected within "
+                                     "%M ms", rl->conf->request_timeout);
+        return;
+
+    case NGX_HTTP_OPENCLAW_RUN_SENT:
+        ngx_http_openclaw_relay_abort(run);
+        ngx_http_openclaw_relay_fail(run, "gateway did not acknowledge the "
+                                     "message within %M ms",
+                                     rl->conf->request_timeout);
+        return;
+
+    case NGX_HTTP_OPENCLAW_RUN_ADOPTING:
+        ngx_http_openclaw_relay_fail(run, "gateway ended the run without a "
+                                     "reply");
+        return;
+
+    default:
+        ngx_http_openclaw_relay_abort(run);
+        ngx_http_openclaw_relay_fail(run, "no reply from the agent within "
+                                     "%M ms", rl->conf->run_timeout);
+        return;
+    }
+}
+
+
+static void
+ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run)
+{
+    ngx_str_t                 params;
+    ngx_http_openclaw_json_t  j;
+
+    if (run->state == NGX_HTTP_OPENCLAW_RUN_WAITING
+        || ngx_exiting || ngx_terminate)
+    {
+        return;
+    }
+
+    j.log = ngx_cycle->log;
+    ngx_http_openclaw_json_begin(&j, NULL);
+    ngx_http_openclaw_json_string(&j, "sessionKey", run->session.data,
+                                  run->session.len);
+    ngx_http_openclaw_json_string(&j, "runId", run->sn.str.data,
+                                  run->sn.str.len);
+
+    if (ngx_http_openclaw_json_end(&j, &params) == NGX_OK) {
+        (void) ngx_http_openclaw_gateway_call(NULL, "chat.abort",
+                                              params.data, params.len);
+    }
+}
+
+
+static void
+ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
+    ngx_str_t *text)
+{
+    ngx_http_openclaw_relay.stats.completed++;
+
+    if (run->peer) {
+        ngx_http_openclaw_relay.stats.messages_out++;
+        (void) ngx_http_openclaw_relay_reply(run->peer->client, "complete",
+                                             text, NULL, NULL, &run->session,
+                                             &run->id, run->id_number);
+    }
+
+    ngx_http_openclaw_relay_free(run);
+}
+
+
+static void
+ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
+    const char *fmt, ...)
+{
+    u_char     *p;
+    va_list     args;
+    ngx_str_t   error;
+    u_char      buf[512];
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(buf, buf + sizeof(buf), fmt, args);
+    va_end(args);
+
+    error.data = buf;
+    error.len = p - buf;
+
+    if (run->peer) {
+        ngx_http_openclaw_relay.stats.messages_out++;
+        (void) ngx_http_openclaw_relay_reply(run->peer->client, "error", NULL,
+                                             NULL, &error, &run->session,
+                                             &run->id, run->id_number);
+    }
+
+    ngx_http_openclaw_relay_free(run);
+}
+
+
+static void
+ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run)
+{
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    ngx_rbtree_delete(&rl->runs, &run->sn.node);
+    ngx_queue_remove(&run->link);
+
+    if (run->state == NGX_HTTP_OPENCLAW_RUN_WAITING) {
+        rl->stats.waiting--;
+    }
+
+    if (run->peer) {
+        ngx_queue_remove(&run->peer_link);
+        run->peer->nruns--;
+    }
+
+    rl->stats.runs--;
+
+    ngx_http_openclaw_gateway_cancel(&run->rpc);
+
+    if (run->timer.timer_set) {
+        ngx_del_timer(&run->timer);
+    }
+
+    if (run->text) {
+        ngx_free(run->text);
+    }
+
+    ngx_free(run);
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
+    const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
+    ngx_str_t *session, ngx_str_t *id, ngx_uint_t id_number)
+{
+    ngx_str_t                 out;
+    ngx_http_openclaw_json_t  j;
+
+    j.log = cl->connection->log;
+
+    ngx_http_openclaw_json_begin(&j, type);
+
+    if (content) {
+        ngx_http_openclaw_json_string(&j, "content", content->data,
+                                      content->len);
+    }
+
+    if (delta) {
+        ngx_http_openclaw_json_string(&j, "delta", delta->data, delta->len);
+    }
+
+    if (error) {
+        ngx_http_openclaw_json_string(&j, "error", error->data, error->len);
+    }
+
+    if (session) {
+        ngx_http_openclaw_json_string(&j, "session", session->data,
+                                      session->len);
+    }
+
+    if (id && id->len) {
+        if (id_number) {
+            ngx_http_openclaw_json_raw(&j, "id", id->data, id->len);
+
+        } else {
+            ngx_http_openclaw_json_string(&j, "id", id->data, id->len);
+        }
+    }
+
+    if (ngx_http_openclaw_json_end(&j, &out) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_openclaw_client_send(cl, NGX_HTTP_OPENCLAW_WS_TEXT,
+                                         out.data, out.len);
+}
+
+
+/*
+ * The server is closing the connection (shutdown, idle or keepalive
+ * timeout): every message in flight still gets its error.  Runs are not
+ * aborted, so that the same message sent again, with the same id, finds
+ * its run on the gateway.
+ */
+
+static void
+ngx_http_openclaw_relay_closing(ngx_http_openclaw_client_t *cl,
+    const char *reason)
+{
+    ngx_queue_t               *q;
+    ngx_http_openclaw_run_t   *run;
+    ngx_http_openclaw_peer_t  *peer;
+
+    peer = cl->data;
+
+    while (!ngx_queue_empty(&peer->runs)) {
+        q = ngx_queue_head(&peer->runs);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, peer_link);
+
+        ngx_http_openclaw_relay_fail(run, "connection closing (%s) before "
+                                     "the reply; send the message again "
+                                     "with the same id to get it", reason);
+    }
+}
+
+
+/* the client is gone: its runs are aborted, if the location says so */
+
+static void
+ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl)
+{
+    ngx_queue_t               *q;
+    ngx_http_openclaw_run_t   *run;
+    ngx_http_openclaw_peer_t  *peer;
+
+    peer = cl->data;
+
+    while (!ngx_queue_empty(&peer->runs)) {
+        q = ngx_queue_head(&peer->runs);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, peer_link);
+
+        if (cl->conf->abort_on_disconnect) {
+            ngx_http_openclaw_relay_abort(run);
+        }
+
+        ngx_queue_remove(&run->peer_link);
+        run->peer = NULL;
+        peer->nruns--;
+
+        ngx_http_openclaw_relay_free(run);
+    }
+
+    ngx_http_openclaw_relay.stats.clients--;
+}

@@ -1,0 +1,51 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+#ifndef _NGX_HTTP_OPENCLAW_RELAY_H_INCLUDED_
+#define _NGX_HTTP_OPENCLAW_RELAY_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <cjson/cJSON.h>
+
+#include "ngx_http_openclaw_bridge.h"
+#include "ngx_http_openclaw_client.h"
+
+
+/* counters for the status endpoint */
+
+typedef struct {
+    ngx_uint_t                  clients;
+    ngx_uint_t                  runs;
+    ngx_uint_t                  waiting;
+    ngx_uint_t                  messages_in;
+    ngx_uint_t                  messages_out;
+    ngx_uint_t                  completed;
+    ngx_uint_t                  errors_input;
+    ngx_uint_t                  errors_gateway;
+    ngx_uint_t                  errors_timeout;
+    ngx_uint_t                  errors_link;
+} ngx_http_openclaw_relay_stats_t;
+
+
+ngx_int_t ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
+    ngx_http_openclaw_main_conf_t *omcf);
+
+/* the message handler of openclaw_bridge locations */
+ngx_int_t ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
+    ngx_uint_t opcode, u_char *data, size_t len);
+
+/* called by the gateway link */
+void ngx_http_openclaw_relay_link_up(ngx_uint_t protocol);
+void ngx_http_openclaw_relay_link_down(void);
+void ngx_http_openclaw_relay_chat_event(cJSON *payload);
+
+ngx_http_openclaw_relay_stats_t *ngx_http_openclaw_relay_stats(void);
+
+
+#endif /* _NGX_HTTP_OPENCLAW_RELAY_H_INCLUDED_ */

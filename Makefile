@@ -1,7 +1,10 @@
 # ngx_http_openclaw_bridge_module
 #
 #   make run         nginx with the module on 127.0.0.1:8080 (conf-examples/)
-#   make test        unit tests, the nginx suite, and the suite under ASan
+#   make demo        a real OpenClaw gateway with a fake model, nginx with
+#                    the module, and a prompt to chat through it
+#   make test        unit tests, the whole suite (real gateways included),
+#                    then the suite again with the module under ASan + UBSan
 #   make test-asan   only the suite under AddressSanitizer + UBSan
 #   make fuzz        build the libFuzzer targets and run each FUZZ_TIME s
 #
@@ -17,7 +20,13 @@ MODULE     := ngx_http_openclaw_bridge_module.so
 SRCS       := $(wildcard src/*.c src/*.h) config
 FUZZ_TIME  ?= 30
 PROVE      ?= prove
-PROVE_ARGS ?= -r -j2 t/
+OCB_CACHE  ?= $(HOME)/.cache/openclaw-bridge
+export OCB_CACHE
+
+TESTS      := $(sort $(wildcard t/*.t))
+# the real-gateway tests take minutes of CPU on their own: ASan adds
+# nothing to them that the fake-gateway tests do not already exercise
+TESTS_ASAN := $(filter-out t/6%,$(TESTS))
 
 DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev \
         libmojolicious-perl libio-socket-ssl-perl \
@@ -29,7 +38,8 @@ LDFLAGS_DEB := $(shell dpkg-buildflags --get LDFLAGS 2>/dev/null) -fPIC
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
 
-.PHONY: all deps module module-asan unit run test test-asan fuzz clean
+.PHONY: all deps gateways module module-asan unit run demo test test-asan \
+        fuzz clean
 
 all: module
 
@@ -38,12 +48,17 @@ deps:
 	@missing=""; for p in $(DEBS); do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	        --no-install-recommends $$missing >/dev/null; \
 	fi
+
+# Node 24 and both OpenClaw gateway generations, once, into OCB_CACHE
+gateways: deps
+	t/gateway/install.sh $(OCB_CACHE)
 
 # configure runs from the nginx tree (it sources ./auto/*) and, for
 # Debian's tree, needs the flags of the stock binary from conf_flags so
@@ -100,13 +115,13 @@ run: module
 
 # The stock nginx binary is not instrumented, so the ASan runtime is
 # preloaded for it; leaks are checked by the tests through LSan reports
-# in error logs and stderr (see t/lib/OCB.pm).
-test: module unit module-asan
-	OCB_ASAN=0 $(PROVE) $(PROVE_ARGS)
-	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) $(PROVE_ARGS)
+# (see t/lib/OCB.pm).
+test: module unit module-asan gateways
+	OCB_ASAN=0 $(PROVE) -j2 $(TESTS)
+	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
 
 test-asan: module-asan unit
-	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) $(PROVE_ARGS)
+	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
 
 FUZZERS := $(BUILD)/fuzz_frame
 

@@ -344,8 +344,7 @@ ngx_http_openclaw_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_openclaw_main_conf_t *omcf = conf;
 
-    char       *value;
-    ngx_str_t   url;
+    char  *value;
 
     ngx_conf_init_value(omcf->admin, 0);
     ngx_conf_init_value(omcf->ssl_verify, 1);
@@ -360,8 +359,6 @@ ngx_http_openclaw_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (omcf->url.len == 0) {
-        ngx_str_set(&url, "ws://127.0.0.1:18789");
-
         if (ngx_http_openclaw_gateway(cf, NULL, omcf) != NGX_CONF_OK) {
             return NGX_CONF_ERROR;
         }
@@ -383,18 +380,21 @@ ngx_http_openclaw_init_main_conf(ngx_conf_t *cf, void *conf)
     } else if (omcf->secret.len == 0) {
         value = getenv("OPENCLAW_GATEWAY_TOKEN");
 
+        /* a loopback gateway may run with gateway.auth.mode "none" */
+
         if (value == NULL || *value == '\0') {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "no credential for the OpenClaw gateway: set "
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                               "no credential for the OpenClaw gateway, "
+                               "connecting without one: set "
                                "\"openclaw_gateway_token\", "
                                "\"openclaw_gateway_password\" or "
                                "\"openclaw_gateway_token_file\", or the "
                                "OPENCLAW_GATEWAY_TOKEN environment variable");
-            return NGX_CONF_ERROR;
-        }
 
-        omcf->secret.data = (u_char *) value;
-        omcf->secret.len = ngx_strlen(value);
+        } else {
+            omcf->secret.data = (u_char *) value;
+            omcf->secret.len = ngx_strlen(value);
+        }
     }
 
 #if (NGX_HTTP_SSL)
@@ -746,69 +746,79 @@ ngx_http_openclaw_read_secret(ngx_conf_t *cf, ngx_str_t *file,
 }
 
 
-/* blanks out // and block comments, and commas before } or ] */
+/*
+ * Blanks out // and block comments, then commas before } or ]: two
+ * passes, since a comment may stand between a comma and its bracket.
+ */
 
 static void
-ngx_http_openclaw_strip_json5(u_char *p, size_t len)
+ngx_http_openclaw_strip_json5(u_char *start, size_t len)
 {
-    u_char  *last, *q;
+    u_char      *p, *q, *last;
+    ngx_uint_t   pass;
 
-    last = p + len;
+    last = start + len;
 
-    while (p < last) {
+    for (pass = 0; pass < 2; pass++) {
 
-        if (*p == '"' || *p == '\'') {
-            q = p++;
+        p = start;
 
-            while (p < last && *p != *q) {
-                if (*p == '\\') {
+        while (p < last) {
+
+            if (*p == '"' || *p == '\'') {
+                q = p++;
+
+                while (p < last && *p != *q) {
+                    if (*p == '\\') {
+                        p++;
+                    }
+
                     p++;
                 }
 
                 p++;
+                continue;
+            }
+
+            if (pass == 0 && *p == '/' && p + 1 < last && p[1] == '/') {
+                while (p < last && *p != LF) {
+                    *p++ = ' ';
+                }
+
+                continue;
+            }
+
+            if (pass == 0 && *p == '/' && p + 1 < last && p[1] == '*') {
+                while (p < last && !(*p == '*' && p + 1 < last && p[1] == '/'))
+                {
+                    *p++ = ' ';
+                }
+
+                if (p < last) {
+                    p[0] = ' ';
+                    p[1] = ' ';
+                    p += 2;
+                }
+
+                continue;
+            }
+
+            if (pass == 1 && *p == ',') {
+                q = p + 1;
+
+                while (q < last
+                       && (*q == ' ' || *q == '\t' || *q == CR || *q == LF))
+                {
+                    q++;
+                }
+
+                if (q < last && (*q == '}' || *q == ']')) {
+                    *p = ' ';
+                }
             }
 
             p++;
-            continue;
         }
-
-        if (*p == '/' && p + 1 < last && p[1] == '/') {
-            while (p < last && *p != LF) {
-                *p++ = ' ';
-            }
-
-            continue;
-        }
-
-        if (*p == '/' && p + 1 < last && p[1] == '*') {
-            while (p < last && !(*p == '*' && p + 1 < last && p[1] == '/')) {
-                *p++ = ' ';
-            }
-
-            if (p < last) {
-                p[0] = ' ';
-                p[1] = ' ';
-                p += 2;
-            }
-
-            continue;
-        }
-
-        if (*p == ',') {
-            q = p + 1;
-
-            while (q < last && (*q == ' ' || *q == '\t' || *q == CR
-                                || *q == LF))
-            {
-                q++;
-            }
-
-            if (q < last && (*q == '}' || *q == ']')) {
-                *p = ' ';
-            }
-        }
-
-        p++;
     }
 }
 

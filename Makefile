@@ -123,7 +123,7 @@ test: module unit module-asan gateways
 test-asan: module-asan unit
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
 
-FUZZERS := $(BUILD)/fuzz_frame
+FUZZERS := $(BUILD)/fuzz_frame $(BUILD)/fuzz_utf8
 
 $(BUILD)/fuzz_%: fuzz/fuzz_%.c src/ngx_http_openclaw_ws.c \
                  src/ngx_http_openclaw_ws.h

@@ -17,6 +17,15 @@
 #define NGX_HTTP_OPENCLAW_MODE_BRIDGE  1
 #define NGX_HTTP_OPENCLAW_MODE_ECHO    2
 
+#define NGX_HTTP_OPENCLAW_SCOPE_PER_SENDER   0
+#define NGX_HTTP_OPENCLAW_SCOPE_GLOBAL       1
+#define NGX_HTTP_OPENCLAW_SCOPE_EXPLICIT     2
+#define NGX_HTTP_OPENCLAW_SCOPE_PER_MESSAGE  3
+
+#define NGX_HTTP_OPENCLAW_CONTROL_OFF        0
+#define NGX_HTTP_OPENCLAW_CONTROL_OWN        1
+#define NGX_HTTP_OPENCLAW_CONTROL_ALL        2
+
 
 typedef struct {
     ngx_str_t                   url;
@@ -44,8 +53,11 @@ typedef struct {
     ngx_uint_t                  queue_size;
     ngx_flag_t                  admin;
 
+    ngx_shm_zone_t             *status;
+
     unsigned                    tls:1;
     unsigned                    used:1;
+    unsigned                    status_used:1;
 } ngx_http_openclaw_main_conf_t;
 
 
@@ -53,7 +65,12 @@ typedef struct {
     ngx_uint_t                  mode;
     ngx_flag_t                  abort_on_disconnect;
     ngx_uint_t                  max_in_flight;
+    ngx_uint_t                  scope;
+    ngx_uint_t                  control;
     ngx_http_complex_value_t   *agent;
+    ngx_http_complex_value_t   *uid;
+    ngx_http_complex_value_t   *sender;
+    ngx_shm_zone_t             *zone;
 
     size_t                      max_message_size;
     size_t                      send_buffer;

@@ -14,12 +14,13 @@
 #include "ngx_http_openclaw_client.h"
 #include "ngx_http_openclaw_gateway.h"
 #include "ngx_http_openclaw_relay.h"
+#include "ngx_http_openclaw_sessions.h"
+#include "ngx_http_openclaw_status.h"
 
 
 #define NGX_HTTP_OPENCLAW_SECRET_MAX  4096
 
 
-static ngx_int_t ngx_http_openclaw_bridge_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_openclaw_echo_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_openclaw_echo_message(
     ngx_http_openclaw_client_t *cl, ngx_uint_t opcode, u_char *data,
@@ -30,6 +31,8 @@ static void *ngx_http_openclaw_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_openclaw_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_openclaw_allow_origin(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
@@ -62,6 +65,23 @@ static ngx_conf_post_handler_pt  ngx_http_openclaw_positive_msec_p =
 
 static ngx_conf_post_handler_pt  ngx_http_openclaw_positive_num_p =
     ngx_http_openclaw_positive_num;
+
+
+static ngx_conf_enum_t  ngx_http_openclaw_scopes[] = {
+    { ngx_string("per-sender"), NGX_HTTP_OPENCLAW_SCOPE_PER_SENDER },
+    { ngx_string("global"), NGX_HTTP_OPENCLAW_SCOPE_GLOBAL },
+    { ngx_string("explicit"), NGX_HTTP_OPENCLAW_SCOPE_EXPLICIT },
+    { ngx_string("per-message"), NGX_HTTP_OPENCLAW_SCOPE_PER_MESSAGE },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_openclaw_controls[] = {
+    { ngx_string("off"), NGX_HTTP_OPENCLAW_CONTROL_OFF },
+    { ngx_string("own"), NGX_HTTP_OPENCLAW_CONTROL_OWN },
+    { ngx_string("all"), NGX_HTTP_OPENCLAW_CONTROL_ALL },
+    { ngx_null_string, 0 }
+};
 
 
 static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
@@ -142,6 +162,55 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_openclaw_loc_conf_t, max_in_flight),
       &ngx_http_openclaw_positive_num_p },
+
+    { ngx_string("openclaw_bridge_uid"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, uid),
+      NULL },
+
+    { ngx_string("openclaw_bridge_sender"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, sender),
+      NULL },
+
+    { ngx_string("openclaw_bridge_session_scope"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, scope),
+      &ngx_http_openclaw_scopes },
+
+    { ngx_string("openclaw_bridge_session_control"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, control),
+      &ngx_http_openclaw_controls },
+
+    { ngx_string("openclaw_bridge_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_openclaw_sessions_zone,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_session_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_openclaw_sessions_use,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_openclaw_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("openclaw_gateway"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -277,14 +346,6 @@ ngx_module_t  ngx_http_openclaw_bridge_module = {
 
 
 static ngx_int_t
-ngx_http_openclaw_bridge_handler(ngx_http_request_t *r)
-{
-    return ngx_http_openclaw_client_handler(r,
-                                            ngx_http_openclaw_relay_message);
-}
-
-
-static ngx_int_t
 ngx_http_openclaw_echo_handler(ngx_http_request_t *r)
 {
     return ngx_http_openclaw_client_handler(r,
@@ -353,6 +414,12 @@ ngx_http_openclaw_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(omcf->request_timeout, 30000);
     ngx_conf_init_msec_value(omcf->run_timeout, 600000);
     ngx_conf_init_uint_value(omcf->queue_size, 1024);
+
+    if (omcf->used || omcf->status_used) {
+        if (ngx_http_openclaw_status_zone(cf, omcf) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
 
     if (!omcf->used) {
         return NGX_CONF_OK;
@@ -433,6 +500,11 @@ ngx_http_openclaw_create_loc_conf(ngx_conf_t *cf)
     conf->abort_on_disconnect = NGX_CONF_UNSET;
     conf->max_in_flight = NGX_CONF_UNSET_UINT;
     conf->agent = NGX_CONF_UNSET_PTR;
+    conf->uid = NGX_CONF_UNSET_PTR;
+    conf->sender = NGX_CONF_UNSET_PTR;
+    conf->zone = NGX_CONF_UNSET_PTR;
+    conf->scope = NGX_CONF_UNSET_UINT;
+    conf->control = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -459,6 +531,13 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                          prev->abort_on_disconnect, 1);
     ngx_conf_merge_uint_value(conf->max_in_flight, prev->max_in_flight, 64);
     ngx_conf_merge_ptr_value(conf->agent, prev->agent, NULL);
+    ngx_conf_merge_ptr_value(conf->uid, prev->uid, NULL);
+    ngx_conf_merge_ptr_value(conf->sender, prev->sender, NULL);
+    ngx_conf_merge_ptr_value(conf->zone, prev->zone, NULL);
+    ngx_conf_merge_uint_value(conf->scope, prev->scope,
+                              NGX_HTTP_OPENCLAW_SCOPE_PER_SENDER);
+    ngx_conf_merge_uint_value(conf->control, prev->control,
+                              NGX_HTTP_OPENCLAW_CONTROL_OWN);
 
     return NGX_CONF_OK;
 }
@@ -485,12 +564,29 @@ ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     } else {
         olcf->mode = NGX_HTTP_OPENCLAW_MODE_BRIDGE;
-        clcf->handler = ngx_http_openclaw_bridge_handler;
+        clcf->handler = ngx_http_openclaw_relay_handler;
 
         omcf = ngx_http_conf_get_module_main_conf(cf,
                                             ngx_http_openclaw_bridge_module);
         omcf->used = 1;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_openclaw_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t       *clcf;
+    ngx_http_openclaw_main_conf_t  *omcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_openclaw_status_handler;
+
+    omcf = ngx_http_conf_get_module_main_conf(cf,
+                                            ngx_http_openclaw_bridge_module);
+    omcf->status_used = 1;
 
     return NGX_CONF_OK;
 }
@@ -892,7 +988,8 @@ ngx_http_openclaw_set_ssl(ngx_conf_t *cf, ngx_http_openclaw_main_conf_t *omcf)
 static ngx_int_t
 ngx_http_openclaw_init_process(ngx_cycle_t *cycle)
 {
-    ngx_http_openclaw_main_conf_t  *omcf;
+    ngx_http_openclaw_main_conf_t      *omcf;
+    ngx_http_openclaw_worker_status_t  *ws;
 
     /* cache manager and loader processes have no clients to relay for */
 
@@ -909,11 +1006,23 @@ ngx_http_openclaw_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    ws = ngx_http_openclaw_status_attach(cycle, omcf);
+
+    if (ws == NULL) {
+        ws = ngx_pcalloc(cycle->pool,
+                         sizeof(ngx_http_openclaw_worker_status_t));
+        if (ws == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
     if (ngx_http_openclaw_relay_init_process(cycle, omcf) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    return ngx_http_openclaw_gateway_init_process(cycle, omcf);
+    ngx_http_openclaw_relay_set_stats(&ws->relay);
+
+    return ngx_http_openclaw_gateway_init_process(cycle, omcf, &ws->link);
 }
 
 
@@ -921,6 +1030,7 @@ static void
 ngx_http_openclaw_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_openclaw_gateway_exit_process(cycle);
+    ngx_http_openclaw_status_detach();
 }
 
 

@@ -44,7 +44,7 @@ typedef struct {
     ngx_connection_t               *connection;
     ngx_uint_t                      addr;
 
-    ngx_http_openclaw_link_info_t   info;
+    ngx_http_openclaw_link_info_t  *info;
 
     ngx_http_openclaw_ws_parser_t   parser;
 
@@ -131,7 +131,7 @@ static ngx_http_openclaw_gateway_t  *ngx_http_openclaw_gw;
 
 ngx_int_t
 ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
-    ngx_http_openclaw_main_conf_t *omcf)
+    ngx_http_openclaw_main_conf_t *omcf, ngx_http_openclaw_link_info_t *info)
 {
     ngx_http_openclaw_gateway_t  *gw;
 
@@ -141,6 +141,7 @@ ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
     }
 
     gw->conf = omcf;
+    gw->info = info;
 
     gw->log = *cycle->log;
     gw->log.handler = ngx_http_openclaw_gateway_log_error;
@@ -156,9 +157,9 @@ ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
 
     gw->random_pos = sizeof(gw->random);
     gw->backoff = NGX_HTTP_OPENCLAW_GW_BACKOFF_MIN;
-    gw->info.since = ngx_time();
-    ngx_cpystrn(gw->info.last_error, (u_char *) "not connected yet",
-                sizeof(gw->info.last_error));
+    gw->info->state = NGX_HTTP_OPENCLAW_LINK_DOWN;
+    gw->info->since = ngx_time();
+    gw->info->last_error[0] = '\0';
 
     gw->reconnect.handler = ngx_http_openclaw_gateway_connect;
     gw->reconnect.data = gw;
@@ -208,13 +209,6 @@ ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle)
 }
 
 
-ngx_http_openclaw_link_info_t *
-ngx_http_openclaw_gateway_info(void)
-{
-    return ngx_http_openclaw_gw ? &ngx_http_openclaw_gw->info : NULL;
-}
-
-
 static void
 ngx_http_openclaw_gateway_connect(ngx_event_t *ev)
 {
@@ -249,7 +243,7 @@ ngx_http_openclaw_gateway_connect(ngx_event_t *ev)
     gw->peer.log_error = NGX_ERROR_ERR;
 
     gw->log.action = "connecting to the OpenClaw gateway";
-    gw->info.state = NGX_HTTP_OPENCLAW_LINK_CONNECTING;
+    gw->info->state = NGX_HTTP_OPENCLAW_LINK_CONNECTING;
 
     rc = ngx_event_connect_peer(&gw->peer);
 
@@ -424,7 +418,7 @@ ngx_http_openclaw_gateway_upgrade(ngx_http_openclaw_gateway_t *gw)
     omcf = gw->conf;
 
     gw->log.action = "upgrading the connection to the OpenClaw gateway";
-    gw->info.state = NGX_HTTP_OPENCLAW_LINK_UPGRADING;
+    gw->info->state = NGX_HTTP_OPENCLAW_LINK_UPGRADING;
 
     ngx_http_openclaw_gateway_random(gw, raw, sizeof(raw));
 
@@ -497,14 +491,14 @@ ngx_http_openclaw_gateway_write_handler(ngx_event_t *wev)
 
     if (wev->timedout) {
         ngx_http_openclaw_gateway_fail(gw, NGX_LOG_WARN,
-                                       gw->info.state
+                                       gw->info->state
                                        == NGX_HTTP_OPENCLAW_LINK_CONNECTING
                                        ? "gateway connect timed out"
                                        : "gateway is not reading");
         return;
     }
 
-    if (gw->info.state == NGX_HTTP_OPENCLAW_LINK_CONNECTING) {
+    if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_CONNECTING) {
 
         err = 0;
         len = sizeof(int);
@@ -556,7 +550,7 @@ ngx_http_openclaw_gateway_read_handler(ngx_event_t *rev)
         return;
     }
 
-    if (gw->info.state == NGX_HTTP_OPENCLAW_LINK_CONNECTING) {
+    if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_CONNECTING) {
         return;
     }
 
@@ -578,7 +572,7 @@ ngx_http_openclaw_gateway_read_handler(ngx_event_t *rev)
 
         used = 0;
 
-        if (gw->info.state == NGX_HTTP_OPENCLAW_LINK_UPGRADING) {
+        if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_UPGRADING) {
             rc = ngx_http_openclaw_gateway_response(gw, gw->in, n, &used);
 
             if (rc == NGX_ERROR) {
@@ -721,7 +715,7 @@ ngx_http_openclaw_gateway_response(ngx_http_openclaw_gateway_t *gw,
         return NGX_ERROR;
     }
 
-    gw->info.state = NGX_HTTP_OPENCLAW_LINK_CHALLENGE;
+    gw->info->state = NGX_HTTP_OPENCLAW_LINK_CHALLENGE;
     gw->log.action = "waiting for the gateway's connect.challenge";
 
     return NGX_OK;
@@ -889,7 +883,7 @@ ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
     payload = cJSON_GetObjectItemCaseSensitive(frame, "payload");
 
     if (ngx_strcmp(name, "chat") == 0) {
-        if (gw->info.state == NGX_HTTP_OPENCLAW_LINK_READY
+        if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_READY
             && cJSON_IsObject(payload))
         {
             ngx_http_openclaw_relay_chat_event(payload);
@@ -900,7 +894,7 @@ ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
 
     if (ngx_strcmp(name, "connect.challenge") == 0) {
 
-        if (gw->info.state != NGX_HTTP_OPENCLAW_LINK_CHALLENGE) {
+        if (gw->info->state != NGX_HTTP_OPENCLAW_LINK_CHALLENGE) {
             return NGX_OK;
         }
 
@@ -943,7 +937,7 @@ ngx_http_openclaw_gateway_response_frame(ngx_http_openclaw_gateway_t *gw,
         return NGX_OK;
     }
 
-    if (gw->info.state == NGX_HTTP_OPENCLAW_LINK_HELLO
+    if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_HELLO
         && ngx_strcmp(id->valuestring, "connect") == 0)
     {
         return ngx_http_openclaw_gateway_hello(gw, frame);
@@ -1082,7 +1076,7 @@ ngx_http_openclaw_gateway_send_connect(ngx_http_openclaw_gateway_t *gw)
         goto failed;
     }
 
-    gw->info.state = NGX_HTTP_OPENCLAW_LINK_HELLO;
+    gw->info->state = NGX_HTTP_OPENCLAW_LINK_HELLO;
     gw->log.action = "authenticating to the OpenClaw gateway";
 
     return ngx_http_openclaw_gateway_flush(gw) == NGX_ERROR
@@ -1148,7 +1142,7 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
         return NGX_ERROR;
     }
 
-    gw->info.protocol = item->valueint;
+    gw->info->protocol = item->valueint;
 
     /* a "successful" connect without write scope is useless: say so */
 
@@ -1176,8 +1170,8 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
         return NGX_ERROR;
     }
 
-    gw->info.tick_interval = NGX_HTTP_OPENCLAW_GW_TICK_DEFAULT;
-    gw->info.max_payload = NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX;
+    gw->info->tick_interval = NGX_HTTP_OPENCLAW_GW_TICK_DEFAULT;
+    gw->info->max_payload = NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX;
 
     policy = cJSON_GetObjectItemCaseSensitive(payload, "policy");
 
@@ -1185,14 +1179,14 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
     if (cJSON_IsNumber(item) && item->valuedouble >= 100
         && item->valuedouble <= 3600000)
     {
-        gw->info.tick_interval = (ngx_msec_t) item->valuedouble;
+        gw->info->tick_interval = (ngx_msec_t) item->valuedouble;
     }
 
     item = cJSON_GetObjectItemCaseSensitive(policy, "maxPayload");
     if (cJSON_IsNumber(item) && item->valuedouble >= 65536
         && item->valuedouble < NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX)
     {
-        gw->info.max_payload = (size_t) item->valuedouble;
+        gw->info->max_payload = (size_t) item->valuedouble;
     }
 
     gw->parser.max_message = NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX;
@@ -1201,22 +1195,22 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
         ngx_del_timer(gw->connection->read);
     }
 
-    ngx_add_timer(&gw->watchdog, gw->info.tick_interval);
+    ngx_add_timer(&gw->watchdog, gw->info->tick_interval);
 
-    gw->info.state = NGX_HTTP_OPENCLAW_LINK_READY;
-    gw->info.since = ngx_time();
+    gw->info->state = NGX_HTTP_OPENCLAW_LINK_READY;
+    gw->info->since = ngx_time();
     gw->ready_at = ngx_current_msec;
     gw->retry_after = 0;
     gw->log.action = "relaying to the OpenClaw gateway";
 
     ngx_log_error(NGX_LOG_NOTICE, &gw->log, 0,
                   "gateway link up, protocol %ui%s",
-                  gw->info.protocol,
+                  gw->info->protocol,
                   gw->failures ? ", after reconnecting" : "");
 
     gw->failures = 0;
 
-    ngx_http_openclaw_relay_link_up(gw->info.protocol);
+    ngx_http_openclaw_relay_link_up(gw->info->protocol);
 
     return NGX_OK;
 }
@@ -1233,7 +1227,7 @@ ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
 
     gw = ngx_http_openclaw_gw;
 
-    if (gw == NULL || gw->info.state != NGX_HTTP_OPENCLAW_LINK_READY) {
+    if (gw == NULL || gw->info->state != NGX_HTTP_OPENCLAW_LINK_READY) {
         return NGX_DECLINED;
     }
 
@@ -1411,20 +1405,20 @@ ngx_http_openclaw_gateway_watchdog(ngx_event_t *ev)
 
     gw = ev->data;
 
-    if (gw->info.state != NGX_HTTP_OPENCLAW_LINK_READY) {
+    if (gw->info->state != NGX_HTTP_OPENCLAW_LINK_READY) {
         return;
     }
 
     silent = ngx_current_msec - gw->last_rx;
 
-    if (silent > 2 * gw->info.tick_interval) {
+    if (silent > 2 * gw->info->tick_interval) {
         ngx_http_openclaw_gateway_fail(gw, NGX_LOG_WARN,
                                        "gateway silent for %M ms, over two "
                                        "tick intervals", silent);
         return;
     }
 
-    ngx_add_timer(&gw->watchdog, gw->info.tick_interval);
+    ngx_add_timer(&gw->watchdog, gw->info->tick_interval);
 }
 
 
@@ -1444,22 +1438,22 @@ ngx_http_openclaw_gateway_fail(ngx_http_openclaw_gateway_t *gw,
     ngx_uint_t   was_ready;
 
     va_start(args, fmt);
-    p = ngx_vslprintf(gw->info.last_error,
-                      gw->info.last_error + sizeof(gw->info.last_error) - 1,
+    p = ngx_vslprintf(gw->info->last_error,
+                      gw->info->last_error + sizeof(gw->info->last_error) - 1,
                       fmt, args);
     va_end(args);
     *p = '\0';
 
-    was_ready = (gw->info.state == NGX_HTTP_OPENCLAW_LINK_READY);
+    was_ready = (gw->info->state == NGX_HTTP_OPENCLAW_LINK_READY);
 
     if (gw->failures == 0) {
-        ngx_log_error(level, &gw->log, 0, "%s%s", gw->info.last_error,
+        ngx_log_error(level, &gw->log, 0, "%s%s", gw->info->last_error,
                       was_ready ? ", link lost" : "");
 
     } else {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &gw->log, 0,
                        "openclaw gateway still down: %s",
-                       gw->info.last_error);
+                       gw->info->last_error);
     }
 
     gw->failures++;
@@ -1495,7 +1489,7 @@ ngx_http_openclaw_gateway_close(ngx_http_openclaw_gateway_t *gw,
 
     /* a courtesy close frame, sent only if the socket takes it at once */
 
-    if (code && gw->info.state >= NGX_HTTP_OPENCLAW_LINK_CHALLENGE) {
+    if (code && gw->info->state >= NGX_HTTP_OPENCLAW_LINK_CHALLENGE) {
         payload[0] = (u_char) (code >> 8);
         payload[1] = (u_char) code;
 
@@ -1541,8 +1535,8 @@ ngx_http_openclaw_gateway_close(ngx_http_openclaw_gateway_t *gw,
         gw->msg_size = 0;
     }
 
-    gw->info.state = NGX_HTTP_OPENCLAW_LINK_DOWN;
-    gw->info.since = ngx_time();
+    gw->info->state = NGX_HTTP_OPENCLAW_LINK_DOWN;
+    gw->info->since = ngx_time();
 }
 
 
@@ -1566,7 +1560,7 @@ ngx_http_openclaw_gateway_schedule(ngx_http_openclaw_gateway_t *gw)
     }
 
     gw->retry_after = 0;
-    gw->info.reconnects++;
+    gw->info->reconnects++;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &gw->log, 0,
                    "openclaw gateway reconnect in %M ms", delay);

@@ -42,7 +42,7 @@ typedef enum {
 } ngx_http_openclaw_link_state_e;
 
 
-/* what the status endpoint and the relay may read */
+/* the link's state, kept where the status endpoint can read it */
 
 typedef struct {
     ngx_http_openclaw_link_state_e  state;
@@ -56,10 +56,8 @@ typedef struct {
 
 
 ngx_int_t ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
-    ngx_http_openclaw_main_conf_t *omcf);
+    ngx_http_openclaw_main_conf_t *omcf, ngx_http_openclaw_link_info_t *info);
 void ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle);
-
-ngx_http_openclaw_link_info_t *ngx_http_openclaw_gateway_info(void);
 
 /*
  * Sends a request whose params are already JSON text.  NGX_DECLINED: the

@@ -16,6 +16,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_message.h"
 
 
@@ -323,115 +324,251 @@ ngx_http_openclaw_lower(u_char *dst, u_char *src, size_t n)
 
 ngx_int_t
 ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
-    ngx_str_t *agent, ngx_str_t *sender, u_char *buf, ngx_str_t *key)
+    ngx_http_openclaw_scope_t *sc, u_char *buf, ngx_str_t *key,
+    const char **err)
 {
     u_char     *p;
     size_t      len;
-    ngx_str_t   kind, thread, rest;
+    ngx_str_t   kind, thread;
     ngx_uint_t  dm;
+    u_char      rnd[16];
 
-    rest.len = 0;
-    thread.len = 0;
-    thread.data = NULL;
-    kind.len = 0;
-    dm = 0;
+    p = buf;
 
-    if (in->session.len) {
-        rest = in->session;
+    switch (sc->scope) {
 
-    } else if (in->peer_id.len) {
-        kind = in->peer_kind;
+    case NGX_HTTP_OPENCLAW_SCOPE_GLOBAL:
+        len = sc->prefix.len + sizeof(":global") - 1;
+        goto fixed;
 
-        if (kind.len == 0) {
-            ngx_str_set(&kind, "dm");
+    case NGX_HTTP_OPENCLAW_SCOPE_PER_MESSAGE:
+        len = sc->prefix.len + sizeof(":msg:") - 1
+              + (in->id.len ? in->id.len : 2 * sizeof(rnd));
+
+        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+            goto too_long;
         }
 
-        if (kind.len == 2 && ngx_strncasecmp(kind.data, (u_char *) "dm", 2)
-                             == 0)
-        {
-            dm = 1;
-            thread = in->thread_id;
+        p = ngx_cpymem(p, sc->prefix.data, sc->prefix.len);
+        p = ngx_cpymem(p, ":msg:", 5);
 
-        } else if ((kind.len == 5
-                    && ngx_strncasecmp(kind.data, (u_char *) "group", 5)
-                       == 0)
-                   || (kind.len == 7
-                       && ngx_strncasecmp(kind.data, (u_char *) "channel", 7)
-                          == 0))
-        {
-            thread = in->topic_id.len ? in->topic_id : in->thread_id;
+        if (in->id.len) {
+            p = ngx_http_openclaw_lower(p, in->id.data, in->id.len);
 
         } else {
-            kind.len = 0;
+            if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+                *err = "cannot make a session key";
+                return NGX_ERROR;
+            }
+
+            p = ngx_hex_dump(p, rnd, sizeof(rnd));
         }
+
+        goto done;
+
+    default:
+        break;
     }
 
-    if (rest.len) {
+    if (in->session.len) {
+        return ngx_http_openclaw_message_key(sc, &in->session, buf, key, err);
+    }
 
-        /* explicit keys: a bare key belongs to the location's agent */
+    if (in->peer_id.len == 0) {
 
-        len = rest.len;
-
-        if (!(rest.len > 6 && ngx_strncasecmp(rest.data, (u_char *) "agent:",
-                                              6) == 0))
-        {
-            len += sizeof("agent::") - 1 + agent->len;
-        }
-
-        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+        if (sc->scope == NGX_HTTP_OPENCLAW_SCOPE_EXPLICIT) {
+            *err = "a session is required on this location: set \"session\" "
+                   "or \"peerKind\" and \"peerId\"";
             return NGX_ERROR;
         }
 
-        p = buf;
+        len = sc->prefix.len + 1 + sc->fallback.len;
+        goto fixed;
+    }
 
-        if (len != rest.len) {
-            p = ngx_cpymem(p, "agent:", 6);
-            p = ngx_http_openclaw_lower(p, agent->data, agent->len);
-            *p++ = ':';
-        }
+    /* the Go bridge's keys: webhook:<dm|group|channel>:<peer>[...] */
 
-        p = ngx_http_openclaw_lower(p, rest.data, rest.len);
+    kind = in->peer_kind;
+    thread.len = 0;
+    dm = 0;
 
-    } else if (kind.len) {
+    if (kind.len == 0) {
+        ngx_str_set(&kind, "dm");
+    }
 
-        len = sizeof("agent::webhook::") - 1 + agent->len + kind.len
-              + in->peer_id.len
-              + (thread.len ? sizeof(":thread:") - 1 + thread.len : 0);
+    if (kind.len == 2 && ngx_strncasecmp(kind.data, (u_char *) "dm", 2) == 0) {
+        dm = 1;
+        thread = in->thread_id;
 
-        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
-            return NGX_ERROR;
-        }
-
-        p = ngx_cpymem(buf, "agent:", 6);
-        p = ngx_http_openclaw_lower(p, agent->data, agent->len);
-        p = ngx_cpymem(p, ":webhook:", 9);
-        p = ngx_http_openclaw_lower(p, kind.data, kind.len);
-        *p++ = ':';
-        p = ngx_http_openclaw_lower(p, in->peer_id.data, in->peer_id.len);
-
-        if (thread.len) {
-            p = dm ? ngx_cpymem(p, ":thread:", 8) : ngx_cpymem(p, ":topic:", 7);
-            p = ngx_http_openclaw_lower(p, thread.data, thread.len);
-        }
+    } else if ((kind.len == 5
+                && ngx_strncasecmp(kind.data, (u_char *) "group", 5) == 0)
+               || (kind.len == 7
+                   && ngx_strncasecmp(kind.data, (u_char *) "channel", 7)
+                      == 0))
+    {
+        thread = in->topic_id.len ? in->topic_id : in->thread_id;
 
     } else {
-
-        len = sizeof("agent::webhook:") - 1 + agent->len + sender->len;
-
-        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
-            return NGX_ERROR;
-        }
-
-        p = ngx_cpymem(buf, "agent:", 6);
-        p = ngx_http_openclaw_lower(p, agent->data, agent->len);
-        p = ngx_cpymem(p, ":webhook:", 9);
-        p = ngx_http_openclaw_lower(p, sender->data, sender->len);
+        *err = "field \"peerKind\" must be \"dm\", \"group\" or "
+               "\"channel\"";
+        return NGX_ERROR;
     }
+
+    len = sc->prefix.len + 2 + kind.len + in->peer_id.len
+          + (thread.len ? sizeof(":thread:") - 1 + thread.len : 0);
+
+    if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+        goto too_long;
+    }
+
+    p = ngx_cpymem(p, sc->prefix.data, sc->prefix.len);
+    *p++ = ':';
+    p = ngx_http_openclaw_lower(p, kind.data, kind.len);
+    *p++ = ':';
+    p = ngx_http_openclaw_lower(p, in->peer_id.data, in->peer_id.len);
+
+    if (thread.len) {
+        p = dm ? ngx_cpymem(p, ":thread:", 8) : ngx_cpymem(p, ":topic:", 7);
+        p = ngx_http_openclaw_lower(p, thread.data, thread.len);
+    }
+
+    goto done;
+
+fixed:
+
+    if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+        goto too_long;
+    }
+
+    p = ngx_cpymem(p, sc->prefix.data, sc->prefix.len);
+
+    if (sc->scope == NGX_HTTP_OPENCLAW_SCOPE_GLOBAL) {
+        p = ngx_cpymem(p, ":global", 7);
+
+    } else {
+        *p++ = ':';
+        p = ngx_http_openclaw_lower(p, sc->fallback.data, sc->fallback.len);
+    }
+
+done:
 
     key->data = buf;
     key->len = p - buf;
 
     return NGX_OK;
+
+too_long:
+
+    *err = "session key longer than 512 characters";
+    return NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_openclaw_message_key(ngx_http_openclaw_scope_t *sc, ngx_str_t *raw,
+    u_char *buf, ngx_str_t *key, const char **err)
+{
+    u_char  *p;
+    size_t   len, alen;
+
+    if (raw->len == 0) {
+        *err = "the session key is empty";
+        return NGX_ERROR;
+    }
+
+    alen = sizeof("agent::") - 1 + sc->agent.len;
+
+    p = buf;
+
+    if (raw->len >= 6 && ngx_strncasecmp(raw->data, (u_char *) "agent:", 6)
+                         == 0)
+    {
+        if (raw->len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+            goto too_long;
+        }
+
+        p = ngx_http_openclaw_lower(p, raw->data, raw->len);
+
+        /* a full key must lie in the namespace of this location */
+
+        if (sc->uid.len) {
+            if (raw->len <= sc->prefix.len + 1
+                || ngx_strncmp(buf, sc->prefix.data, sc->prefix.len) != 0
+                || buf[sc->prefix.len] != ':')
+            {
+                *err = "the session key lies outside this connection's uid";
+                return NGX_ERROR;
+            }
+
+        } else {
+            if (raw->len <= alen
+                || ngx_strncmp(buf + 6, sc->agent.data, sc->agent.len) != 0
+                || buf[alen - 1] != ':')
+            {
+                *err = "the session key names another agent than this "
+                       "location's";
+                return NGX_ERROR;
+            }
+
+            if (raw->len - alen >= sizeof("webhook:uid:") - 1
+                && ngx_strncmp(buf + alen, "webhook:uid:",
+                               sizeof("webhook:uid:") - 1) == 0)
+            {
+                goto reserved;
+            }
+        }
+
+        goto done;
+    }
+
+    if (sc->uid.len) {
+        len = sc->prefix.len + sizeof(":session:") - 1 + raw->len;
+
+        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+            goto too_long;
+        }
+
+        p = ngx_cpymem(p, sc->prefix.data, sc->prefix.len);
+        p = ngx_cpymem(p, ":session:", 9);
+
+    } else {
+
+        /* as the gateway does: a bare key belongs to the agent */
+
+        if (raw->len >= sizeof("webhook:uid:") - 1
+            && ngx_strncasecmp(raw->data, (u_char *) "webhook:uid:",
+                               sizeof("webhook:uid:") - 1) == 0)
+        {
+            goto reserved;
+        }
+
+        if (alen + raw->len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+            goto too_long;
+        }
+
+        p = ngx_cpymem(p, "agent:", 6);
+        p = ngx_cpymem(p, sc->agent.data, sc->agent.len);
+        *p++ = ':';
+    }
+
+    p = ngx_http_openclaw_lower(p, raw->data, raw->len);
+
+done:
+
+    key->data = buf;
+    key->len = p - buf;
+
+    return NGX_OK;
+
+reserved:
+
+    *err = "session keys under webhook:uid: belong to uid-routed locations";
+    return NGX_ERROR;
+
+too_long:
+
+    *err = "session key longer than 512 characters";
+    return NGX_ERROR;
 }
 
 

@@ -65,15 +65,37 @@ ngx_int_t ngx_http_openclaw_message_parse(u_char *data, size_t len,
     ngx_http_openclaw_inbound_t *in, const char **err);
 void ngx_http_openclaw_message_free(ngx_http_openclaw_inbound_t *in);
 
+/* how a connection's messages map to sessions */
+
+typedef struct {
+    ngx_uint_t                      scope;
+    ngx_str_t                       agent;
+    ngx_str_t                       uid;
+    ngx_str_t                       prefix;
+    ngx_str_t                       fallback;
+} ngx_http_openclaw_scope_t;
+
+
 /*
- * The session key of a chat message under the per-sender rules: the
- * explicit "session", else the peer fields (the Go bridge's
- * agent:<agent>:webhook:<kind>:<peer>... keys), else "sender".  Keys are
- * lowercased and canonical (agent:<agent>:...).  Writes into "buf" (at
- * least SESSION_MAX bytes); NGX_ERROR if the key would be too long.
+ * The session key of a chat message under the location's scope.  Keys
+ * are lowercase and canonical: "prefix" (agent:<agent>:webhook, plus
+ * :uid:<uid> when a uid is set) followed by the peer part, as the Go
+ * bridge made them (:<kind>:<peer>[:topic:<t>|:thread:<t>]), or by
+ * :sender:<s>, :conn:<id>, :global or :msg:<id>; an explicit "session"
+ * goes through ngx_http_openclaw_message_key().  Writes into "buf" (at
+ * least SESSION_MAX bytes); NGX_ERROR with "*err" set otherwise.
  */
 ngx_int_t ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
-    ngx_str_t *agent, ngx_str_t *sender, u_char *buf, ngx_str_t *key);
+    ngx_http_openclaw_scope_t *sc, u_char *buf, ngx_str_t *key,
+    const char **err);
+
+/*
+ * A key a client names (the "session" field, or the key of a control
+ * message): a bare key is put under the location's agent (and uid); a
+ * full key must lie in the location's namespace.
+ */
+ngx_int_t ngx_http_openclaw_message_key(ngx_http_openclaw_scope_t *sc,
+    ngx_str_t *raw, u_char *buf, ngx_str_t *key, const char **err);
 
 /*
  * The idempotency key (and so the gateway's run id) of a message: stable

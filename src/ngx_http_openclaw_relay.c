@@ -20,6 +20,8 @@
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_gateway.h"
 #include "ngx_http_openclaw_message.h"
+#include "ngx_http_openclaw_sessions.h"
+#include "ngx_http_openclaw_control.h"
 
 
 #define NGX_HTTP_OPENCLAW_RUN_ID_MAX    64
@@ -42,16 +44,6 @@ typedef enum {
 
 
 typedef struct {
-    ngx_http_openclaw_client_t     *client;
-    ngx_queue_t                     runs;
-    ngx_uint_t                      nruns;
-    ngx_str_t                       agent;
-    ngx_str_t                       sender;
-    u_char                          sender_buf[48];
-} ngx_http_openclaw_peer_t;
-
-
-typedef struct {
     ngx_str_node_t                  sn;
     ngx_queue_t                     peer_link;
     ngx_queue_t                     link;
@@ -63,6 +55,7 @@ typedef struct {
     ngx_str_t                       session;
     ngx_str_t                       id;
     ngx_str_t                       params;
+    ngx_shm_zone_t                 *zone;
 
     u_char                         *text;
     size_t                          text_len;
@@ -97,13 +90,14 @@ typedef struct {
     ngx_queue_t                     sent;
     ngx_uint_t                      protocol;
     ngx_uint_t                      connections;
-    ngx_http_openclaw_relay_stats_t stats;
+    ngx_http_openclaw_relay_stats_t *stats;
     ngx_http_openclaw_stray_t       strays[NGX_HTTP_OPENCLAW_STRAYS];
 } ngx_http_openclaw_relay_t;
 
 
-static ngx_http_openclaw_peer_t *ngx_http_openclaw_relay_peer(
-    ngx_http_openclaw_client_t *cl);
+static ngx_uint_t ngx_http_openclaw_relay_bad_name(ngx_str_t *name,
+    size_t max);
+static u_char *ngx_http_openclaw_relay_lower(u_char *dst, ngx_str_t *src);
 static ngx_int_t ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_inbound_t *in);
 static void ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run);
@@ -132,10 +126,8 @@ static void ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
     ngx_str_t *text);
 static void ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
     const char *fmt, ...);
-static void ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run);
-static ngx_int_t ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
-    const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
-    ngx_str_t *session, ngx_str_t *id, ngx_uint_t id_number);
+static void ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run,
+    ngx_str_t *error);
 static void ngx_http_openclaw_relay_closing(ngx_http_openclaw_client_t *cl,
     const char *reason);
 static void ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl);
@@ -162,10 +154,17 @@ ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
 }
 
 
-ngx_http_openclaw_relay_stats_t *
-ngx_http_openclaw_relay_stats(void)
+void
+ngx_http_openclaw_relay_count_out(void)
 {
-    return &ngx_http_openclaw_relay.stats;
+    ngx_http_openclaw_relay.stats->messages_out++;
+}
+
+
+void
+ngx_http_openclaw_relay_set_stats(ngx_http_openclaw_relay_stats_t *stats)
+{
+    ngx_http_openclaw_relay.stats = stats;
 }
 
 
@@ -179,17 +178,12 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
     ngx_http_openclaw_peer_t     *peer;
     ngx_http_openclaw_inbound_t   in;
 
-    peer = ngx_http_openclaw_relay_peer(cl);
-    if (peer == NULL) {
-        ngx_http_openclaw_client_close(cl, NGX_HTTP_OPENCLAW_WS_INTERNAL,
-                                       "out of memory");
-        return NGX_ERROR;
-    }
+    peer = cl->data;
 
-    ngx_http_openclaw_relay.stats.messages_in++;
+    ngx_http_openclaw_relay.stats->messages_in++;
 
     if (opcode != NGX_HTTP_OPENCLAW_WS_TEXT) {
-        ngx_http_openclaw_relay.stats.errors_input++;
+        ngx_http_openclaw_relay.stats->errors_input++;
         ngx_str_set(&error, "binary messages are not supported: send the "
                             "message as JSON text");
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
@@ -202,7 +196,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
                        "openclaw bad message: %s", err);
 
-        ngx_http_openclaw_relay.stats.errors_input++;
+        ngx_http_openclaw_relay.stats->errors_input++;
         error.data = (u_char *) err;
         error.len = ngx_strlen(err);
 
@@ -225,11 +219,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
         break;
 
     default:
-        ngx_http_openclaw_relay.stats.errors_input++;
-        ngx_str_set(&error, "session control messages are not available "
-                            "on this location");
-        rc = ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
-                                           NULL, &in.id, in.id_number);
+        rc = ngx_http_openclaw_control(peer, &in);
         break;
     }
 
@@ -239,54 +229,156 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
 }
 
 
-static ngx_http_openclaw_peer_t *
-ngx_http_openclaw_relay_peer(ngx_http_openclaw_client_t *cl)
+/*
+ * The content handler of openclaw_bridge locations: the connection's
+ * agent, uid and sender come from the location's variables, and are
+ * checked before the upgrade, so that a bad one is a plain 400.
+ */
+
+ngx_int_t
+ngx_http_openclaw_relay_handler(ngx_http_request_t *r)
 {
+    u_char                        *p;
+    ngx_int_t                      rc;
+    ngx_str_t                      agent, uid, sender;
     ngx_http_openclaw_peer_t      *peer;
+    ngx_http_openclaw_client_t    *cl;
     ngx_http_openclaw_loc_conf_t  *conf;
 
-    if (cl->data) {
-        return cl->data;
+    conf = ngx_http_get_module_loc_conf(r, ngx_http_openclaw_bridge_module);
+
+    ngx_str_set(&agent, "main");
+    ngx_str_null(&uid);
+    ngx_str_null(&sender);
+
+    if ((conf->agent
+         && ngx_http_complex_value(r, conf->agent, &agent) != NGX_OK)
+        || (conf->uid && ngx_http_complex_value(r, conf->uid, &uid) != NGX_OK)
+        || (conf->sender
+            && ngx_http_complex_value(r, conf->sender, &sender) != NGX_OK))
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    peer = ngx_pcalloc(cl->request->pool, sizeof(ngx_http_openclaw_peer_t));
+    if (agent.len == 0) {
+        ngx_str_set(&agent, "main");
+    }
+
+    /* they become parts of session keys: no separators, bounded */
+
+    if (ngx_http_openclaw_relay_bad_name(&agent, 64)
+        || ngx_http_openclaw_relay_bad_name(&uid, 128)
+        || sender.len > 200)
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "openclaw_bridge: invalid agent id, uid or sender "
+                      "(letters, digits, \"-\", \"_\" and \".\" only)");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    peer = ngx_pcalloc(r->pool, sizeof(ngx_http_openclaw_peer_t));
     if (peer == NULL) {
-        return NULL;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    conf = cl->conf;
+    ngx_queue_init(&peer->runs);
+    ngx_queue_init(&peer->controls);
+
+    peer->scope.scope = conf->scope;
+
+    p = ngx_pnalloc(r->pool, 2 * agent.len + 2 * uid.len + sender.len + 128);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    peer->scope.agent.data = p;
+    p = ngx_http_openclaw_relay_lower(p, &agent);
+    peer->scope.agent.len = p - peer->scope.agent.data;
+
+    peer->scope.uid.data = p;
+    p = ngx_http_openclaw_relay_lower(p, &uid);
+    peer->scope.uid.len = p - peer->scope.uid.data;
+
+    peer->scope.prefix.data = p;
+    p = ngx_sprintf(p, "agent:%V:webhook", &peer->scope.agent);
+
+    if (uid.len) {
+        p = ngx_sprintf(p, ":uid:%V", &peer->scope.uid);
+    }
+
+    peer->scope.prefix.len = p - peer->scope.prefix.data;
+
+    /* a connection without a sender identity is a sender of its own */
+
+    peer->scope.fallback.data = p;
+
+    if (sender.len) {
+        p = ngx_sprintf(p, "sender:%V", &sender);
+
+    } else {
+        p = ngx_sprintf(p, "conn:%P-%ui", ngx_pid,
+                        ++ngx_http_openclaw_relay.connections);
+    }
+
+    peer->scope.fallback.len = p - peer->scope.fallback.data;
+
+    peer->sender.data = peer->scope.fallback.data;
+    peer->sender.len = peer->scope.fallback.len;
+
+    rc = ngx_http_openclaw_client_handler(r, ngx_http_openclaw_relay_message);
+
+    if (rc != NGX_DONE) {
+        return rc;
+    }
+
+    cl = ngx_http_get_module_ctx(r, ngx_http_openclaw_bridge_module);
 
     peer->client = cl;
-    ngx_queue_init(&peer->runs);
-
-    if (conf->agent == NULL) {
-        ngx_str_set(&peer->agent, "main");
-
-    } else if (ngx_http_complex_value(cl->request, conf->agent, &peer->agent)
-               != NGX_OK)
-    {
-        return NULL;
-    }
-
-    if (peer->agent.len == 0) {
-        ngx_str_set(&peer->agent, "main");
-    }
-
-    /* a connection without peer fields is a sender of its own */
-
-    peer->sender.data = peer->sender_buf;
-    peer->sender.len = ngx_sprintf(peer->sender_buf, "conn:%P-%ui",
-                                   ngx_pid,
-                                   ++ngx_http_openclaw_relay.connections)
-                       - peer->sender_buf;
 
     cl->data = peer;
     cl->gone = ngx_http_openclaw_relay_gone;
     cl->closing = ngx_http_openclaw_relay_closing;
 
-    ngx_http_openclaw_relay.stats.clients++;
+    ngx_http_openclaw_relay.stats->clients++;
 
-    return peer;
+    return NGX_DONE;
+}
+
+
+static ngx_uint_t
+ngx_http_openclaw_relay_bad_name(ngx_str_t *name, size_t max)
+{
+    size_t  i;
+    u_char  c;
+
+    if (name->len > max) {
+        return 1;
+    }
+
+    for (i = 0; i < name->len; i++) {
+        c = name->data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static u_char *
+ngx_http_openclaw_relay_lower(u_char *dst, ngx_str_t *src)
+{
+    size_t  i;
+
+    for (i = 0; i < src->len; i++) {
+        *dst++ = ngx_tolower(src->data[i]);
+    }
+
+    return dst;
 }
 
 
@@ -296,7 +388,9 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 {
     u_char                         *p;
     size_t                          size;
+    ngx_int_t                       rc;
     ngx_str_t                       session, error, run_id, params;
+    const char                     *err;
     ngx_http_openclaw_run_t        *run;
     ngx_http_openclaw_json_t        j;
     ngx_http_openclaw_relay_t      *rl;
@@ -310,19 +404,20 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     conf = cl->conf;
 
     if (peer->nruns >= conf->max_in_flight) {
-        rl->stats.errors_input++;
+        rl->stats->errors_input++;
         ngx_str_set(&error, "too many messages in flight on this "
                             "connection: wait for their replies");
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
                                              NULL, &in->id, in->id_number);
     }
 
-    if (ngx_http_openclaw_message_session(in, &peer->agent, &peer->sender,
-                                          key, &session)
+    if (ngx_http_openclaw_message_session(in, &peer->scope, key, &session,
+                                          &err)
         != NGX_OK)
     {
-        rl->stats.errors_input++;
-        ngx_str_set(&error, "session key longer than 512 characters");
+        rl->stats->errors_input++;
+        error.data = (u_char *) err;
+        error.len = ngx_strlen(err);
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
                                              NULL, &in->id, in->id_number);
     }
@@ -336,12 +431,33 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
                               ngx_crc32_short(rid, run_id.len))
         != NULL)
     {
-        rl->stats.errors_input++;
+        rl->stats->errors_input++;
         ngx_str_set(&error, "a message with this id is already in flight "
                             "in this session");
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
                                              &session, &in->id,
                                              in->id_number);
+    }
+
+    if (conf->zone) {
+        rc = ngx_http_openclaw_sessions_start(conf->zone, &session,
+                                              &peer->scope.agent,
+                                              &peer->scope.uid, &peer->sender);
+
+        if (rc != NGX_OK) {
+            rl->stats->errors_input++;
+
+            if (rc == NGX_DECLINED) {
+                ngx_str_set(&error, "no room for the session: every session "
+                                    "of the zone has messages in flight");
+            } else {
+                ngx_str_set(&error, "the session belongs to another uid");
+            }
+
+            return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL,
+                                                 &error, &session, &in->id,
+                                                 in->id_number);
+        }
     }
 
     /* the params are built once: a reconnect sends them again as they are */
@@ -364,6 +480,11 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     run = ngx_calloc(size, cl->connection->log);
     if (run == NULL) {
         ngx_str_set(&error, "out of memory");
+
+        if (conf->zone) {
+            ngx_http_openclaw_sessions_end(conf->zone, &session, &error);
+        }
+
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
                                              &session, &in->id,
                                              in->id_number);
@@ -390,10 +511,11 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     run->sn.node.key = ngx_crc32_short(run->run_id, run_id.len);
     ngx_rbtree_insert(&rl->runs, &run->sn.node);
 
+    run->zone = conf->zone;
     run->peer = peer;
     ngx_queue_insert_tail(&peer->runs, &run->peer_link);
     peer->nruns++;
-    rl->stats.runs++;
+    rl->stats->runs++;
 
     run->rpc.handler = ngx_http_openclaw_relay_acked;
     run->rpc.data = run;
@@ -405,7 +527,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 
     run->state = NGX_HTTP_OPENCLAW_RUN_WAITING;
     ngx_queue_insert_tail(&rl->waiting, &run->link);
-    rl->stats.waiting++;
+    rl->stats->waiting++;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
                    "openclaw run %V in session \"%V\"", &run_id, &session);
@@ -414,8 +536,8 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 
         /* the link is down: wait for it, but not in an unbounded queue */
 
-        if (rl->stats.waiting > rl->conf->queue_size) {
-            rl->stats.errors_link++;
+        if (rl->stats->waiting > rl->conf->queue_size) {
+            rl->stats->errors_link++;
             ngx_http_openclaw_relay_fail(run, "gateway not connected, and "
                                          "%ui messages are already waiting",
                                          rl->conf->queue_size);
@@ -459,7 +581,7 @@ ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
 
     ngx_queue_remove(&run->link);
     ngx_queue_insert_tail(&rl->sent, &run->link);
-    rl->stats.waiting--;
+    rl->stats->waiting--;
 
     run->state = NGX_HTTP_OPENCLAW_RUN_SENT;
 
@@ -494,7 +616,7 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
         code = cJSON_GetObjectItemCaseSensitive(error, "code");
         message = cJSON_GetObjectItemCaseSensitive(error, "message");
 
-        rl->stats.errors_gateway++;
+        rl->stats->errors_gateway++;
         ngx_http_openclaw_relay_fail(run, "gateway refused the message: %s%s%s",
                                      cJSON_IsString(code)
                                      ? code->valuestring : "error",
@@ -553,7 +675,7 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
         return;
     }
 
-    rl->stats.errors_gateway++;
+    rl->stats->errors_gateway++;
     ngx_http_openclaw_relay_fail(run, "gateway reports the run as \"%s\"",
                                  *status ? status : "unknown");
 }
@@ -613,7 +735,7 @@ ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
         return;
     }
 
-    ngx_http_openclaw_relay.stats.errors_gateway++;
+    ngx_http_openclaw_relay.stats->errors_gateway++;
     ngx_http_openclaw_relay_fail(run, "the gateway already answered this "
                                  "message, and its reply is no longer in the "
                                  "session history");
@@ -668,7 +790,7 @@ ngx_http_openclaw_relay_link_down(void)
 
         ngx_queue_remove(&run->link);
         ngx_queue_insert_tail(&rl->waiting, &run->link);
-        rl->stats.waiting++;
+        rl->stats->waiting++;
 
         run->state = NGX_HTTP_OPENCLAW_RUN_WAITING;
 
@@ -782,7 +904,7 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
 
     if (ngx_strcmp(state, "error") == 0) {
         item = cJSON_GetObjectItemCaseSensitive(payload, "errorMessage");
-        rl->stats.errors_gateway++;
+        rl->stats->errors_gateway++;
 
         ngx_http_openclaw_relay_fail(run, "agent error: %s",
                                      cJSON_IsString(item)
@@ -792,7 +914,7 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
     }
 
     if (ngx_strcmp(state, "aborted") == 0) {
-        rl->stats.errors_gateway++;
+        rl->stats->errors_gateway++;
         ngx_http_openclaw_relay_fail(run, "agent run aborted");
         return;
     }
@@ -1177,7 +1299,7 @@ ngx_http_openclaw_relay_timeout(ngx_event_t *ev)
     run = ev->data;
     rl = &ngx_http_openclaw_relay;
 
-    rl->stats.errors_timeout++;
+    rl->stats->errors_timeout++;
 
     switch (run->state) {
 
@@ -1237,16 +1359,15 @@ static void
 ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
     ngx_str_t *text)
 {
-    ngx_http_openclaw_relay.stats.completed++;
+    ngx_http_openclaw_relay.stats->completed++;
 
     if (run->peer) {
-        ngx_http_openclaw_relay.stats.messages_out++;
         (void) ngx_http_openclaw_relay_reply(run->peer->client, "complete",
                                              text, NULL, NULL, &run->session,
                                              &run->id, run->id_number);
     }
 
-    ngx_http_openclaw_relay_free(run);
+    ngx_http_openclaw_relay_free(run, NULL);
 }
 
 
@@ -1267,28 +1388,34 @@ ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
     error.len = p - buf;
 
     if (run->peer) {
-        ngx_http_openclaw_relay.stats.messages_out++;
         (void) ngx_http_openclaw_relay_reply(run->peer->client, "error", NULL,
                                              NULL, &error, &run->session,
                                              &run->id, run->id_number);
     }
 
-    ngx_http_openclaw_relay_free(run);
+    ngx_http_openclaw_relay_free(run, &error);
 }
 
 
 static void
-ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run)
+ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
 {
+    ngx_str_t                   none;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
+
+    if (run->zone) {
+        ngx_str_null(&none);
+        ngx_http_openclaw_sessions_end(run->zone, &run->session,
+                                       error ? error : &none);
+    }
 
     ngx_rbtree_delete(&rl->runs, &run->sn.node);
     ngx_queue_remove(&run->link);
 
     if (run->state == NGX_HTTP_OPENCLAW_RUN_WAITING) {
-        rl->stats.waiting--;
+        rl->stats->waiting--;
     }
 
     if (run->peer) {
@@ -1296,7 +1423,7 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run)
         run->peer->nruns--;
     }
 
-    rl->stats.runs--;
+    rl->stats->runs--;
 
     ngx_http_openclaw_gateway_cancel(&run->rpc);
 
@@ -1312,7 +1439,7 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
     const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
     ngx_str_t *session, ngx_str_t *id, ngx_uint_t id_number)
@@ -1321,6 +1448,12 @@ ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
     ngx_http_openclaw_json_t  j;
 
     j.log = cl->connection->log;
+
+    /* every message in ends in exactly one of these */
+
+    if (type[0] != 'p') {
+        ngx_http_openclaw_relay.stats->messages_out++;
+    }
 
     ngx_http_openclaw_json_begin(&j, type);
 
@@ -1385,6 +1518,8 @@ ngx_http_openclaw_relay_closing(ngx_http_openclaw_client_t *cl,
                                      "the reply; send the message again "
                                      "with the same id to get it", reason);
     }
+
+    ngx_http_openclaw_control_closing(peer, reason);
 }
 
 
@@ -1393,11 +1528,14 @@ ngx_http_openclaw_relay_closing(ngx_http_openclaw_client_t *cl,
 static void
 ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl)
 {
+    ngx_str_t                  gone;
     ngx_queue_t               *q;
     ngx_http_openclaw_run_t   *run;
     ngx_http_openclaw_peer_t  *peer;
 
     peer = cl->data;
+
+    ngx_str_set(&gone, "the client went away before the reply");
 
     while (!ngx_queue_empty(&peer->runs)) {
         q = ngx_queue_head(&peer->runs);
@@ -1411,8 +1549,10 @@ ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl)
         run->peer = NULL;
         peer->nruns--;
 
-        ngx_http_openclaw_relay_free(run);
+        ngx_http_openclaw_relay_free(run, &gone);
     }
 
-    ngx_http_openclaw_relay.stats.clients--;
+    ngx_http_openclaw_control_gone(peer);
+
+    ngx_http_openclaw_relay.stats->clients--;
 }

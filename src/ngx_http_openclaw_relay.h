@@ -15,6 +15,7 @@
 
 #include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_client.h"
+#include "ngx_http_openclaw_message.h"
 
 
 /* counters for the status endpoint */
@@ -33,10 +34,27 @@ typedef struct {
 } ngx_http_openclaw_relay_stats_t;
 
 
+/* what the relay keeps for each client connection */
+
+typedef struct {
+    ngx_http_openclaw_client_t     *client;
+    ngx_queue_t                     runs;
+    ngx_queue_t                     controls;
+    ngx_uint_t                      nruns;
+    ngx_http_openclaw_scope_t       scope;
+    ngx_str_t                       sender;
+} ngx_http_openclaw_peer_t;
+
+
 ngx_int_t ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
     ngx_http_openclaw_main_conf_t *omcf);
+void ngx_http_openclaw_relay_set_stats(ngx_http_openclaw_relay_stats_t *stats);
+void ngx_http_openclaw_relay_count_out(void);
 
-/* the message handler of openclaw_bridge locations */
+/* the content handler of openclaw_bridge locations */
+ngx_int_t ngx_http_openclaw_relay_handler(ngx_http_request_t *r);
+
+/* the message handler of its connections */
 ngx_int_t ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
     ngx_uint_t opcode, u_char *data, size_t len);
 
@@ -45,7 +63,11 @@ void ngx_http_openclaw_relay_link_up(ngx_uint_t protocol);
 void ngx_http_openclaw_relay_link_down(void);
 void ngx_http_openclaw_relay_chat_event(cJSON *payload);
 
-ngx_http_openclaw_relay_stats_t *ngx_http_openclaw_relay_stats(void);
+/* a reply of the documented shape; NULL fields are left out */
+ngx_int_t ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
+    const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
+    ngx_str_t *session, ngx_str_t *id, ngx_uint_t id_number);
+
 
 
 #endif /* _NGX_HTTP_OPENCLAW_RELAY_H_INCLUDED_ */

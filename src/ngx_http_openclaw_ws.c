@@ -41,13 +41,6 @@ ngx_http_openclaw_ws_parser_init(ngx_http_openclaw_ws_parser_t *p,
 }
 
 
-int
-ngx_http_openclaw_ws_parser_busy(ngx_http_openclaw_ws_parser_t *p)
-{
-    return p->in_message || p->state != WS_ST_HEADER || p->header_len != 0;
-}
-
-
 ngx_http_openclaw_ws_rc_e
 ngx_http_openclaw_ws_parse(ngx_http_openclaw_ws_parser_t *p, uint8_t *buf,
     size_t len, size_t *consumed, ngx_http_openclaw_ws_event_t *ev)
@@ -523,7 +516,9 @@ ngx_http_openclaw_ws_close_payload(uint8_t *buf, unsigned code,
         }
     }
 
-    memcpy(buf + 2, reason, reason_len);
+    if (reason_len) {
+        memcpy(buf + 2, reason, reason_len);
+    }
 
     return 2 + reason_len;
 }

@@ -120,9 +120,6 @@ ngx_http_openclaw_ws_rc_e ngx_http_openclaw_ws_parse(
     ngx_http_openclaw_ws_parser_t *p, uint8_t *buf, size_t len,
     size_t *consumed, ngx_http_openclaw_ws_event_t *ev);
 
-/* a message is being reassembled or a frame is half read */
-int ngx_http_openclaw_ws_parser_busy(ngx_http_openclaw_ws_parser_t *p);
-
 /*
  * Writes a frame header into "buf" (at least MAX_HEADER bytes) and returns
  * its size; a non-NULL "mask" adds the masking key (the caller masks the

@@ -1,0 +1,309 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_openclaw_status.h"
+#include "ngx_http_openclaw_sessions.h"
+
+
+/* old and new workers overlap during a reload: room for both */
+#define NGX_HTTP_OPENCLAW_STATUS_SLOTS  256
+
+
+typedef struct {
+    ngx_uint_t                          nslots;
+    ngx_http_openclaw_worker_status_t   slots[NGX_HTTP_OPENCLAW_STATUS_SLOTS];
+} ngx_http_openclaw_status_sh_t;
+
+
+static ngx_int_t ngx_http_openclaw_status_init_zone(ngx_shm_zone_t *zone,
+    void *data);
+static u_char *ngx_http_openclaw_status_worker(u_char *p,
+    ngx_http_openclaw_worker_status_t *ws);
+
+
+static ngx_http_openclaw_worker_status_t  *ngx_http_openclaw_status_slot;
+
+static const char  *ngx_http_openclaw_link_states[] = {
+    "down", "connecting", "upgrading", "challenge", "hello", "ready"
+};
+
+
+ngx_int_t
+ngx_http_openclaw_status_zone(ngx_conf_t *cf,
+    ngx_http_openclaw_main_conf_t *omcf)
+{
+    size_t      size;
+    ngx_str_t   name;
+
+    if (omcf->status) {
+        return NGX_OK;
+    }
+
+    ngx_str_set(&name, "openclaw_bridge_status");
+
+    size = ngx_align(sizeof(ngx_http_openclaw_status_sh_t), ngx_pagesize)
+           + 8 * ngx_pagesize;
+
+    omcf->status = ngx_shared_memory_add(cf, &name, size,
+                                         &ngx_http_openclaw_bridge_module);
+    if (omcf->status == NULL) {
+        return NGX_ERROR;
+    }
+
+    omcf->status->init = ngx_http_openclaw_status_init_zone;
+    omcf->status->data = omcf;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_status_init_zone(ngx_shm_zone_t *zone, void *data)
+{
+    ngx_slab_pool_t                *shpool;
+    ngx_http_openclaw_status_sh_t  *sh;
+
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+
+    if (data) {
+
+        /* the old generation's slots stay: its workers are still there */
+
+        return NGX_OK;
+    }
+
+    if (zone->shm.exists) {
+        return NGX_OK;
+    }
+
+    sh = ngx_slab_calloc(shpool, sizeof(ngx_http_openclaw_status_sh_t));
+    if (sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    sh->nslots = NGX_HTTP_OPENCLAW_STATUS_SLOTS;
+    shpool->data = sh;
+
+    return NGX_OK;
+}
+
+
+ngx_http_openclaw_worker_status_t *
+ngx_http_openclaw_status_attach(ngx_cycle_t *cycle,
+    ngx_http_openclaw_main_conf_t *omcf)
+{
+    ngx_uint_t                          i;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_openclaw_status_sh_t      *sh;
+    ngx_http_openclaw_worker_status_t  *ws;
+
+    if (omcf->status == NULL) {
+        return NULL;
+    }
+
+    shpool = (ngx_slab_pool_t *) omcf->status->shm.addr;
+    sh = shpool->data;
+    ws = NULL;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    /* a slot is free when its worker is gone, even without a goodbye */
+
+    for (i = 0; i < sh->nslots; i++) {
+        if (sh->slots[i].pid == 0
+            || (kill(sh->slots[i].pid, 0) == -1 && ngx_errno == NGX_ESRCH))
+        {
+            ws = &sh->slots[i];
+            ngx_memzero(ws, sizeof(ngx_http_openclaw_worker_status_t));
+            ws->pid = ngx_pid;
+            ws->started = ngx_time();
+            break;
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (ws == NULL) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "no free slot in openclaw_bridge_status: this worker "
+                      "is left out of the status");
+    }
+
+    ngx_http_openclaw_status_slot = ws;
+
+    return ws;
+}
+
+
+void
+ngx_http_openclaw_status_detach(void)
+{
+    if (ngx_http_openclaw_status_slot) {
+        ngx_http_openclaw_status_slot->pid = 0;
+        ngx_http_openclaw_status_slot = NULL;
+    }
+}
+
+
+ngx_int_t
+ngx_http_openclaw_status_handler(ngx_http_request_t *r)
+{
+    u_char                             *p;
+    size_t                              size;
+    ngx_int_t                           rc;
+    ngx_buf_t                          *b;
+    ngx_uint_t                          i, first;
+    ngx_chain_t                         out;
+    ngx_list_part_t                    *part;
+    ngx_shm_zone_t                     *zone;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_openclaw_status_sh_t      *sh;
+    ngx_http_openclaw_zone_info_t       info;
+    ngx_http_openclaw_main_conf_t      *omcf;
+    ngx_http_openclaw_worker_status_t   ws;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_openclaw_bridge_module);
+
+    sh = NULL;
+    size = sizeof("{\"workers\":[],\"zones\":[]}\n");
+
+    if (omcf->status) {
+        shpool = (ngx_slab_pool_t *) omcf->status->shm.addr;
+        sh = shpool->data;
+        size += sh->nslots * 1024;
+    }
+
+    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
+
+    for (i = 0; part; part = part->next) {
+        i += part->nelts;
+    }
+
+    size += i * 512;
+
+    b = ngx_create_temp_buf(r->pool, size);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(b->last, "{\"workers\":[", 12);
+    first = 1;
+
+    for (i = 0; sh && i < sh->nslots; i++) {
+
+        /* a plain copy: the owner may be writing, a torn figure is fine */
+
+        ws = sh->slots[i];
+
+        if (ws.pid == 0) {
+            continue;
+        }
+
+        if (!first) {
+            *p++ = ',';
+        }
+
+        first = 0;
+        p = ngx_http_openclaw_status_worker(p, &ws);
+    }
+
+    p = ngx_cpymem(p, "],\"zones\":[", 11);
+    first = 1;
+
+    for (part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
+         part;
+         part = part->next)
+    {
+        zone = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            if (!ngx_http_openclaw_sessions_zone_of(&zone[i])) {
+                continue;
+            }
+
+            ngx_http_openclaw_sessions_info(&zone[i], &info);
+
+            p = ngx_sprintf(p, "%s{\"name\":\"%V\",\"size\":%uz,"
+                            "\"free\":%uz,\"sessions\":%ui,"
+                            "\"evicted\":%ui}",
+                            first ? "" : ",", &zone[i].shm.name,
+                            info.size, info.free, info.sessions,
+                            info.evicted);
+            first = 0;
+        }
+    }
+
+    p = ngx_cpymem(p, "]}\n", 3);
+
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static u_char *
+ngx_http_openclaw_status_worker(u_char *p,
+    ngx_http_openclaw_worker_status_t *ws)
+{
+    size_t                           len;
+    ngx_http_openclaw_link_info_t   *link;
+    ngx_http_openclaw_relay_stats_t *rs;
+
+    link = &ws->link;
+    rs = &ws->relay;
+
+    len = ngx_strnlen(link->last_error, sizeof(link->last_error));
+
+    p = ngx_sprintf(p, "{\"pid\":%P,\"started\":%T,"
+                    "\"link\":{\"state\":\"%s\",\"protocol\":%ui,"
+                    "\"since\":%T,\"reconnects\":%ui,\"last_error\":\"",
+                    ws->pid, ws->started,
+                    ngx_http_openclaw_link_states[link->state],
+                    link->protocol, link->since, link->reconnects);
+
+    p = (u_char *) ngx_escape_json(p, link->last_error, len);
+
+    p = ngx_sprintf(p, "\"},\"clients\":%ui,\"messages_in\":%ui,"
+                    "\"messages_out\":%ui,\"completed\":%ui,"
+                    "\"runs_in_flight\":%ui,\"waiting_for_link\":%ui,"
+                    "\"errors\":{\"input\":%ui,\"gateway\":%ui,"
+                    "\"timeout\":%ui,\"link\":%ui}}",
+                    rs->clients, rs->messages_in, rs->messages_out,
+                    rs->completed, rs->runs, rs->waiting, rs->errors_input,
+                    rs->errors_gateway, rs->errors_timeout, rs->errors_link);
+
+    return p;
+}

@@ -1,0 +1,44 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+#ifndef _NGX_HTTP_OPENCLAW_STATUS_H_INCLUDED_
+#define _NGX_HTTP_OPENCLAW_STATUS_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_openclaw_bridge.h"
+#include "ngx_http_openclaw_gateway.h"
+#include "ngx_http_openclaw_relay.h"
+
+
+/*
+ * Each worker's figures live in a slot of a small shared zone, written by
+ * that worker only, so that any worker can answer the status request.
+ */
+
+typedef struct {
+    ngx_pid_t                        pid;
+    time_t                           started;
+    ngx_http_openclaw_link_info_t    link;
+    ngx_http_openclaw_relay_stats_t  relay;
+} ngx_http_openclaw_worker_status_t;
+
+
+ngx_int_t ngx_http_openclaw_status_zone(ngx_conf_t *cf,
+    ngx_http_openclaw_main_conf_t *omcf);
+
+/* the calling worker's slot; NULL when every slot is taken */
+ngx_http_openclaw_worker_status_t *ngx_http_openclaw_status_attach(
+    ngx_cycle_t *cycle, ngx_http_openclaw_main_conf_t *omcf);
+void ngx_http_openclaw_status_detach(void);
+
+ngx_int_t ngx_http_openclaw_status_handler(ngx_http_request_t *r);
+
+
+#endif /* _NGX_HTTP_OPENCLAW_STATUS_H_INCLUDED_ */

@@ -104,14 +104,28 @@ $(BUILD)/ws_codec_test: src/ngx_http_openclaw_ws.c src/ngx_http_openclaw_ws.h \
 
 unit: deps $(BUILD)/ws_codec_test
 
+# The gateway's token: OPENCLAW_GATEWAY_TOKEN, else the one in the local
+# OpenClaw's own configuration, if there is one.
+OPENCLAW_CONFIG ?= $(HOME)/.openclaw/openclaw.json
 run: module
 	mkdir -p $(BUILD)/run/logs $(BUILD)/run/modules $(BUILD)/run/tmp
 	ln -sf $(BUILD)/$(MODULE) $(BUILD)/run/modules/$(MODULE)
-	$(NGINX) -p $(BUILD)/run/ -c $(TOP)/conf-examples/nginx.conf \
+	@if [ -z "$$OPENCLAW_GATEWAY_TOKEN" ] && [ -f $(OPENCLAW_CONFIG) ]; then \
+	    echo "using the gateway token of $(OPENCLAW_CONFIG)"; fi
+	OPENCLAW_GATEWAY_TOKEN="$${OPENCLAW_GATEWAY_TOKEN:-$$(perl \
+	    t/gateway/token.pl $(OPENCLAW_CONFIG))}" \
+	    $(NGINX) -p $(BUILD)/run/ -c $(TOP)/conf-examples/nginx.conf \
 	    -e logs/error.log -t
-	@echo "nginx with the module: ws://127.0.0.1:8080/ (Ctrl-C stops it)"
-	exec $(NGINX) -p $(BUILD)/run/ -c $(TOP)/conf-examples/nginx.conf \
+	@echo "nginx with the module: ws://127.0.0.1:8080/ws (Ctrl-C stops it)"
+	OPENCLAW_GATEWAY_TOKEN="$${OPENCLAW_GATEWAY_TOKEN:-$$(perl \
+	    t/gateway/token.pl $(OPENCLAW_CONFIG))}" \
+	    exec $(NGINX) -p $(BUILD)/run/ -c $(TOP)/conf-examples/nginx.conf \
 	    -e logs/error.log -g 'daemon off; master_process on;'
+
+# A real gateway from npm with a canned fake model, nginx with the module
+# in front of it, and a prompt that streams the replies.
+demo: module gateways
+	perl t/gateway/demo.pl
 
 # The stock nginx binary is not instrumented, so the ASan runtime is
 # preloaded for it; leaks are checked by the tests through LSan reports

@@ -109,6 +109,9 @@ static void ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
     cJSON *payload, const char *state);
 static ngx_int_t ngx_http_openclaw_relay_progress(
     ngx_http_openclaw_run_t *run, cJSON *payload);
+static ngx_int_t ngx_http_openclaw_relay_progress_reply(
+    ngx_http_openclaw_run_t *run, ngx_str_t *content, ngx_str_t *delta,
+    ngx_uint_t replaced);
 static ngx_int_t ngx_http_openclaw_relay_set_text(
     ngx_http_openclaw_run_t *run, u_char *text, size_t len);
 static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_adopt(cJSON *payload,
@@ -933,13 +936,15 @@ static ngx_int_t
 ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
     cJSON *payload)
 {
-    u_char     *buf;
-    cJSON      *message, *delta, *replace;
-    ngx_int_t   rc;
-    ngx_str_t   text, added, content;
-    size_t      old;
+    u_char      *buf;
+    cJSON       *message, *delta, *replace;
+    size_t       old;
+    ngx_int_t    rc;
+    ngx_str_t    text, added, content;
+    ngx_uint_t   replaced;
 
     buf = NULL;
+    replaced = 0;
     message = cJSON_GetObjectItemCaseSensitive(payload, "message");
 
     if (message) {
@@ -972,11 +977,14 @@ ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
         }
 
         text = added;
+        replaced = 1;
     }
 
     old = run->text_len;
 
-    if (text.len >= old && ngx_memcmp(text.data, run->text, old) == 0) {
+    if (!replaced && text.len >= old
+        && ngx_memcmp(text.data, run->text, old) == 0)
+    {
 
         if (text.len == old) {
             if (buf) {
@@ -994,6 +1002,7 @@ ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
         /* rewritten rather than extended: the whole text is new */
 
         added = text;
+        replaced = 1;
     }
 
     rc = ngx_http_openclaw_relay_set_text(run, text.data, text.len);
@@ -1019,11 +1028,49 @@ send:
     content.data = run->text;
     content.len = run->text_len;
 
-    (void) ngx_http_openclaw_relay_reply(run->peer->client, "progress",
-                                         &content, &added, NULL,
-                                         &run->session, &run->id,
-                                         run->id_number);
+    (void) ngx_http_openclaw_relay_progress_reply(run, &content, &added,
+                                                  replaced);
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_relay_progress_reply(ngx_http_openclaw_run_t *run,
+    ngx_str_t *content, ngx_str_t *delta, ngx_uint_t replaced)
+{
+    ngx_str_t                 out;
+    ngx_http_openclaw_json_t  j;
+
+    j.log = run->peer->client->connection->log;
+
+    ngx_http_openclaw_json_begin(&j, "progress");
+    ngx_http_openclaw_json_string(&j, "content", content->data, content->len);
+    ngx_http_openclaw_json_string(&j, "delta", delta->data, delta->len);
+
+    if (replaced) {
+        ngx_http_openclaw_json_raw(&j, "replace", (u_char *) "true", 4);
+    }
+
+    ngx_http_openclaw_json_string(&j, "session", run->session.data,
+                                  run->session.len);
+
+    if (run->id.len) {
+        if (run->id_number) {
+            ngx_http_openclaw_json_raw(&j, "id", run->id.data, run->id.len);
+
+        } else {
+            ngx_http_openclaw_json_string(&j, "id", run->id.data,
+                                          run->id.len);
+        }
+    }
+
+    if (ngx_http_openclaw_json_end(&j, &out) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_openclaw_client_send(run->peer->client,
+                                         NGX_HTTP_OPENCLAW_WS_TEXT,
+                                         out.data, out.len);
 }
 
 

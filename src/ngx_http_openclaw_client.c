@@ -586,12 +586,18 @@ ngx_http_openclaw_client_read_handler(ngx_event_t *rev)
             return;
         }
 
-        /* graceful shutdown or reload: say so to the client */
+        /*
+         * Graceful shutdown or reload: say so to the client.  This runs
+         * outside the event loop, which would not get to a posted write
+         * before the close timer: the frame is written here.
+         */
 
         c->close = 0;
 
         ngx_http_openclaw_client_close(cl, NGX_HTTP_OPENCLAW_WS_GOING_AWAY,
                                        "server shutting down");
+
+        (void) ngx_http_openclaw_client_flush(cl);
         return;
     }
 
@@ -910,7 +916,10 @@ ngx_http_openclaw_client_frame(ngx_http_openclaw_client_t *cl,
 
     cl->out_last += ngx_http_openclaw_ws_frame_header(cl->out_last, opcode,
                                                       1, len, NULL);
-    cl->out_last = ngx_cpymem(cl->out_last, data, len);
+
+    if (len) {
+        cl->out_last = ngx_cpymem(cl->out_last, data, len);
+    }
 
     return NGX_OK;
 }

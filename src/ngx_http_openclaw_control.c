@@ -111,7 +111,7 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
                                    &in->id, in->id_number);
     }
 
-    ngx_str_null(&key);
+    ngx_str_set(&key, "");
 
     if (in->type != NGX_HTTP_OPENCLAW_MSG_SESSION_LIST) {
 

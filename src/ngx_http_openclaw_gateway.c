@@ -209,6 +209,19 @@ ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle)
 }
 
 
+const char *
+ngx_http_openclaw_gateway_last_error(void)
+{
+    if (ngx_http_openclaw_gw == NULL
+        || ngx_http_openclaw_gw->info->last_error[0] == '\0')
+    {
+        return "no attempt finished yet";
+    }
+
+    return (const char *) ngx_http_openclaw_gw->info->last_error;
+}
+
+
 static void
 ngx_http_openclaw_gateway_connect(ngx_event_t *ev)
 {
@@ -1266,13 +1279,6 @@ ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc)
     }
 
     rpc->node.key = 0;
-}
-
-
-ngx_int_t
-ngx_http_openclaw_gateway_pending(ngx_http_openclaw_rpc_t *rpc)
-{
-    return rpc->node.key != 0;
 }
 
 

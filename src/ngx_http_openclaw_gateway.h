@@ -70,7 +70,8 @@ ngx_int_t ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
 /* forgets a pending request: its response, if any, will be dropped */
 void ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc);
 
-ngx_int_t ngx_http_openclaw_gateway_pending(ngx_http_openclaw_rpc_t *rpc);
+/* why the link is not up, for the errors of messages that waited */
+const char *ngx_http_openclaw_gateway_last_error(void);
 
 
 #endif /* _NGX_HTTP_OPENCLAW_GATEWAY_H_INCLUDED_ */

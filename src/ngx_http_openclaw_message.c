@@ -46,6 +46,9 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
 
     ngx_memzero(in, sizeof(ngx_http_openclaw_inbound_t));
 
+    ngx_str_set(&in->id, "");
+    ngx_str_set(&in->type_name, "");
+
     json = cJSON_ParseWithLengthOpts((const char *) data, len, &end, 0);
 
     if (json == NULL) {
@@ -213,8 +216,9 @@ ngx_http_openclaw_message_field(ngx_http_openclaw_inbound_t *in,
     ngx_uint_t      text_only;
     static u_char   errbuf[96];
 
-    value->len = 0;
-    value->data = NULL;
+    /* never NULL: these get copied, and memcpy() takes no NULL at all */
+
+    ngx_str_set(value, "");
 
     item = cJSON_GetObjectItemCaseSensitive(in->json, name);
 

@@ -983,7 +983,7 @@ ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
     old = run->text_len;
 
     if (!replaced && text.len >= old
-        && ngx_memcmp(text.data, run->text, old) == 0)
+        && (old == 0 || ngx_memcmp(text.data, run->text, old) == 0))
     {
 
         if (text.len == old) {
@@ -1352,7 +1352,8 @@ ngx_http_openclaw_relay_timeout(ngx_event_t *ev)
 
     case NGX_HTTP_OPENCLAW_RUN_WAITING:
         ngx_http_openclaw_relay_fail(run, "gateway not connected within "
-                                     "%M ms", rl->conf->request_timeout);
+                                     "%M ms (%s)", rl->conf->request_timeout,
+                                     ngx_http_openclaw_gateway_last_error());
         return;
 
     case NGX_HTTP_OPENCLAW_RUN_SENT:
@@ -1453,7 +1454,7 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
     rl = &ngx_http_openclaw_relay;
 
     if (run->zone) {
-        ngx_str_null(&none);
+        ngx_str_set(&none, "");
         ngx_http_openclaw_sessions_end(run->zone, &run->session,
                                        error ? error : &none);
     }

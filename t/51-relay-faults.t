@@ -497,7 +497,8 @@ EOF
         like($end->{h1} && $end->{h1}{error}, qr/2000 ms|time/i, 'naming the timeout')
             or diag encode_json($end->{h1});
         cmp_ok($took, '>=', 1.9, 'after openclaw_gateway_run_timeout (2 s)');
-        cmp_ok($took, '<', 4, 'not much later');
+        # measured when read, after the block above: slack for ASan and -j2
+        cmp_ok($took, '<', 6, 'not much later');
         my $key = key_of($gw, '{{hang}} forever');
         my $abort = $gw->wait_until(sub {
             (grep { ($_->{params}{runId} // '') eq ($key // '-') } $gw->requests('chat.abort'))[0];

@@ -186,7 +186,8 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
     if (conf->zone) {
 
         if (ctl->type == NGX_HTTP_OPENCLAW_MSG_SESSION_LIST) {
-            rc = ngx_http_openclaw_sessions_list(conf->zone, &peer->scope.uid,
+            rc = ngx_http_openclaw_sessions_list(conf->zone,
+                                 &peer->scope.agent, &peer->scope.uid,
                                  conf->control == NGX_HTTP_OPENCLAW_CONTROL_OWN
                                  ? &peer->sender : NULL,
                                  pool, &ctl->records);

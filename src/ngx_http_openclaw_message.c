@@ -580,10 +580,11 @@ void
 ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
     u_char *buf)
 {
-    int            ok;
-    u_char         md[EVP_MAX_MD_SIZE];
-    unsigned int   mdlen;
-    EVP_MD_CTX    *ctx;
+    int                  ok;
+    u_char               md[EVP_MAX_MD_SIZE];
+    unsigned int         mdlen;
+    static EVP_MD_CTX   *ctx;
+    static const EVP_MD *sha256;
 
     buf = ngx_cpymem(buf, "wh-", 3);
 
@@ -592,18 +593,21 @@ ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
 
     } else {
 
+        /* one context and one fetched digest for the worker's lifetime */
+
+        if (ctx == NULL) {
+            ctx = EVP_MD_CTX_new();
+            sha256 = EVP_sha256();
+        }
+
         /* the zero byte keeps "a" + "b:c" apart from "a:b" + "c" */
 
-        ctx = EVP_MD_CTX_new();
-
         ok = ctx != NULL
-             && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1
+             && EVP_DigestInit_ex(ctx, sha256, NULL) == 1
              && EVP_DigestUpdate(ctx, session->data, session->len) == 1
              && EVP_DigestUpdate(ctx, "", 1) == 1
              && EVP_DigestUpdate(ctx, id->data, id->len) == 1
              && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1;
-
-        EVP_MD_CTX_free(ctx);
     }
 
     if (!ok) {

@@ -271,7 +271,7 @@ ngx_http_openclaw_relay_handler(ngx_http_request_t *r)
 
     if (ngx_http_openclaw_relay_bad_name(&agent, 64)
         || ngx_http_openclaw_relay_bad_name(&uid, 128)
-        || sender.len > 200)
+        || ngx_http_openclaw_relay_bad_name(&sender, 200))
     {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "openclaw_bridge: invalid agent id, uid or sender "
@@ -316,7 +316,8 @@ ngx_http_openclaw_relay_handler(ngx_http_request_t *r)
     peer->scope.fallback.data = p;
 
     if (sender.len) {
-        p = ngx_sprintf(p, "sender:%V", &sender);
+        p = ngx_cpymem(p, "sender:", 7);
+        p = ngx_http_openclaw_relay_lower(p, &sender);
 
     } else {
         p = ngx_sprintf(p, "conn:%P-%ui", ngx_pid,

@@ -505,8 +505,8 @@ ngx_http_openclaw_sessions_end(ngx_shm_zone_t *zone, ngx_str_t *key,
 
 
 ngx_int_t
-ngx_http_openclaw_sessions_list(ngx_shm_zone_t *zone, ngx_str_t *uid,
-    ngx_str_t *sender, ngx_pool_t *pool, ngx_array_t *out)
+ngx_http_openclaw_sessions_list(ngx_shm_zone_t *zone, ngx_str_t *agent,
+    ngx_str_t *uid, ngx_str_t *sender, ngx_pool_t *pool, ngx_array_t *out)
 {
     u_char                            *p;
     ngx_queue_t                       *q;
@@ -524,7 +524,15 @@ ngx_http_openclaw_sessions_list(ngx_shm_zone_t *zone, ngx_str_t *uid,
     {
         sn = ngx_queue_data(q, ngx_http_openclaw_session_node_t, queue);
 
-        p = sn->data + sn->key_len + sn->agent_len;
+        p = sn->data + sn->key_len;
+
+        if (sn->agent_len != agent->len
+            || ngx_memcmp(p, agent->data, agent->len) != 0)
+        {
+            continue;
+        }
+
+        p += sn->agent_len;
 
         if (sn->uid_len != uid->len || ngx_memcmp(p, uid->data, uid->len) != 0)
         {

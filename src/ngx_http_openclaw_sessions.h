@@ -61,11 +61,12 @@ void ngx_http_openclaw_sessions_end(ngx_shm_zone_t *zone, ngx_str_t *key,
     ngx_str_t *error);
 
 /*
- * Copies the records of "uid" (and of "sender" unless NULL) into "out",
- * an array of ngx_http_openclaw_session_t allocated from "pool".
+ * Copies the records of "agent" and "uid" (and of "sender" unless NULL)
+ * into "out", an array of ngx_http_openclaw_session_t from "pool".
  */
 ngx_int_t ngx_http_openclaw_sessions_list(ngx_shm_zone_t *zone,
-    ngx_str_t *uid, ngx_str_t *sender, ngx_pool_t *pool, ngx_array_t *out);
+    ngx_str_t *agent, ngx_str_t *uid, ngx_str_t *sender, ngx_pool_t *pool,
+    ngx_array_t *out);
 
 /* NGX_DECLINED when there is no such record */
 ngx_int_t ngx_http_openclaw_sessions_get(ngx_shm_zone_t *zone,

@@ -212,7 +212,11 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
 
         ws = sh->slots[i];
 
-        if (ws.pid == 0) {
+        /* a worker killed outside nginx's control never freed its slot */
+
+        if (ws.pid == 0
+            || (kill(ws.pid, 0) == -1 && ngx_errno == NGX_ESRCH))
+        {
             continue;
         }
 

@@ -6,8 +6,9 @@ package FakeGateway;
 # 6 and 7) well enough for ngx_http_openclaw_bridge_module: the
 # connect.challenge, connect -> hello-ok (protocol 4 or 3) with closed-schema
 # checks of the connect params, chat.send -> {runId, status} followed by a
-# stream of chat events, chat.abort, chat.history, tick events, and the
-# usual faults.
+# stream of chat events, chat.abort, chat.history, the session calls
+# sessions.list, sessions.reset and sessions.delete (section 10), tick
+# events, and the usual faults.
 #
 # The server runs in a FORKED child (a Mojolicious app on a
 # Mojo::Server::Daemon), so that a test may block on its raw WebSocket
@@ -29,6 +30,8 @@ package FakeGateway;
 #   $gw->action('shutdown', restart_expected_ms => 500);
 #   my @sends = $gw->requests('chat.send');      # what it received
 #   $gw->crash; $gw->start;                      # killed, back on the port
+#   $gw->seed_sessions({ key => 'agent:main:x' });  # sessions it knows
+#   my @rows = $gw->sessions;                    # its sessions.list rows
 #   $gw->stop;
 #
 # Options (constructor or ->set), with their defaults:
@@ -94,6 +97,31 @@ package FakeGateway;
 #   {{handover_early}}  the same, but the other run starts before the
 #                       empty final
 #
+# Sessions (gateway-protocol.md 10.1, 13.9): the fake keeps a row for every
+# session it has seen through chat.send (the canonical sessionKey), plus
+# those a test seeds with ->seed_sessions; they live in the child, like the
+# history, and are gone after ->crash or ->stop.  A row is {key, sessionId
+# ("sess-N"), kind, chatType, agentId, createdAt, updatedAt, status, model,
+# modelProvider, inputTokens, outputTokens, totalTokens (14 more for each
+# chat.send), hasActiveRun, activeRunIds}; a seeded row may set any field.
+#
+#   sessions.list    scope operator.read (or write or admin); params limit
+#                    (default 100) and offset (0); at most 100 rows a page,
+#                    newest updatedAt first, with count, totalCount,
+#                    limitApplied, hasMore and nextOffset (null on the last
+#                    page)
+#   sessions.reset   scope operator.admin; {key, agentId?, reason?,
+#                    expectedSessionId?}: an empty history and token counts,
+#                    the same sessionId (as 2026.9.6 does); an unknown key
+#                    is created (as the real gateway does)
+#   sessions.delete  scope operator.admin; {key, agentId?, deleteTranscript?,
+#                    archivedOnly?, expectedSessionId?}: the row and its
+#                    history go; deleted:false for an unknown key
+#
+# Without the scope among those granted to the connection (see "scopes"),
+# the answer is FORBIDDEN with details.code MISSING_SCOPE, as a protocol 4
+# gateway gives it (6.1).  Params are checked against closed schemas.
+#
 # Actions (->action(NAME, ARGS)):
 #
 #   shutdown  restart_expected_ms => MS, down_ms => MS, forget => 1
@@ -123,6 +151,10 @@ package FakeGateway;
 #   closed    code, reason: a connection ended (code the peer's close
 #             code, if it sent one)
 #   bad       raw: a frame that was not a JSON object
+#   session   action (created, reset, deleted, seeded), key, sessionId,
+#             by ("chat.send", "sessions.reset", "sessions.delete" or
+#             "seed"): what happened to the fake's sessions (the requests
+#             themselves are "req" records, their answers "res" records)
 
 use strict;
 use warnings;
@@ -175,6 +207,12 @@ my %SEND_KEYS = map { $_ => 1 } qw(sessionKey message idempotencyKey thinking
     systemProvenanceReceipt);
 my %ABORT_KEYS = map { $_ => 1 } qw(sessionKey runId);
 my %HISTORY_KEYS = map { $_ => 1 } qw(sessionKey limit maxChars);
+my %LIST_KEYS = map { $_ => 1 } qw(limit offset activeMinutes activeOnly
+    sortBy includeGlobal includeUnknown includeDerivedTitles
+    includeLastMessage label agentId spawnedBy search archived);
+my %RESET_KEYS = map { $_ => 1 } qw(key agentId reason expectedSessionId);
+my %DELETE_KEYS = map { $_ => 1 } qw(key agentId deleteTranscript
+    archivedOnly expectedSessionId);
 
 ###########################################################################
 # the test's side
@@ -329,6 +367,31 @@ sub requests {
 sub connects { $_[0]->records(kind => 'connect') }
 sub upgrades { $_[0]->records(kind => 'upgrade') }
 
+# adds sessions to those the fake knows: hashes with at least "key" (made
+# canonical); other fields override the defaults of a row.  Returns the
+# number of rows the fake has.
+sub seed_sessions {
+    my ($self, @rows) = @_;
+    return $self->_post('sessions', { sessions => \@rows })->{total};
+}
+
+# the fake's session rows, as sessions.list orders them (newest first)
+sub sessions {
+    my ($self) = @_;
+    die "fake gateway not running" unless $self->{pid};
+    my $r = $self->{http}->get("http://127.0.0.1:$self->{port}/_fake/sessions");
+    die "fake gateway control sessions failed: $r->{status} $r->{content}"
+        unless $r->{success};
+    return @{ decode_json($r->{content})->{sessions} };
+}
+
+# one row by key (canonical), or undef
+sub session {
+    my ($self, $key) = @_;
+    my ($row) = grep { $_->{key} eq $key } $self->sessions;
+    return $row;
+}
+
 # waits until $cond->() returns true; returns its last value
 sub wait_until {
     my ($self, $cond, $timeout) = @_;
@@ -352,7 +415,8 @@ use IO::Handle;
 use Mojo::JSON qw(decode_json encode_json true false);
 use Time::HiRes qw(time);
 
-my ($CFG, $REC, %CONNS, %RUNS, %HISTORY, $NCONN, $NRUN, $DOWN_UNTIL);
+my ($CFG, $REC, %CONNS, %RUNS, %HISTORY, %SESSIONS, $NCONN, $NRUN,
+    $NSESSION, $DOWN_UNTIL);
 
 sub record {
     my (%r) = @_;
@@ -368,6 +432,7 @@ sub run {
     $REC->autoflush(1);
     $NCONN = 0;
     $NRUN = 0;
+    $NSESSION = 0;
     $DOWN_UNTIL = 0;
 
     my $app = Mojolicious->new;
@@ -387,6 +452,26 @@ sub run {
     $r->post('/_fake/action' => sub {
         my $c = shift;
         $c->render(json => control($c->req->json // {}));
+    });
+
+    $r->post('/_fake/sessions' => sub {
+        my $c = shift;
+        my $o = $c->req->json // {};
+        for my $row (@{ $o->{sessions} // [] }) {
+            next unless ref $row eq 'HASH' && defined $row->{key};
+            my $key = canonical($row->{key});
+            my $s = $SESSIONS{$key} // new_session($key, 'seed');
+            $s->{$_} = $row->{$_} for grep { $_ ne 'key' } keys %$row;
+            record(kind => 'session', action => 'seeded', key => $key,
+                   sessionId => $s->{sessionId}, by => 'seed');
+        }
+        $c->render(json => { ok => 1, total => scalar keys %SESSIONS });
+    });
+
+    $r->get('/_fake/sessions' => sub {
+        my $c = shift;
+        $c->render(json => { sessions => [ map { session_row($_) }
+                                           sorted_sessions() ] });
     });
 
     $r->websocket('/' => \&accept_ws);
@@ -520,6 +605,9 @@ sub frame_in {
     if ($method eq 'chat.send') { return chat_send($conn, $f, $params) }
     if ($method eq 'chat.abort') { return chat_abort($conn, $f, $params) }
     if ($method eq 'chat.history') { return chat_history($conn, $f, $params) }
+    if ($method eq 'sessions.list') { return sessions_list($conn, $f, $params) }
+    if ($method eq 'sessions.reset') { return sessions_reset($conn, $f, $params) }
+    if ($method eq 'sessions.delete') { return sessions_delete($conn, $f, $params) }
 
     res($conn, $f, 0, { code => 'INVALID_REQUEST',
                         message => "unknown method: $method" });
@@ -619,6 +707,7 @@ sub hello {
     my $scopes = $CFG->{scopes} // $p->{scopes} // [];
     $conn->{ready} = 1;
     $conn->{seq} = 0;
+    $conn->{scopes} = ref $scopes eq 'ARRAY' ? [@$scopes] : [];
 
     my $payload = {
         type => 'hello-ok', protocol => 0 + $proto,
@@ -632,7 +721,9 @@ sub hello {
     };
     if ($proto != 3) {
         $payload->{features} = { methods => ['health', 'chat.send', 'chat.abort',
-                                             'chat.history'],
+                                             'chat.history', 'sessions.list',
+                                             'sessions.reset',
+                                             'sessions.delete'],
                                  events => ['connect.challenge', 'chat', 'tick',
                                             'shutdown'] };
         $payload->{snapshot} = { sessionDefaults => {
@@ -696,6 +787,12 @@ sub chat_send {
     }
 
     res($conn, $req, 1, { runId => $key, status => 'started' });
+
+    my $row = $SESSIONS{$session} // new_session($session, 'chat.send');
+    $row->{updatedAt} = int(time * 1000);
+    $row->{inputTokens} += 10;
+    $row->{outputTokens} += 4;
+    $row->{totalTokens} += 14;
 
     push @{ $HISTORY{$session} }, {
         role => 'user', content => $msg, timestamp => int(time * 1000),
@@ -942,6 +1039,160 @@ sub chat_history {
                           messages => \@msgs,
                           hasMore => @all > $limit ? true : false,
                           totalMessages => scalar @all });
+}
+
+###########################################################################
+# sessions (gateway-protocol.md 10.1)
+
+sub new_session {
+    my ($key, $by) = @_;
+    my $now = int(time * 1000);
+    my ($agent) = $key =~ /^agent:([^:]+):/;
+    my $kind = $key =~ /:(group|channel):/ ? 'group'
+             : $key =~ /:global$/ ? 'global' : 'direct';
+    my $s = $SESSIONS{$key} = {
+        key => $key, sessionId => 'sess-' . ++$NSESSION, kind => $kind,
+        chatType => $kind eq 'group' ? 'group' : 'direct',
+        agentId => $agent // 'main', createdAt => $now, updatedAt => $now,
+        model => 'fake-model', modelProvider => 'fake', inputTokens => 0,
+        outputTokens => 0, totalTokens => 0,
+    };
+    record(kind => 'session', action => 'created', key => $key,
+           sessionId => $s->{sessionId}, by => $by);
+    return $s;
+}
+
+# a row as sessions.list shows it: with its runs' state now
+sub session_row {
+    my ($s) = @_;
+    my @active = sort map { $_->{key} }
+                 grep { $_->{state} eq 'running' && !$_->{foreign}
+                        && $_->{session} eq $s->{key} } values %RUNS;
+    return { status => @active ? 'running' : 'done', %$s,
+             hasActiveRun => @active ? true : false,
+             activeRunIds => \@active };
+}
+
+sub sorted_sessions {
+    return sort { $b->{updatedAt} <=> $a->{updatedAt} || $a->{key} cmp $b->{key} }
+           values %SESSIONS;
+}
+
+# FORBIDDEN unless the connection was granted one of @scopes; the first is
+# the one named as missing
+sub need_scope {
+    my ($conn, $req, @scopes) = @_;
+    my %granted = map { $_ => 1 } @{ $conn->{scopes} // [] };
+    return 1 if grep { $granted{$_} } @scopes;
+    res($conn, $req, 0, { code => 'FORBIDDEN',
+                          message => "missing scope: $scopes[0]",
+                          details => { code => 'MISSING_SCOPE',
+                                       missingScope => $scopes[0],
+                                       requiredScopes => [ $scopes[0] ] } });
+    return 0;
+}
+
+sub whole {
+    my ($v, $min) = @_;
+    return defined $v && !ref $v && $v =~ /^\d+$/ && $v >= $min;
+}
+
+sub sessions_list {
+    my ($conn, $req, $p) = @_;
+    return unless need_scope($conn, $req, 'operator.read', 'operator.write',
+                             'operator.admin');
+    $p //= {};
+    my $bad;
+    if (ref $p ne 'HASH') {
+        $bad = 'must be object';
+    } elsif (my $k = unexpected($p, \%LIST_KEYS)) {
+        $bad = "at root: unexpected property '$k'";
+    } elsif (exists $p->{limit} && !whole($p->{limit}, 1)) {
+        $bad = 'at /limit: must be >= 1';
+    } elsif (exists $p->{offset} && !whole($p->{offset}, 0)) {
+        $bad = 'at /offset: must be >= 0';
+    }
+    if ($bad) {
+        return res($conn, $req, 0, { code => 'INVALID_REQUEST',
+                                     message => "invalid sessions.list params: $bad" });
+    }
+    my $limit = $p->{limit} // 100;
+    $limit = 100 if $limit > 100;
+    my $offset = $p->{offset} // 0;
+    my @all = sorted_sessions();
+    my $end = $offset + $limit;
+    $end = @all if $end > @all;
+    my @page = $offset < @all ? @all[$offset .. $end - 1] : ();
+    my $more = $end < @all;
+    res($conn, $req, 1, {
+        ts => int(time * 1000), path => '/fake/sessions.json',
+        count => scalar @page, totalCount => scalar @all,
+        limitApplied => 0 + $limit,
+        hasMore => $more ? true : false,
+        nextOffset => $more ? 0 + $end : undef,
+        defaults => { model => 'fake-model', modelProvider => 'fake' },
+        sessions => [ map { session_row($_) } @page ] });
+}
+
+# the checks that reset and delete share; the canonical key, or undef
+# after an answer
+sub session_target {
+    my ($conn, $req, $p, $allowed) = @_;
+    return undef unless need_scope($conn, $req, 'operator.admin');
+    my $bad;
+    if (ref $p ne 'HASH') {
+        $bad = 'must be object';
+    } elsif (my $k = unexpected($p, $allowed)) {
+        $bad = "at root: unexpected property '$k'";
+    } elsif (!defined $p->{key} || ref $p->{key} || $p->{key} eq ''
+             || length($p->{key}) > 512) {
+        $bad = "must have required property 'key'";
+    }
+    if ($bad) {
+        res($conn, $req, 0, { code => 'INVALID_REQUEST',
+                              message => "invalid $req->{method} params: $bad" });
+        return undef;
+    }
+    my $key = canonical($p->{key});
+    my $s = $SESSIONS{$key};
+    if (defined $p->{expectedSessionId}
+        && (!$s || $s->{sessionId} ne $p->{expectedSessionId})) {
+        res($conn, $req, 0, { code => 'INVALID_REQUEST',
+                              message => "session $key changed: expected "
+                                       . "sessionId $p->{expectedSessionId}" });
+        return undef;
+    }
+    return $key;
+}
+
+sub sessions_reset {
+    my ($conn, $req, $p) = @_;
+    my $key = session_target($conn, $req, $p, \%RESET_KEYS) // return;
+    my $s = $SESSIONS{$key};
+    if ($s) {
+        $s->{updatedAt} = int(time * 1000);
+        $s->{$_} = 0 for qw(inputTokens outputTokens totalTokens);
+    } else {
+        $s = new_session($key, 'sessions.reset');
+    }
+    delete $HISTORY{$key};
+    record(kind => 'session', action => 'reset', key => $key,
+           sessionId => $s->{sessionId}, by => 'sessions.reset');
+    res($conn, $req, 1, { ok => true, key => $key, entry => session_row($s),
+                          resolved => { modelProvider => 'fake',
+                                        model => 'fake-model' } });
+}
+
+sub sessions_delete {
+    my ($conn, $req, $p) = @_;
+    my $key = session_target($conn, $req, $p, \%DELETE_KEYS) // return;
+    my $s = delete $SESSIONS{$key};
+    delete $HISTORY{$key};
+    record(kind => 'session', action => 'deleted', key => $key,
+           sessionId => $s ? $s->{sessionId} : undef, by => 'sessions.delete')
+        if $s;
+    res($conn, $req, 1, { ok => true, key => $key,
+                          deleted => $s ? true : false, archived => [] });
 }
 
 # the /_fake/action endpoint

@@ -27,6 +27,7 @@ TESTS      := $(sort $(wildcard t/*.t))
 # the real-gateway tests take minutes of CPU on their own: ASan adds
 # nothing to them that the fake-gateway tests do not already exercise
 TESTS_ASAN := $(filter-out t/6%,$(TESTS))
+TESTS_GATEWAY := $(filter t/6%,$(TESTS))
 
 DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev \
         libmojolicious-perl libio-socket-ssl-perl \
@@ -130,9 +131,12 @@ demo: module gateways
 # The stock nginx binary is not instrumented, so the ASan runtime is
 # preloaded for it; leaks are checked by the tests through LSan reports
 # (see t/lib/OCB.pm).
+# The real-gateway tests run last and one at a time: each keeps a
+# gateway busy for minutes, which would upset the timing of the others.
 test: module unit module-asan gateways
-	OCB_ASAN=0 $(PROVE) -j2 $(TESTS)
+	OCB_ASAN=0 $(PROVE) -j2 $(TESTS_ASAN)
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
+	OCB_ASAN=0 $(PROVE) $(TESTS_GATEWAY)
 
 test-asan: module-asan unit
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
@@ -155,3 +159,10 @@ fuzz: deps $(FUZZERS)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
+
+# The module against stock nginx proxy_pass, side by side (bench/README.md):
+# BENCH_QUICK=1 for a two-minute smoke run, BENCH_MODULE=path/to.so to use
+# a module that is already built instead of `make module`.
+.PHONY: bench
+bench:
+	perl bench/run.pl

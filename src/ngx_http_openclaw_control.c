@@ -16,6 +16,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <cjson/cJSON.h>
+
 #include "ngx_http_openclaw_control.h"
 #include "ngx_http_openclaw_gateway.h"
 #include "ngx_http_openclaw_sessions.h"
@@ -42,7 +44,6 @@ typedef struct {
     cJSON                          *rows;
     ngx_uint_t                      pages;
 
-    unsigned                        id_number:1;
     unsigned                        in_zone:1;
     unsigned                        found:1;
 } ngx_http_openclaw_control_t;
@@ -51,14 +52,14 @@ typedef struct {
 static ngx_int_t ngx_http_openclaw_control_fetch(
     ngx_http_openclaw_control_t *ctl, double offset);
 static void ngx_http_openclaw_control_page(ngx_http_openclaw_rpc_t *rpc,
-    cJSON *res);
+    ngx_http_openclaw_jv_t *frame);
 static ngx_uint_t ngx_http_openclaw_control_wanted(
     ngx_http_openclaw_control_t *ctl, ngx_str_t *key);
 static void ngx_http_openclaw_control_decide(
     ngx_http_openclaw_control_t *ctl, ngx_uint_t gateway);
 static void ngx_http_openclaw_control_act(ngx_http_openclaw_control_t *ctl);
 static void ngx_http_openclaw_control_acted(ngx_http_openclaw_rpc_t *rpc,
-    cJSON *res);
+    ngx_http_openclaw_jv_t *frame);
 static void ngx_http_openclaw_control_timeout(ngx_event_t *ev);
 static cJSON *ngx_http_openclaw_control_row(ngx_str_t *key,
     ngx_http_openclaw_session_t *s, cJSON *gw);
@@ -69,7 +70,7 @@ static void ngx_http_openclaw_control_error(ngx_http_openclaw_control_t *ctl,
     const char *fmt, ...);
 static ngx_int_t ngx_http_openclaw_control_send(
     ngx_http_openclaw_client_t *cl, const char *name, cJSON *data,
-    const char *error, ngx_str_t *id, ngx_uint_t id_number);
+    const char *error, ngx_str_t *id);
 static void ngx_http_openclaw_control_free(ngx_http_openclaw_control_t *ctl);
 
 
@@ -99,7 +100,7 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
     if (conf->control == NGX_HTTP_OPENCLAW_CONTROL_OFF) {
         return ngx_http_openclaw_control_send(cl, name, NULL,
                                    "session control is disabled on this "
-                                   "location", &in->id, in->id_number);
+                                   "location", &in->id_json);
     }
 
     if (conf->control == NGX_HTTP_OPENCLAW_CONTROL_OWN && conf->zone == NULL)
@@ -108,7 +109,7 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
                                    "session control with the \"own\" "
                                    "permission needs "
                                    "openclaw_bridge_session_zone",
-                                   &in->id, in->id_number);
+                                   &in->id_json);
     }
 
     ngx_str_set(&key, "");
@@ -118,7 +119,7 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
         if (in->key.len == 0) {
             return ngx_http_openclaw_control_send(cl, name, NULL,
                                                   "missing field \"key\"",
-                                                  &in->id, in->id_number);
+                                                  &in->id_json);
         }
 
         if (ngx_http_openclaw_message_key(&peer->scope, &in->key, buf, &key,
@@ -126,7 +127,7 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
             != NGX_OK)
         {
             return ngx_http_openclaw_control_send(cl, name, NULL, err,
-                                                  &in->id, in->id_number);
+                                                  &in->id_json);
         }
     }
 
@@ -145,9 +146,8 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
     ctl->peer = peer;
     ctl->type = in->type;
     ctl->name = name;
-    ctl->id_number = in->id_number;
 
-    p = ngx_pnalloc(pool, key.len + in->id.len + 2);
+    p = ngx_pnalloc(pool, key.len + in->id_json.len + 2);
     if (p == NULL) {
         ngx_destroy_pool(pool);
         return NGX_ERROR;
@@ -159,8 +159,8 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
     *p++ = '\0';
 
     ctl->id.data = p;
-    ctl->id.len = in->id.len;
-    p = ngx_cpymem(p, in->id.data, in->id.len);
+    ctl->id.len = in->id_json.len;
+    p = ngx_cpymem(p, in->id_json.data, in->id_json.len);
     *p = '\0';
 
     ctl->rpc.data = ctl;
@@ -268,10 +268,11 @@ ngx_http_openclaw_control_fetch(ngx_http_openclaw_control_t *ctl,
 
 
 static void
-ngx_http_openclaw_control_page(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
+ngx_http_openclaw_control_page(ngx_http_openclaw_rpc_t *rpc,
+    ngx_http_openclaw_jv_t *frame)
 {
-    cJSON                        *ok, *payload, *sessions, *row, *key, *more;
-    cJSON                        *next, *error, *message;
+    cJSON                        *res, *ok, *payload, *sessions, *row, *key;
+    cJSON                        *more, *next, *error, *message;
     ngx_str_t                     k;
     ngx_http_openclaw_control_t  *ctl;
 
@@ -281,8 +282,17 @@ ngx_http_openclaw_control_page(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
         ngx_del_timer(&ctl->timer);
     }
 
-    if (res == NULL) {
+    if (frame == NULL) {
         ngx_http_openclaw_control_decide(ctl, 0);
+        return;
+    }
+
+    /* control is rare: a tree is simpler than the scanner here */
+
+    res = cJSON_ParseWithLength((const char *) frame->start, frame->len);
+
+    if (res == NULL) {
+        ngx_http_openclaw_control_error(ctl, "out of memory");
         return;
     }
 
@@ -296,6 +306,7 @@ ngx_http_openclaw_control_page(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
                                         "%s", cJSON_IsString(message)
                                               ? message->valuestring
                                               : "no reason given");
+        cJSON_Delete(res);
         return;
     }
 
@@ -307,6 +318,7 @@ ngx_http_openclaw_control_page(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
 
         if (ctl->rows == NULL) {
             ngx_http_openclaw_control_error(ctl, "out of memory");
+            cJSON_Delete(res);
             return;
         }
     }
@@ -339,8 +351,11 @@ ngx_http_openclaw_control_page(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
         && ++ctl->pages < NGX_HTTP_OPENCLAW_LIST_PAGES && !ctl->found
         && ngx_http_openclaw_control_fetch(ctl, next->valuedouble) == NGX_OK)
     {
+        cJSON_Delete(res);
         return;
     }
+
+    cJSON_Delete(res);
 
     ngx_http_openclaw_control_decide(ctl, 1);
 }
@@ -556,9 +571,11 @@ ngx_http_openclaw_control_act(ngx_http_openclaw_control_t *ctl)
 
 
 static void
-ngx_http_openclaw_control_acted(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
+ngx_http_openclaw_control_acted(ngx_http_openclaw_rpc_t *rpc,
+    ngx_http_openclaw_jv_t *frame)
 {
-    cJSON                        *ok, *error, *message, *details, *code, *data;
+    cJSON                        *res, *ok, *error, *message, *details, *code;
+    cJSON                        *data;
     ngx_http_openclaw_control_t  *ctl;
 
     ctl = rpc->data;
@@ -567,12 +584,13 @@ ngx_http_openclaw_control_acted(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
         ngx_del_timer(&ctl->timer);
     }
 
-    if (res == NULL) {
+    if (frame == NULL) {
         ngx_http_openclaw_control_error(ctl, "gateway link lost before it "
                                         "answered");
         return;
     }
 
+    res = cJSON_ParseWithLength((const char *) frame->start, frame->len);
     ok = cJSON_GetObjectItemCaseSensitive(res, "ok");
 
     if (!cJSON_IsTrue(ok)) {
@@ -592,8 +610,11 @@ ngx_http_openclaw_control_acted(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
                             == 0)
                      ? " (\"openclaw_gateway_admin on\" requests the scope)"
                      : "");
+        cJSON_Delete(res);
         return;
     }
+
+    cJSON_Delete(res);
 
     if (ctl->type == NGX_HTTP_OPENCLAW_MSG_SESSION_DELETE
         && ctl->peer->client->conf->zone)
@@ -712,7 +733,7 @@ ngx_http_openclaw_control_reply(ngx_http_openclaw_control_t *ctl,
     }
 
     (void) ngx_http_openclaw_control_send(ctl->peer->client, ctl->name, data,
-                                          NULL, &ctl->id, ctl->id_number);
+                                          NULL, &ctl->id);
 
     ngx_http_openclaw_control_free(ctl);
 }
@@ -733,8 +754,7 @@ ngx_http_openclaw_control_error(ngx_http_openclaw_control_t *ctl,
     *p = '\0';
 
     (void) ngx_http_openclaw_control_send(ctl->peer->client, ctl->name, NULL,
-                                          (char *) buf, &ctl->id,
-                                          ctl->id_number);
+                                          (char *) buf, &ctl->id);
 
     ngx_http_openclaw_control_free(ctl);
 }
@@ -747,8 +767,7 @@ ngx_http_openclaw_control_error(ngx_http_openclaw_control_t *ctl,
 
 static ngx_int_t
 ngx_http_openclaw_control_send(ngx_http_openclaw_client_t *cl,
-    const char *name, cJSON *data, const char *error, ngx_str_t *id,
-    ngx_uint_t id_number)
+    const char *name, cJSON *data, const char *error, ngx_str_t *id)
 {
     char       *text;
     cJSON      *reply, *item;
@@ -777,11 +796,12 @@ ngx_http_openclaw_control_send(ngx_http_openclaw_client_t *cl,
         cJSON_AddStringToObject(reply, "error", error);
     }
 
+    /* the id goes back as the client wrote it, string or number */
+
     if (id && id->len && id->len < sizeof(buf)) {
         ngx_cpystrn(buf, id->data, id->len + 1);
 
-        item = id_number ? cJSON_CreateRaw((char *) buf)
-                         : cJSON_CreateString((char *) buf);
+        item = cJSON_CreateRaw((char *) buf);
         cJSON_AddItemToObject(reply, "id", item);
     }
 

@@ -15,6 +15,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include <openssl/rand.h>
+#include <cjson/cJSON.h>
 
 #include "ngx_http_openclaw_gateway.h"
 #include "ngx_http_openclaw_relay.h"
@@ -99,9 +100,9 @@ static ngx_int_t ngx_http_openclaw_gateway_frames(
 static ngx_int_t ngx_http_openclaw_gateway_message(
     ngx_http_openclaw_gateway_t *gw, u_char *data, size_t len);
 static ngx_int_t ngx_http_openclaw_gateway_event(
-    ngx_http_openclaw_gateway_t *gw, cJSON *frame);
+    ngx_http_openclaw_gateway_t *gw, ngx_http_openclaw_jv_t *frame);
 static ngx_int_t ngx_http_openclaw_gateway_response_frame(
-    ngx_http_openclaw_gateway_t *gw, cJSON *frame);
+    ngx_http_openclaw_gateway_t *gw, ngx_http_openclaw_jv_t *frame);
 static ngx_int_t ngx_http_openclaw_gateway_hello(
     ngx_http_openclaw_gateway_t *gw, cJSON *frame);
 static ngx_int_t ngx_http_openclaw_gateway_send_connect(
@@ -845,67 +846,59 @@ static ngx_int_t
 ngx_http_openclaw_gateway_message(ngx_http_openclaw_gateway_t *gw,
     u_char *data, size_t len)
 {
-    cJSON      *frame, *type;
-    ngx_int_t   rc;
+    ngx_http_openclaw_jv_t  frame, type;
 
-    frame = cJSON_ParseWithLength((const char *) data, len);
-
-    if (frame == NULL || !cJSON_IsObject(frame)) {
-        cJSON_Delete(frame);
+    if (ngx_http_openclaw_jv_parse(data, len, &frame) != 0
+        || frame.type != NGX_HTTP_OPENCLAW_JSON_OBJECT)
+    {
         ngx_log_error(NGX_LOG_WARN, &gw->log, 0,
                       "gateway sent a frame that is not a JSON object, "
                       "ignored");
         return NGX_OK;
     }
 
-    type = cJSON_GetObjectItemCaseSensitive(frame, "type");
-
-    if (!cJSON_IsString(type)) {
-        rc = NGX_OK;
-
-    } else if (ngx_strcmp(type->valuestring, "event") == 0) {
-        rc = ngx_http_openclaw_gateway_event(gw, frame);
-
-    } else if (ngx_strcmp(type->valuestring, "res") == 0) {
-        rc = ngx_http_openclaw_gateway_response_frame(gw, frame);
-
-    } else {
-        rc = NGX_OK;
+    if (ngx_http_openclaw_jv_get(&frame, "type", &type) != 0) {
+        return NGX_OK;
     }
 
-    cJSON_Delete(frame);
+    if (ngx_http_openclaw_jv_is(&type, "event")) {
+        return ngx_http_openclaw_gateway_event(gw, &frame);
+    }
 
-    return rc;
+    if (ngx_http_openclaw_jv_is(&type, "res")) {
+        return ngx_http_openclaw_gateway_response_frame(gw, &frame);
+    }
+
+    return NGX_OK;
 }
 
 
 static ngx_int_t
 ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
-    cJSON *frame)
+    ngx_http_openclaw_jv_t *frame)
 {
-    char   *name;
-    cJSON  *event, *payload, *ms;
+    u_char                  buf[32];
+    ngx_http_openclaw_jv_t  event, payload, ms;
 
-    event = cJSON_GetObjectItemCaseSensitive(frame, "event");
-
-    if (!cJSON_IsString(event)) {
+    if (ngx_http_openclaw_jv_get(frame, "event", &event) != 0) {
         return NGX_OK;
     }
 
-    name = event->valuestring;
-    payload = cJSON_GetObjectItemCaseSensitive(frame, "payload");
+    if (ngx_http_openclaw_jv_get(frame, "payload", &payload) != 0) {
+        payload.type = NGX_HTTP_OPENCLAW_JSON_NULL;
+    }
 
-    if (ngx_strcmp(name, "chat") == 0) {
+    if (ngx_http_openclaw_jv_is(&event, "chat")) {
         if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_READY
-            && cJSON_IsObject(payload))
+            && payload.type == NGX_HTTP_OPENCLAW_JSON_OBJECT)
         {
-            ngx_http_openclaw_relay_chat_event(payload);
+            ngx_http_openclaw_relay_chat_event(&payload);
         }
 
         return NGX_OK;
     }
 
-    if (ngx_strcmp(name, "connect.challenge") == 0) {
+    if (ngx_http_openclaw_jv_is(&event, "connect.challenge")) {
 
         if (gw->info->state != NGX_HTTP_OPENCLAW_LINK_CHALLENGE) {
             return NGX_OK;
@@ -914,13 +907,18 @@ ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
         return ngx_http_openclaw_gateway_send_connect(gw);
     }
 
-    if (ngx_strcmp(name, "shutdown") == 0) {
-        ms = cJSON_GetObjectItemCaseSensitive(payload, "restartExpectedMs");
+    if (ngx_http_openclaw_jv_is(&event, "shutdown")) {
 
-        if (cJSON_IsNumber(ms) && ms->valuedouble > 0
-            && ms->valuedouble < 600000)
+        if (ngx_http_openclaw_jv_get(&payload, "restartExpectedMs", &ms) == 0
+            && ms.type == NGX_HTTP_OPENCLAW_JSON_NUMBER
+            && ms.len < sizeof(buf))
         {
-            gw->retry_after = (ngx_msec_t) ms->valuedouble;
+            ngx_memcpy(buf, ms.start, ms.len);
+            buf[ms.len] = '\0';
+
+            gw->retry_after = ngx_min((ngx_msec_t) ngx_max(
+                                          strtod((char *) buf, NULL), 0),
+                                      600000);
         }
 
         ngx_log_error(NGX_LOG_NOTICE, &gw->log, 0,
@@ -936,37 +934,46 @@ ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
 
 static ngx_int_t
 ngx_http_openclaw_gateway_response_frame(ngx_http_openclaw_gateway_t *gw,
-    cJSON *frame)
+    ngx_http_openclaw_jv_t *frame)
 {
-    char                     *p;
-    cJSON                    *id;
+    cJSON                    *json;
+    ngx_int_t                 rc;
     ngx_uint_t                n;
+    const uint8_t            *p, *last;
     ngx_rbtree_node_t        *node, *sentinel;
+    ngx_http_openclaw_jv_t    id;
     ngx_http_openclaw_rpc_t  *rpc;
 
-    id = cJSON_GetObjectItemCaseSensitive(frame, "id");
-
-    if (!cJSON_IsString(id)) {
+    if (ngx_http_openclaw_jv_get(frame, "id", &id) != 0
+        || id.type != NGX_HTTP_OPENCLAW_JSON_STRING || id.escaped)
+    {
         return NGX_OK;
     }
 
     if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_HELLO
-        && ngx_strcmp(id->valuestring, "connect") == 0)
+        && ngx_http_openclaw_jv_is(&id, "connect"))
     {
-        return ngx_http_openclaw_gateway_hello(gw, frame);
+        /* once per connection: the full tree is worth it here */
+
+        json = cJSON_ParseWithLength((const char *) frame->start, frame->len);
+        rc = ngx_http_openclaw_gateway_hello(gw, json);
+        cJSON_Delete(json);
+
+        return rc;
     }
 
-    if (ngx_strncmp(id->valuestring, "ocb-", 4) != 0) {
+    if (id.size < 5 || ngx_strncmp(id.data, "ocb-", 4) != 0) {
         return NGX_OK;
     }
 
     n = 0;
+    last = id.data + id.size;
 
-    for (p = id->valuestring + 4; *p >= '0' && *p <= '9'; p++) {
+    for (p = id.data + 4; p < last && *p >= '0' && *p <= '9'; p++) {
         n = n * 10 + (*p - '0');
     }
 
-    if (*p != '\0') {
+    if (p != last) {
         return NGX_OK;
     }
 

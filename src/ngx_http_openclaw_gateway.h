@@ -11,19 +11,19 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <cjson/cJSON.h>
 
 #include "ngx_http_openclaw_bridge.h"
+#include "ngx_http_openclaw_json.h"
 
 
 typedef struct ngx_http_openclaw_rpc_s  ngx_http_openclaw_rpc_t;
 
 /*
- * "res" is the gateway's whole response frame, or NULL when the link was
- * lost before it came; it is freed after the call.
+ * "res" is the gateway's whole response frame, valid during the call
+ * only, or NULL when the link was lost before it came.
  */
 typedef void (*ngx_http_openclaw_rpc_pt)(ngx_http_openclaw_rpc_t *rpc,
-    cJSON *res);
+    ngx_http_openclaw_jv_t *res);
 
 struct ngx_http_openclaw_rpc_s {
     ngx_rbtree_node_t           node;

@@ -20,14 +20,15 @@
 #include "ngx_http_openclaw_message.h"
 
 
-static ngx_int_t ngx_http_openclaw_message_field(
-    ngx_http_openclaw_inbound_t *in, const char *name, ngx_str_t *value,
-    const char **err);
-static ngx_int_t ngx_http_openclaw_message_alias(
-    ngx_http_openclaw_inbound_t *in, const char *first, const char *second,
-    const char *third, ngx_str_t *value, const char **err);
+static ngx_int_t ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *obj,
+    const char *name, ngx_str_t *value, ngx_str_t *json, const char **err);
+static ngx_int_t ngx_http_openclaw_message_alias(ngx_http_openclaw_jv_t *obj,
+    const char *first, const char *second, const char *third,
+    ngx_str_t *value, const char **err);
 static void ngx_http_openclaw_trim(ngx_str_t *s);
 static u_char *ngx_http_openclaw_lower(u_char *dst, u_char *src, size_t n);
+static ngx_int_t ngx_http_openclaw_json_name(ngx_http_openclaw_json_t *j,
+    const char *name, size_t more);
 static ngx_int_t ngx_http_openclaw_json_reserve(ngx_http_openclaw_json_t *j,
     size_t n);
 
@@ -35,58 +36,74 @@ static ngx_int_t ngx_http_openclaw_json_reserve(ngx_http_openclaw_json_t *j,
 static u_char  *ngx_http_openclaw_json_buf;
 static size_t   ngx_http_openclaw_json_size;
 
+/* decoded fields of the message being parsed: never longer than it */
+static u_char  *ngx_http_openclaw_scratch;
+static u_char  *ngx_http_openclaw_scratch_pos;
+static size_t   ngx_http_openclaw_scratch_size;
+
 
 ngx_int_t
 ngx_http_openclaw_message_parse(u_char *data, size_t len,
     ngx_http_openclaw_inbound_t *in, const char **err)
 {
-    cJSON         *json, *item;
-    const char    *end;
-    ngx_str_t      type;
+    int                     rc;
+    ngx_str_t               type, none;
+    ngx_http_openclaw_jv_t  top, v;
 
     ngx_memzero(in, sizeof(ngx_http_openclaw_inbound_t));
 
+    /* never NULL: these get copied, and memcpy() takes no NULL at all */
+
     ngx_str_set(&in->id, "");
+    ngx_str_set(&in->id_json, "");
     ngx_str_set(&in->type_name, "");
 
-    json = cJSON_ParseWithLengthOpts((const char *) data, len, &end, 0);
+    rc = ngx_http_openclaw_jv_parse(data, len, &top);
 
-    if (json == NULL) {
-        *err = "message is not valid JSON";
-        return NGX_ERROR;
-    }
-
-    in->json = json;
-
-    while (end < (const char *) data + len
-           && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
-    {
-        end++;
-    }
-
-    if (end != (const char *) data + len) {
+    if (rc == -2) {
         *err = "message has trailing data after the JSON value";
         return NGX_ERROR;
     }
 
-    if (!cJSON_IsObject(json)) {
+    if (rc != 0) {
+        *err = "message is not valid JSON";
+        return NGX_ERROR;
+    }
+
+    if (top.type != NGX_HTTP_OPENCLAW_JSON_OBJECT) {
         *err = "message must be a JSON object";
         return NGX_ERROR;
     }
 
-    /* the id first, so that every later error can carry it */
+    if (len > ngx_http_openclaw_scratch_size) {
+        if (ngx_http_openclaw_scratch) {
+            ngx_free(ngx_http_openclaw_scratch);
+        }
 
-    item = cJSON_GetObjectItemCaseSensitive(json, "id");
-
-    if (item && cJSON_IsNumber(item)) {
-        in->id_number = 1;
+        ngx_http_openclaw_scratch_size = ngx_max(len, 4096);
+        ngx_http_openclaw_scratch = ngx_alloc(ngx_http_openclaw_scratch_size,
+                                              ngx_cycle->log);
+        if (ngx_http_openclaw_scratch == NULL) {
+            ngx_http_openclaw_scratch_size = 0;
+            *err = "out of memory";
+            return NGX_ERROR;
+        }
     }
 
-    if (ngx_http_openclaw_message_field(in, "id", &in->id, err) != NGX_OK) {
+    ngx_http_openclaw_scratch_pos = ngx_http_openclaw_scratch;
+
+    /* the id first, so that every later error can carry it */
+
+    if (ngx_http_openclaw_message_field(&top, "id", &in->id, &in->id_json,
+                                        err)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
-    if (ngx_http_openclaw_message_field(in, "type", &type, err) != NGX_OK) {
+    if (ngx_http_openclaw_message_field(&top, "type", &type, &none, err)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -138,51 +155,44 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
     }
 
     if (in->type != NGX_HTTP_OPENCLAW_MSG_CHAT) {
-
-        /* the Go bridge takes "id" for "key" in control messages */
-
-        if (ngx_http_openclaw_message_field(in, "key", &in->key, err)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        return NGX_OK;
+        return ngx_http_openclaw_message_field(&top, "key", &in->key, &none,
+                                               err);
     }
 
-    item = cJSON_GetObjectItemCaseSensitive(json, "content");
-
-    if (item == NULL || cJSON_IsNull(item)) {
+    if (ngx_http_openclaw_jv_get(&top, "content", &v) != 0
+        || v.type == NGX_HTTP_OPENCLAW_JSON_NULL)
+    {
         *err = "missing field \"content\"";
         return NGX_ERROR;
     }
 
-    if (!cJSON_IsString(item)) {
+    if (v.type != NGX_HTTP_OPENCLAW_JSON_STRING) {
         *err = "field \"content\" must be a string";
         return NGX_ERROR;
     }
 
-    in->content.data = (u_char *) item->valuestring;
-    in->content.len = ngx_strlen(item->valuestring);
-
-    if (in->content.len == 0) {
+    if (v.size == 0) {
         *err = "field \"content\" is empty";
         return NGX_ERROR;
     }
 
-    if (ngx_http_openclaw_message_field(in, "session", &in->session, err)
+    in->content.data = (u_char *) v.data;
+    in->content.len = v.size;
+
+    if (ngx_http_openclaw_message_field(&top, "session", &in->session, &none,
+                                        err)
         != NGX_OK
-        || ngx_http_openclaw_message_alias(in, "peerKind", "chatType", NULL,
+        || ngx_http_openclaw_message_alias(&top, "peerKind", "chatType", NULL,
                                            &in->peer_kind, err)
            != NGX_OK
-        || ngx_http_openclaw_message_alias(in, "peerId", "chatId",
+        || ngx_http_openclaw_message_alias(&top, "peerId", "chatId",
                                            "senderId", &in->peer_id, err)
            != NGX_OK
-        || ngx_http_openclaw_message_field(in, "topicId", &in->topic_id,
-                                           err)
+        || ngx_http_openclaw_message_field(&top, "topicId", &in->topic_id,
+                                           &none, err)
            != NGX_OK
-        || ngx_http_openclaw_message_field(in, "threadId", &in->thread_id,
-                                           err)
+        || ngx_http_openclaw_message_field(&top, "threadId", &in->thread_id,
+                                           &none, err)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -192,43 +202,38 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
 }
 
 
-void
-ngx_http_openclaw_message_free(ngx_http_openclaw_inbound_t *in)
-{
-    if (in->json) {
-        cJSON_Delete(in->json);
-        in->json = NULL;
-    }
-}
-
-
 /*
- * An optional text field, trimmed.  Peer and thread ids are often
- * numbers (Telegram chat ids are), so integers are accepted too.
+ * An optional text field, decoded and trimmed.  Peer and thread ids are
+ * often numbers (Telegram chat ids are), so integers are accepted too,
+ * as written; "json" gets the value as it came.
  */
 
 static ngx_int_t
-ngx_http_openclaw_message_field(ngx_http_openclaw_inbound_t *in,
-    const char *name, ngx_str_t *value, const char **err)
+ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *obj,
+    const char *name, ngx_str_t *value, ngx_str_t *json, const char **err)
 {
-    u_char         *p;
-    cJSON          *item;
-    ngx_uint_t      text_only;
-    static u_char   errbuf[96];
-
-    /* never NULL: these get copied, and memcpy() takes no NULL at all */
+    u_char                 *p, *last;
+    ngx_uint_t              text_only;
+    ngx_http_openclaw_jv_t  v;
+    static u_char           errbuf[96];
 
     ngx_str_set(value, "");
+    ngx_str_set(json, "");
 
-    item = cJSON_GetObjectItemCaseSensitive(in->json, name);
-
-    if (item == NULL || cJSON_IsNull(item)) {
+    if (ngx_http_openclaw_jv_get(obj, name, &v) != 0
+        || v.type == NGX_HTTP_OPENCLAW_JSON_NULL)
+    {
         return NGX_OK;
     }
 
-    if (cJSON_IsString(item)) {
-        value->data = (u_char *) item->valuestring;
-        value->len = ngx_strlen(item->valuestring);
+    if (v.type == NGX_HTTP_OPENCLAW_JSON_STRING) {
+        json->data = (u_char *) v.start;
+        json->len = v.len;
+
+        value->data = ngx_http_openclaw_scratch_pos;
+        value->len = ngx_http_openclaw_jv_decode(&v,
+                                                 ngx_http_openclaw_scratch_pos);
+        ngx_http_openclaw_scratch_pos += value->len;
 
         /* ids go back to the client exactly as they came */
 
@@ -243,18 +248,17 @@ ngx_http_openclaw_message_field(ngx_http_openclaw_inbound_t *in,
                  || ngx_strcmp(name, "session") == 0
                  || ngx_strcmp(name, "key") == 0);
 
-    /* doubles hold integers exactly up to 2^53 */
+    p = (u_char *) v.start;
+    last = p + v.len;
 
-    if (!text_only
-        && cJSON_IsNumber(item)
-        && item->valuedouble == (double) (int64_t) item->valuedouble
-        && item->valuedouble < 9007199254740992.0
-        && item->valuedouble > -9007199254740992.0
-        && in->nnumbers < sizeof(in->numbers) / sizeof(in->numbers[0]))
+    if (!text_only && v.type == NGX_HTTP_OPENCLAW_JSON_NUMBER
+        && ngx_strlchr(p, last, '.') == NULL
+        && ngx_strlchr(p, last, 'e') == NULL
+        && ngx_strlchr(p, last, 'E') == NULL)
     {
-        p = in->numbers[in->nnumbers++];
         value->data = p;
-        value->len = ngx_sprintf(p, "%L", (int64_t) item->valuedouble) - p;
+        value->len = v.len;
+        *json = *value;
         return NGX_OK;
     }
 
@@ -270,11 +274,15 @@ ngx_http_openclaw_message_field(ngx_http_openclaw_inbound_t *in,
 /* the first of several alias fields that is set and not blank */
 
 static ngx_int_t
-ngx_http_openclaw_message_alias(ngx_http_openclaw_inbound_t *in,
+ngx_http_openclaw_message_alias(ngx_http_openclaw_jv_t *obj,
     const char *first, const char *second, const char *third,
     ngx_str_t *value, const char **err)
 {
-    if (ngx_http_openclaw_message_field(in, first, value, err) != NGX_OK) {
+    ngx_str_t  json;
+
+    if (ngx_http_openclaw_message_field(obj, first, value, &json, err)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -282,7 +290,9 @@ ngx_http_openclaw_message_alias(ngx_http_openclaw_inbound_t *in,
         return NGX_OK;
     }
 
-    if (ngx_http_openclaw_message_field(in, second, value, err) != NGX_OK) {
+    if (ngx_http_openclaw_message_field(obj, second, value, &json, err)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -290,7 +300,7 @@ ngx_http_openclaw_message_alias(ngx_http_openclaw_inbound_t *in,
         return NGX_OK;
     }
 
-    return ngx_http_openclaw_message_field(in, third, value, err);
+    return ngx_http_openclaw_message_field(obj, third, value, &json, err);
 }
 
 
@@ -621,37 +631,40 @@ ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
 
 
 ngx_int_t
-ngx_http_openclaw_message_text(cJSON *message, ngx_str_t *text, u_char **buf)
+ngx_http_openclaw_message_text(ngx_http_openclaw_jv_t *message,
+    ngx_str_t *text, u_char **buf)
 {
-    u_char      *p;
-    size_t       len;
-    cJSON       *content, *block, *type, *t;
-    ngx_uint_t   n;
+    u_char                 *p;
+    size_t                  len;
+    ngx_uint_t              n;
+    ngx_http_openclaw_jv_t  content, block, type, t;
 
     *buf = NULL;
     ngx_str_set(text, "");
 
-    content = cJSON_GetObjectItemCaseSensitive(message, "content");
+    if (ngx_http_openclaw_jv_get(message, "content", &content) != 0) {
+        return NGX_OK;
+    }
 
-    if (cJSON_IsString(content)) {
-        text->data = (u_char *) content->valuestring;
-        text->len = ngx_strlen(content->valuestring);
+    if (content.type == NGX_HTTP_OPENCLAW_JSON_STRING) {
+        text->data = (u_char *) content.data;
+        text->len = content.size;
         return NGX_OK;
     }
 
     len = 0;
     n = 0;
+    block.start = NULL;
 
-    cJSON_ArrayForEach(block, content) {
-        type = cJSON_GetObjectItemCaseSensitive(block, "type");
-        t = cJSON_GetObjectItemCaseSensitive(block, "text");
-
-        if (cJSON_IsString(type) && ngx_strcmp(type->valuestring, "text") == 0
-            && cJSON_IsString(t))
+    while (ngx_http_openclaw_jv_next(&content, &block) == 0) {
+        if (ngx_http_openclaw_jv_get(&block, "type", &type) == 0
+            && ngx_http_openclaw_jv_is(&type, "text")
+            && ngx_http_openclaw_jv_get(&block, "text", &t) == 0
+            && t.type == NGX_HTTP_OPENCLAW_JSON_STRING)
         {
-            text->data = (u_char *) t->valuestring;
-            text->len = ngx_strlen(t->valuestring);
-            len += text->len;
+            text->data = (u_char *) t.data;
+            text->len = t.size;
+            len += t.size;
             n++;
         }
     }
@@ -659,6 +672,8 @@ ngx_http_openclaw_message_text(cJSON *message, ngx_str_t *text, u_char **buf)
     if (n < 2) {
         return NGX_OK;
     }
+
+    /* escaped texts join as the escape of the joined text */
 
     p = ngx_alloc(len, ngx_cycle->log);
     if (p == NULL) {
@@ -669,14 +684,15 @@ ngx_http_openclaw_message_text(cJSON *message, ngx_str_t *text, u_char **buf)
     text->data = p;
     text->len = len;
 
-    cJSON_ArrayForEach(block, content) {
-        type = cJSON_GetObjectItemCaseSensitive(block, "type");
-        t = cJSON_GetObjectItemCaseSensitive(block, "text");
+    block.start = NULL;
 
-        if (cJSON_IsString(type) && ngx_strcmp(type->valuestring, "text") == 0
-            && cJSON_IsString(t))
+    while (ngx_http_openclaw_jv_next(&content, &block) == 0) {
+        if (ngx_http_openclaw_jv_get(&block, "type", &type) == 0
+            && ngx_http_openclaw_jv_is(&type, "text")
+            && ngx_http_openclaw_jv_get(&block, "text", &t) == 0
+            && t.type == NGX_HTTP_OPENCLAW_JSON_STRING)
         {
-            p = ngx_cpymem(p, t->valuestring, ngx_strlen(t->valuestring));
+            p = ngx_cpymem(p, t.data, t.size);
         }
     }
 
@@ -718,16 +734,27 @@ ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j, const char *name,
 
     n = len + ngx_escape_json(NULL, value, len);
 
-    if (ngx_http_openclaw_json_reserve(j, ngx_strlen(name) + n + 6)
-        != NGX_OK)
-    {
+    if (ngx_http_openclaw_json_name(j, name, n + 2) != NGX_OK) {
         return;
     }
 
-    j->pos = ngx_sprintf(j->pos, "%s\"%s\":\"", j->first ? "" : ",", name);
+    *j->pos++ = '"';
     j->pos = (u_char *) ngx_escape_json(j->pos, value, len);
     *j->pos++ = '"';
-    j->first = 0;
+}
+
+
+void
+ngx_http_openclaw_json_escaped(ngx_http_openclaw_json_t *j, const char *name,
+    u_char *value, size_t len)
+{
+    if (ngx_http_openclaw_json_name(j, name, len + 2) != NGX_OK) {
+        return;
+    }
+
+    *j->pos++ = '"';
+    j->pos = ngx_cpymem(j->pos, value, len);
+    *j->pos++ = '"';
 }
 
 
@@ -735,15 +762,40 @@ void
 ngx_http_openclaw_json_raw(ngx_http_openclaw_json_t *j, const char *name,
     u_char *value, size_t len)
 {
-    if (ngx_http_openclaw_json_reserve(j, ngx_strlen(name) + len + 4)
-        != NGX_OK)
-    {
+    if (ngx_http_openclaw_json_name(j, name, len) != NGX_OK) {
         return;
     }
 
-    j->pos = ngx_sprintf(j->pos, "%s\"%s\":", j->first ? "" : ",", name);
     j->pos = ngx_cpymem(j->pos, value, len);
+}
+
+
+/* the comma and the member's name; room is made for "more" after it */
+
+static ngx_int_t
+ngx_http_openclaw_json_name(ngx_http_openclaw_json_t *j, const char *name,
+    size_t more)
+{
+    size_t  n;
+
+    n = ngx_strlen(name);
+
+    if (ngx_http_openclaw_json_reserve(j, n + more + 4) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!j->first) {
+        *j->pos++ = ',';
+    }
+
     j->first = 0;
+
+    *j->pos++ = '"';
+    j->pos = ngx_cpymem(j->pos, name, n);
+    *j->pos++ = '"';
+    *j->pos++ = ':';
+
+    return NGX_OK;
 }
 
 

@@ -10,7 +10,8 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
-#include <cjson/cJSON.h>
+
+#include "ngx_http_openclaw_json.h"
 
 
 #define NGX_HTTP_OPENCLAW_SESSION_MAX   512
@@ -28,17 +29,19 @@ typedef enum {
 
 
 /*
- * A client message.  The strings point into "json", which owns them.
- * "id" is the id as JSON text (a quoted string or an integer), ready to
- * be copied into replies; the other fields are plain text, trimmed, with
- * aliases resolved as the Go bridge does (peerKind before chatType,
- * peerId before chatId before senderId).
+ * A client message.  Text fields are decoded and trimmed, with aliases
+ * resolved as the Go bridge does (peerKind before chatType, peerId before
+ * chatId before senderId), in a worker buffer valid until the next parse.
+ * "id_json" is the id as it came, JSON text to copy into replies; and
+ * "content" stays escaped, as it came: it is forwarded into the gateway
+ * request without being decoded and encoded again.
  */
 
 typedef struct {
     ngx_http_openclaw_msg_type_e    type;
     ngx_str_t                       type_name;
     ngx_str_t                       id;
+    ngx_str_t                       id_json;
     ngx_str_t                       content;
     ngx_str_t                       session;
     ngx_str_t                       peer_kind;
@@ -46,24 +49,16 @@ typedef struct {
     ngx_str_t                       topic_id;
     ngx_str_t                       thread_id;
     ngx_str_t                       key;
-
-    cJSON                          *json;
-
-    /* integers given for text fields, printed */
-    u_char                          numbers[8][24];
-    ngx_uint_t                      nnumbers;
-
-    unsigned                        id_number:1;
 } ngx_http_openclaw_inbound_t;
 
 
 /*
- * NGX_OK, or NGX_ERROR with "*err" naming the problem; "in->id" is set
- * whenever the id could be read, so that the error can carry it.
+ * NGX_OK, or NGX_ERROR with "*err" naming the problem; "in->id_json" is
+ * set whenever the id could be read, so that the error can carry it.
  */
 ngx_int_t ngx_http_openclaw_message_parse(u_char *data, size_t len,
     ngx_http_openclaw_inbound_t *in, const char **err);
-void ngx_http_openclaw_message_free(ngx_http_openclaw_inbound_t *in);
+
 
 /* how a connection's messages map to sessions */
 
@@ -105,9 +100,13 @@ ngx_int_t ngx_http_openclaw_message_key(ngx_http_openclaw_scope_t *sc,
 void ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
     u_char *buf);
 
-/* the text of a gateway message object (blocks of type "text" joined) */
-ngx_int_t ngx_http_openclaw_message_text(cJSON *message, ngx_str_t *text,
-    u_char **buf);
+/*
+ * The text of a gateway message object, still escaped: its string
+ * "content", or its blocks of type "text" joined; "*buf" is set when the
+ * join needed memory of its own, which the caller frees.
+ */
+ngx_int_t ngx_http_openclaw_message_text(ngx_http_openclaw_jv_t *message,
+    ngx_str_t *text, u_char **buf);
 
 /* JSON output into a growing worker-wide scratch buffer */
 
@@ -125,6 +124,10 @@ void ngx_http_openclaw_json_begin(ngx_http_openclaw_json_t *j,
 void ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j,
     const char *name, u_char *value, size_t len);
 void ngx_http_openclaw_json_raw(ngx_http_openclaw_json_t *j,
+    const char *name, u_char *value, size_t len);
+
+/* a string whose content is already escaped JSON */
+void ngx_http_openclaw_json_escaped(ngx_http_openclaw_json_t *j,
     const char *name, u_char *value, size_t len);
 ngx_int_t ngx_http_openclaw_json_end(ngx_http_openclaw_json_t *j,
     ngx_str_t *out);

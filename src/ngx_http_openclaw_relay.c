@@ -61,7 +61,6 @@ typedef struct {
     size_t                          text_len;
     size_t                          text_size;
 
-    unsigned                        id_number:1;
     unsigned                        seen_text:1;
 
     u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
@@ -102,23 +101,25 @@ static ngx_int_t ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_inbound_t *in);
 static void ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
-    cJSON *res);
+    ngx_http_openclaw_jv_t *res);
+static const char *ngx_http_openclaw_relay_text(ngx_http_openclaw_jv_t *obj,
+    const char *name, u_char *buf, size_t size, const char *none);
 static void ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
-    cJSON *res);
+    ngx_http_openclaw_jv_t *res);
 static void ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
-    cJSON *payload, const char *state);
+    ngx_http_openclaw_jv_t *payload);
 static ngx_int_t ngx_http_openclaw_relay_progress(
-    ngx_http_openclaw_run_t *run, cJSON *payload);
+    ngx_http_openclaw_run_t *run, ngx_http_openclaw_jv_t *payload);
 static ngx_int_t ngx_http_openclaw_relay_progress_reply(
     ngx_http_openclaw_run_t *run, ngx_str_t *content, ngx_str_t *delta,
     ngx_uint_t replaced);
 static ngx_int_t ngx_http_openclaw_relay_set_text(
     ngx_http_openclaw_run_t *run, u_char *text, size_t len);
-static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_adopt(cJSON *payload,
-    ngx_str_t *run_id);
+static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_adopt(
+    ngx_http_openclaw_jv_t *payload, ngx_str_t *run_id);
 static void ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run);
-static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id, cJSON *payload,
-    const char *state);
+static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
+    ngx_http_openclaw_jv_t *payload);
 static ngx_http_openclaw_stray_t *ngx_http_openclaw_relay_find_stray(
     ngx_str_t *session);
 static void ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run,
@@ -190,7 +191,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
         ngx_str_set(&error, "binary messages are not supported: send the "
                             "message as JSON text");
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
-                                             NULL, NULL, 0);
+                                             NULL, NULL);
     }
 
     err = NULL;
@@ -204,8 +205,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
         error.len = ngx_strlen(err);
 
         rc = ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
-                                           NULL, &in.id, in.id_number);
-        ngx_http_openclaw_message_free(&in);
+                                           NULL, &in.id_json);
         return rc;
     }
 
@@ -225,8 +225,6 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
         rc = ngx_http_openclaw_control(peer, &in);
         break;
     }
-
-    ngx_http_openclaw_message_free(&in);
 
     return rc;
 }
@@ -412,7 +410,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
         ngx_str_set(&error, "too many messages in flight on this "
                             "connection: wait for their replies");
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
-                                             NULL, &in->id, in->id_number);
+                                             NULL, &in->id_json);
     }
 
     if (ngx_http_openclaw_message_session(in, &peer->scope, key, &session,
@@ -423,7 +421,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
         error.data = (u_char *) err;
         error.len = ngx_strlen(err);
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
-                                             NULL, &in->id, in->id_number);
+                                             NULL, &in->id_json);
     }
 
     ngx_http_openclaw_message_run_id(&session, &in->id, rid);
@@ -439,8 +437,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
         ngx_str_set(&error, "a message with this id is already in flight "
                             "in this session");
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
-                                             &session, &in->id,
-                                             in->id_number);
+                                             &session, &in->id_json);
     }
 
     if (conf->zone) {
@@ -459,8 +456,8 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
             }
 
             return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL,
-                                                 &error, &session, &in->id,
-                                                 in->id_number);
+                                                 &error, &session,
+                                                 &in->id_json);
         }
     }
 
@@ -470,15 +467,15 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_json_begin(&j, NULL);
     ngx_http_openclaw_json_string(&j, "sessionKey", session.data,
                                   session.len);
-    ngx_http_openclaw_json_string(&j, "message", in->content.data,
-                                  in->content.len);
+    ngx_http_openclaw_json_escaped(&j, "message", in->content.data,
+                                   in->content.len);
     ngx_http_openclaw_json_string(&j, "idempotencyKey", rid, run_id.len);
 
     if (ngx_http_openclaw_json_end(&j, &params) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    size = sizeof(ngx_http_openclaw_run_t) + session.len + in->id.len
+    size = sizeof(ngx_http_openclaw_run_t) + session.len + in->id_json.len
            + params.len;
 
     run = ngx_calloc(size, cl->connection->log);
@@ -490,8 +487,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
         }
 
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
-                                             &session, &in->id,
-                                             in->id_number);
+                                             &session, &in->id_json);
     }
 
     p = (u_char *) (run + 1);
@@ -501,9 +497,8 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     p = ngx_cpymem(p, session.data, session.len);
 
     run->id.data = p;
-    run->id.len = in->id.len;
-    p = ngx_cpymem(p, in->id.data, in->id.len);
-    run->id_number = in->id_number;
+    run->id.len = in->id_json.len;
+    p = ngx_cpymem(p, in->id_json.data, in->id_json.len);
 
     run->params.data = p;
     run->params.len = params.len;
@@ -594,14 +589,15 @@ ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
 
 
 static void
-ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
+ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
+    ngx_http_openclaw_jv_t *res)
 {
-    char                       *status;
-    cJSON                      *ok, *payload, *error, *code, *message, *item;
+    ngx_str_t                   params, status;
+    ngx_http_openclaw_jv_t      v, payload, error;
+    ngx_http_openclaw_json_t    j;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
-    ngx_http_openclaw_json_t    j;
-    ngx_str_t                   params;
+    u_char                      code[64], message[256], st[32];
 
     run = rpc->data;
     rl = &ngx_http_openclaw_relay;
@@ -613,40 +609,41 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
         return;
     }
 
-    ok = cJSON_GetObjectItemCaseSensitive(res, "ok");
-
-    if (!cJSON_IsTrue(ok)) {
-        error = cJSON_GetObjectItemCaseSensitive(res, "error");
-        code = cJSON_GetObjectItemCaseSensitive(error, "code");
-        message = cJSON_GetObjectItemCaseSensitive(error, "message");
-
+    if (ngx_http_openclaw_jv_get(res, "ok", &v) != 0
+        || v.type != NGX_HTTP_OPENCLAW_JSON_TRUE)
+    {
         rl->stats->errors_gateway++;
-        ngx_http_openclaw_relay_fail(run, "gateway refused the message: %s%s%s",
-                                     cJSON_IsString(code)
-                                     ? code->valuestring : "error",
-                                     cJSON_IsString(message) ? ": " : "",
-                                     cJSON_IsString(message)
-                                     ? message->valuestring : "");
+
+        (void) ngx_http_openclaw_jv_get(res, "error", &error);
+
+        ngx_http_openclaw_relay_fail(run, "gateway refused the message: "
+                                     "%s: %s",
+                  ngx_http_openclaw_relay_text(&error, "code", code,
+                                               sizeof(code), "error"),
+                  ngx_http_openclaw_relay_text(&error, "message", message,
+                                               sizeof(message), "no reason"));
         return;
     }
-
-    payload = cJSON_GetObjectItemCaseSensitive(res, "payload");
-    item = cJSON_GetObjectItemCaseSensitive(payload, "status");
-    status = cJSON_IsString(item) ? item->valuestring : "";
 
     if (run->state == NGX_HTTP_OPENCLAW_RUN_SENT) {
         run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
         ngx_add_timer(&run->timer, rl->conf->run_timeout);
     }
 
-    if (ngx_strcmp(status, "started") == 0
-        || ngx_strcmp(status, "in_flight") == 0
-        || ngx_strcmp(status, "accepted") == 0)
+    (void) ngx_http_openclaw_jv_get(res, "payload", &payload);
+
+    status.data = (u_char *) ngx_http_openclaw_relay_text(&payload, "status",
+                                                          st, sizeof(st), "");
+    status.len = ngx_strlen(status.data);
+
+    if ((status.len == 7 && ngx_strncmp(status.data, "started", 7) == 0)
+        || (status.len == 9 && ngx_strncmp(status.data, "in_flight", 9) == 0)
+        || (status.len == 8 && ngx_strncmp(status.data, "accepted", 8) == 0))
     {
         return;
     }
 
-    if (ngx_strcmp(status, "ok") == 0) {
+    if (status.len == 2 && ngx_strncmp(status.data, "ok", 2) == 0) {
 
         /*
          * The gateway had already run this idempotency key, while the
@@ -681,16 +678,66 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
 
     rl->stats->errors_gateway++;
     ngx_http_openclaw_relay_fail(run, "gateway reports the run as \"%s\"",
-                                 *status ? status : "unknown");
+                                 status.len ? (char *) status.data
+                                            : "unknown");
+}
+
+
+/*
+ * A string member of "obj", decoded into "buf" (cut to fit) and
+ * NUL-terminated, or "none" when there is no such string.
+ */
+
+static const char *
+ngx_http_openclaw_relay_text(ngx_http_openclaw_jv_t *obj, const char *name,
+    u_char *buf, size_t size, const char *none)
+{
+    size_t                  n;
+    u_char                 *tmp;
+    ngx_http_openclaw_jv_t  v;
+
+    if (obj->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
+        || ngx_http_openclaw_jv_get(obj, name, &v) != 0
+        || v.type != NGX_HTTP_OPENCLAW_JSON_STRING)
+    {
+        return none;
+    }
+
+    if (v.size < size) {
+        n = ngx_http_openclaw_jv_decode(&v, buf);
+
+    } else {
+        tmp = ngx_alloc(v.size, ngx_cycle->log);
+        if (tmp == NULL) {
+            return none;
+        }
+
+        n = ngx_http_openclaw_jv_decode(&v, tmp);
+        n = ngx_min(n, size - 1);
+
+        /* never cut a UTF-8 sequence in two */
+
+        while (n && (tmp[n] & 0xc0) == 0x80) {
+            n--;
+        }
+
+        ngx_memcpy(buf, tmp, n);
+        ngx_free(tmp);
+    }
+
+    buf[n] = '\0';
+
+    return (const char *) buf;
 }
 
 
 static void
-ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
+ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
+    ngx_http_openclaw_jv_t *res)
 {
     u_char                   *buf;
-    cJSON                    *messages, *message, *role, *meta, *id;
     ngx_str_t                 text;
+    ngx_http_openclaw_jv_t    payload, messages, message, role, meta, id;
     ngx_http_openclaw_run_t  *run;
 
     run = rpc->data;
@@ -701,42 +748,43 @@ ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc, cJSON *res)
         return;
     }
 
-    messages = cJSON_GetObjectItemCaseSensitive(
-                   cJSON_GetObjectItemCaseSensitive(res, "payload"),
-                   "messages");
-
     /* protocol 4 marks assistant messages with the run they answer */
 
-    for (message = messages ? messages->child : NULL;
-         message;
-         message = message->next)
+    if (ngx_http_openclaw_jv_get(res, "payload", &payload) == 0
+        && ngx_http_openclaw_jv_get(&payload, "messages", &messages) == 0)
     {
-        role = cJSON_GetObjectItemCaseSensitive(message, "role");
-        meta = cJSON_GetObjectItemCaseSensitive(message, "__openclaw");
-        id = cJSON_GetObjectItemCaseSensitive(meta, "runId");
+        message.start = NULL;
 
-        if (!cJSON_IsString(role)
-            || ngx_strcmp(role->valuestring, "assistant") != 0
-            || !cJSON_IsString(id)
-            || ngx_strlen(id->valuestring) != run->sn.str.len
-            || ngx_strncmp(id->valuestring, run->sn.str.data,
-                           run->sn.str.len) != 0)
-        {
-            continue;
-        }
+        while (ngx_http_openclaw_jv_next(&messages, &message) == 0) {
 
-        if (ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK) {
-            ngx_http_openclaw_relay_fail(run, "out of memory");
+            if (ngx_http_openclaw_jv_get(&message, "role", &role) != 0
+                || !ngx_http_openclaw_jv_is(&role, "assistant")
+                || ngx_http_openclaw_jv_get(&message, "__openclaw", &meta)
+                   != 0
+                || ngx_http_openclaw_jv_get(&meta, "runId", &id) != 0
+                || id.type != NGX_HTTP_OPENCLAW_JSON_STRING
+                || id.escaped
+                || id.size != run->sn.str.len
+                || ngx_memcmp(id.data, run->sn.str.data, id.size) != 0)
+            {
+                continue;
+            }
+
+            if (ngx_http_openclaw_message_text(&message, &text, &buf)
+                != NGX_OK)
+            {
+                ngx_http_openclaw_relay_fail(run, "out of memory");
+                return;
+            }
+
+            ngx_http_openclaw_relay_complete(run, &text);
+
+            if (buf) {
+                ngx_free(buf);
+            }
+
             return;
         }
-
-        ngx_http_openclaw_relay_complete(run, &text);
-
-        if (buf) {
-            ngx_free(buf);
-        }
-
-        return;
     }
 
     ngx_http_openclaw_relay.stats->errors_gateway++;
@@ -806,24 +854,23 @@ ngx_http_openclaw_relay_link_down(void)
 
 
 void
-ngx_http_openclaw_relay_chat_event(cJSON *payload)
+ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
 {
-    char                     *state;
-    cJSON                    *item;
     ngx_str_t                 run_id;
+    ngx_http_openclaw_jv_t    v;
     ngx_http_openclaw_run_t  *run;
 
-    item = cJSON_GetObjectItemCaseSensitive(payload, "runId");
+    /* run ids this module makes need no escapes; others are not ours */
 
-    if (!cJSON_IsString(item)) {
+    if (ngx_http_openclaw_jv_get(payload, "runId", &v) != 0
+        || v.type != NGX_HTTP_OPENCLAW_JSON_STRING || v.escaped
+        || v.size == 0 || v.size >= NGX_HTTP_OPENCLAW_RUN_ID_MAX)
+    {
         return;
     }
 
-    run_id.data = (u_char *) item->valuestring;
-    run_id.len = ngx_strlen(item->valuestring);
-
-    item = cJSON_GetObjectItemCaseSensitive(payload, "state");
-    state = cJSON_IsString(item) ? item->valuestring : "";
+    run_id.data = (u_char *) v.data;
+    run_id.len = v.size;
 
     run = (ngx_http_openclaw_run_t *)
               ngx_str_rbtree_lookup(&ngx_http_openclaw_relay.runs, &run_id,
@@ -834,27 +881,32 @@ ngx_http_openclaw_relay_chat_event(cJSON *payload)
         run = ngx_http_openclaw_relay_adopt(payload, &run_id);
 
         if (run == NULL) {
-            ngx_http_openclaw_relay_stray(&run_id, payload, state);
+            ngx_http_openclaw_relay_stray(&run_id, payload);
             return;
         }
     }
 
-    ngx_http_openclaw_relay_run_event(run, payload, state);
+    ngx_http_openclaw_relay_run_event(run, payload);
 }
 
 
 static void
 ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
-    cJSON *payload, const char *state)
+    ngx_http_openclaw_jv_t *payload)
 {
     u_char                     *buf;
-    cJSON                      *message, *item;
     ngx_str_t                   text;
+    ngx_http_openclaw_jv_t      state, message;
     ngx_http_openclaw_relay_t  *rl;
+    u_char                      error[400];
 
     rl = &ngx_http_openclaw_relay;
 
-    if (ngx_strcmp(state, "delta") == 0) {
+    if (ngx_http_openclaw_jv_get(payload, "state", &state) != 0) {
+        return;
+    }
+
+    if (ngx_http_openclaw_jv_is(&state, "delta")) {
         if (ngx_http_openclaw_relay_progress(run, payload) != NGX_OK) {
             ngx_http_openclaw_relay_fail(run, "out of memory");
         }
@@ -862,15 +914,16 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
         return;
     }
 
-    if (ngx_strcmp(state, "final") == 0) {
-        message = cJSON_GetObjectItemCaseSensitive(payload, "message");
+    if (ngx_http_openclaw_jv_is(&state, "final")) {
         buf = NULL;
 
-        if (message == NULL) {
+        if (ngx_http_openclaw_jv_get(payload, "message", &message) != 0
+            || message.type != NGX_HTTP_OPENCLAW_JSON_OBJECT)
+        {
             text.data = run->text;
             text.len = run->text_len;
 
-        } else if (ngx_http_openclaw_message_text(message, &text, &buf)
+        } else if (ngx_http_openclaw_message_text(&message, &text, &buf)
                    != NGX_OK)
         {
             ngx_http_openclaw_relay_fail(run, "out of memory");
@@ -906,18 +959,17 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
         return;
     }
 
-    if (ngx_strcmp(state, "error") == 0) {
-        item = cJSON_GetObjectItemCaseSensitive(payload, "errorMessage");
+    if (ngx_http_openclaw_jv_is(&state, "error")) {
         rl->stats->errors_gateway++;
 
         ngx_http_openclaw_relay_fail(run, "agent error: %s",
-                                     cJSON_IsString(item)
-                                     ? item->valuestring
-                                     : "the run failed");
+                  ngx_http_openclaw_relay_text(payload, "errorMessage",
+                                               error, sizeof(error),
+                                               "the run failed"));
         return;
     }
 
-    if (ngx_strcmp(state, "aborted") == 0) {
+    if (ngx_http_openclaw_jv_is(&state, "aborted")) {
         rl->stats->errors_gateway++;
         ngx_http_openclaw_relay_fail(run, "agent run aborted");
         return;
@@ -930,41 +982,46 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
 /*
  * Clients get the cumulative text (what existing clients display) and
  * the new part.  The cumulative message is the truth; protocol 4's
- * deltaText is used only when a delta comes without it.
+ * deltaText is used only when a delta comes without it.  Texts stay
+ * escaped as the gateway wrote them: its escaping is the same for the
+ * same characters, so the escape of a text extended is the escape of the
+ * text followed by the escape of the extension.
  */
 
 static ngx_int_t
 ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
-    cJSON *payload)
+    ngx_http_openclaw_jv_t *payload)
 {
-    u_char      *buf;
-    cJSON       *message, *delta, *replace;
-    size_t       old;
-    ngx_int_t    rc;
-    ngx_str_t    text, added, content;
-    ngx_uint_t   replaced;
+    u_char                  *buf;
+    size_t                   old;
+    ngx_int_t                rc;
+    ngx_str_t                text, added, content;
+    ngx_uint_t               replaced;
+    ngx_http_openclaw_jv_t   message, delta, replace;
 
     buf = NULL;
     replaced = 0;
-    message = cJSON_GetObjectItemCaseSensitive(payload, "message");
 
-    if (message) {
-        if (ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK) {
+    if (ngx_http_openclaw_jv_get(payload, "message", &message) == 0
+        && message.type == NGX_HTTP_OPENCLAW_JSON_OBJECT)
+    {
+        if (ngx_http_openclaw_message_text(&message, &text, &buf) != NGX_OK) {
             return NGX_ERROR;
         }
 
     } else {
-        delta = cJSON_GetObjectItemCaseSensitive(payload, "deltaText");
-        replace = cJSON_GetObjectItemCaseSensitive(payload, "replace");
-
-        if (!cJSON_IsString(delta)) {
+        if (ngx_http_openclaw_jv_get(payload, "deltaText", &delta) != 0
+            || delta.type != NGX_HTTP_OPENCLAW_JSON_STRING)
+        {
             return NGX_OK;
         }
 
-        added.data = (u_char *) delta->valuestring;
-        added.len = ngx_strlen(delta->valuestring);
+        added.data = (u_char *) delta.data;
+        added.len = delta.size;
 
-        if (!cJSON_IsTrue(replace)) {
+        if (ngx_http_openclaw_jv_get(payload, "replace", &replace) != 0
+            || replace.type != NGX_HTTP_OPENCLAW_JSON_TRUE)
+        {
             if (ngx_http_openclaw_relay_set_text(run, NULL,
                                                  run->text_len + added.len)
                 != NGX_OK)
@@ -986,7 +1043,6 @@ ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
     if (!replaced && text.len >= old
         && (old == 0 || ngx_memcmp(text.data, run->text, old) == 0))
     {
-
         if (text.len == old) {
             if (buf) {
                 ngx_free(buf);
@@ -1045,8 +1101,9 @@ ngx_http_openclaw_relay_progress_reply(ngx_http_openclaw_run_t *run,
     j.log = run->peer->client->connection->log;
 
     ngx_http_openclaw_json_begin(&j, "progress");
-    ngx_http_openclaw_json_string(&j, "content", content->data, content->len);
-    ngx_http_openclaw_json_string(&j, "delta", delta->data, delta->len);
+    ngx_http_openclaw_json_escaped(&j, "content", content->data,
+                                   content->len);
+    ngx_http_openclaw_json_escaped(&j, "delta", delta->data, delta->len);
 
     if (replaced) {
         ngx_http_openclaw_json_raw(&j, "replace", (u_char *) "true", 4);
@@ -1056,13 +1113,7 @@ ngx_http_openclaw_relay_progress_reply(ngx_http_openclaw_run_t *run,
                                   run->session.len);
 
     if (run->id.len) {
-        if (run->id_number) {
-            ngx_http_openclaw_json_raw(&j, "id", run->id.data, run->id.len);
-
-        } else {
-            ngx_http_openclaw_json_string(&j, "id", run->id.data,
-                                          run->id.len);
-        }
+        ngx_http_openclaw_json_raw(&j, "id", run->id.data, run->id.len);
     }
 
     if (ngx_http_openclaw_json_end(&j, &out) != NGX_OK) {
@@ -1118,28 +1169,26 @@ ngx_http_openclaw_relay_set_text(ngx_http_openclaw_run_t *run, u_char *text,
  */
 
 static ngx_http_openclaw_run_t *
-ngx_http_openclaw_relay_adopt(cJSON *payload, ngx_str_t *run_id)
+ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *payload,
+    ngx_str_t *run_id)
 {
-    cJSON                      *item;
     ngx_str_t                   session;
     ngx_queue_t                *q;
+    ngx_http_openclaw_jv_t      v;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
 
-    if (rl->protocol != 3 || run_id->len >= NGX_HTTP_OPENCLAW_RUN_ID_MAX) {
+    if (rl->protocol != 3
+        || ngx_http_openclaw_jv_get(payload, "sessionKey", &v) != 0
+        || v.type != NGX_HTTP_OPENCLAW_JSON_STRING || v.escaped)
+    {
         return NULL;
     }
 
-    item = cJSON_GetObjectItemCaseSensitive(payload, "sessionKey");
-
-    if (!cJSON_IsString(item)) {
-        return NULL;
-    }
-
-    session.data = (u_char *) item->valuestring;
-    session.len = ngx_strlen(item->valuestring);
+    session.data = (u_char *) v.data;
+    session.len = v.size;
 
     for (q = ngx_queue_head(&rl->sent);
          q != ngx_queue_sentinel(&rl->sent);
@@ -1208,34 +1257,28 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 /* remembers an unowned run briefly, in case protocol 3 hands it over */
 
 static void
-ngx_http_openclaw_relay_stray(ngx_str_t *run_id, cJSON *payload,
-    const char *state)
+ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
+    ngx_http_openclaw_jv_t *payload)
 {
     u_char                     *buf;
-    cJSON                      *item, *message;
     ngx_str_t                   session, text;
     ngx_uint_t                  i, oldest;
+    ngx_http_openclaw_jv_t      v, message;
     ngx_http_openclaw_relay_t  *rl;
     ngx_http_openclaw_stray_t  *s;
 
     rl = &ngx_http_openclaw_relay;
 
-    if (rl->protocol != 3 || run_id->len >= NGX_HTTP_OPENCLAW_RUN_ID_MAX) {
+    if (rl->protocol != 3
+        || ngx_http_openclaw_jv_get(payload, "sessionKey", &v) != 0
+        || v.type != NGX_HTTP_OPENCLAW_JSON_STRING || v.escaped
+        || v.size > NGX_HTTP_OPENCLAW_SESSION_MAX)
+    {
         return;
     }
 
-    item = cJSON_GetObjectItemCaseSensitive(payload, "sessionKey");
-
-    if (!cJSON_IsString(item)) {
-        return;
-    }
-
-    session.data = (u_char *) item->valuestring;
-    session.len = ngx_strlen(item->valuestring);
-
-    if (session.len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
-        return;
-    }
+    session.data = (u_char *) v.data;
+    session.len = v.size;
 
     s = NULL;
     oldest = 0;
@@ -1270,16 +1313,17 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id, cJSON *payload,
 
     s->seen = ngx_current_msec;
 
-    if (ngx_strcmp(state, "final") == 0 || ngx_strcmp(state, "error") == 0
-        || ngx_strcmp(state, "aborted") == 0)
+    if (ngx_http_openclaw_jv_get(payload, "state", &v) == 0
+        && (ngx_http_openclaw_jv_is(&v, "final")
+            || ngx_http_openclaw_jv_is(&v, "error")
+            || ngx_http_openclaw_jv_is(&v, "aborted")))
     {
         s->ended = 1;
     }
 
-    message = cJSON_GetObjectItemCaseSensitive(payload, "message");
-
-    if (message == NULL
-        || ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK
+    if (ngx_http_openclaw_jv_get(payload, "message", &message) != 0
+        || message.type != NGX_HTTP_OPENCLAW_JSON_OBJECT
+        || ngx_http_openclaw_message_text(&message, &text, &buf) != NGX_OK
         || text.len == 0)
     {
         return;
@@ -1290,6 +1334,7 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id, cJSON *payload,
     }
 
     s->text = ngx_alloc(text.len, ngx_cycle->log);
+    s->text_len = 0;
 
     if (s->text) {
         ngx_memcpy(s->text, text.data, text.len);
@@ -1413,7 +1458,7 @@ ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
     if (run->peer) {
         (void) ngx_http_openclaw_relay_reply(run->peer->client, "complete",
                                              text, NULL, NULL, &run->session,
-                                             &run->id, run->id_number);
+                                             &run->id);
     }
 
     ngx_http_openclaw_relay_free(run, NULL);
@@ -1439,7 +1484,7 @@ ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
     if (run->peer) {
         (void) ngx_http_openclaw_relay_reply(run->peer->client, "error", NULL,
                                              NULL, &error, &run->session,
-                                             &run->id, run->id_number);
+                                             &run->id);
     }
 
     ngx_http_openclaw_relay_free(run, &error);
@@ -1491,7 +1536,7 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
 ngx_int_t
 ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
     const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
-    ngx_str_t *session, ngx_str_t *id, ngx_uint_t id_number)
+    ngx_str_t *session, ngx_str_t *id)
 {
     ngx_str_t                 out;
     ngx_http_openclaw_json_t  j;
@@ -1507,12 +1552,12 @@ ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
     ngx_http_openclaw_json_begin(&j, type);
 
     if (content) {
-        ngx_http_openclaw_json_string(&j, "content", content->data,
-                                      content->len);
+        ngx_http_openclaw_json_escaped(&j, "content", content->data,
+                                       content->len);
     }
 
     if (delta) {
-        ngx_http_openclaw_json_string(&j, "delta", delta->data, delta->len);
+        ngx_http_openclaw_json_escaped(&j, "delta", delta->data, delta->len);
     }
 
     if (error) {
@@ -1525,12 +1570,7 @@ ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
     }
 
     if (id && id->len) {
-        if (id_number) {
-            ngx_http_openclaw_json_raw(&j, "id", id->data, id->len);
-
-        } else {
-            ngx_http_openclaw_json_string(&j, "id", id->data, id->len);
-        }
+        ngx_http_openclaw_json_raw(&j, "id", id->data, id->len);
     }
 
     if (ngx_http_openclaw_json_end(&j, &out) != NGX_OK) {

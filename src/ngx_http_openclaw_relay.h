@@ -11,7 +11,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <cjson/cJSON.h>
 
 #include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_client.h"
@@ -61,12 +60,16 @@ ngx_int_t ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
 /* called by the gateway link */
 void ngx_http_openclaw_relay_link_up(ngx_uint_t protocol);
 void ngx_http_openclaw_relay_link_down(void);
-void ngx_http_openclaw_relay_chat_event(cJSON *payload);
+void ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload);
 
-/* a reply of the documented shape; NULL fields are left out */
+/*
+ * A reply of the documented shape; NULL fields are left out.  "content"
+ * and "delta" are escaped JSON text already, "id" is JSON as the client
+ * wrote it.
+ */
 ngx_int_t ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
     const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
-    ngx_str_t *session, ngx_str_t *id, ngx_uint_t id_number);
+    ngx_str_t *session, ngx_str_t *id);
 
 
 

@@ -1,0 +1,86 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+/*
+ * A JSON scanner for the per-message path: it validates a text and finds
+ * members in place, without building a tree or allocating.  String values
+ * are kept escaped, as they came, so that text can be forwarded into
+ * other JSON without being decoded and encoded again.  No nginx types, so
+ * that it can be unit tested and fuzzed against cJSON.
+ */
+
+
+#ifndef _NGX_HTTP_OPENCLAW_JSON_H_INCLUDED_
+#define _NGX_HTTP_OPENCLAW_JSON_H_INCLUDED_
+
+
+#include <stddef.h>
+#include <stdint.h>
+
+
+typedef enum {
+    NGX_HTTP_OPENCLAW_JSON_INVALID = 0,
+    NGX_HTTP_OPENCLAW_JSON_OBJECT,
+    NGX_HTTP_OPENCLAW_JSON_ARRAY,
+    NGX_HTTP_OPENCLAW_JSON_STRING,
+    NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    NGX_HTTP_OPENCLAW_JSON_TRUE,
+    NGX_HTTP_OPENCLAW_JSON_FALSE,
+    NGX_HTTP_OPENCLAW_JSON_NULL
+} ngx_http_openclaw_json_type_e;
+
+
+/*
+ * A value inside a validated text: "start" and "len" span it whole (with
+ * the quotes of a string); for a string, "data" and "size" span its
+ * escaped content, and "escaped" says whether it holds any backslash.
+ */
+
+typedef struct {
+    const uint8_t                  *start;
+    size_t                          len;
+    const uint8_t                  *data;
+    size_t                          size;
+    ngx_http_openclaw_json_type_e   type;
+    unsigned                        escaped:1;
+} ngx_http_openclaw_jv_t;
+
+
+/*
+ * Validates "len" bytes as one JSON value with optional white space
+ * around it (RFC 8259, nesting up to 128 deep) and describes it in "v".
+ * Returns 0; -1 when the text is not valid JSON; -2 when a valid value
+ * is followed by more than white space.
+ */
+int ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
+    ngx_http_openclaw_jv_t *v);
+
+/*
+ * The first member "name" of object "obj" (names compared as written, so
+ * a name spelled with escapes is not found); 0 if found, -1 otherwise.
+ */
+int ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
+    ngx_http_openclaw_jv_t *out);
+
+/*
+ * Iterates an array: "*item" is NULL-started (item->start == NULL) and is
+ * advanced to the next element; returns 0 while there is one.
+ */
+int ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
+    ngx_http_openclaw_jv_t *item);
+
+/*
+ * The decoded content of a string value into "dst" (at least v->size
+ * bytes: decoding never grows a string); returns its length.  Lone
+ * surrogate escapes become U+FFFD, as valid UTF-8 must.
+ */
+size_t ngx_http_openclaw_jv_decode(ngx_http_openclaw_jv_t *v, uint8_t *dst);
+
+/* a string value equals "s" (decoded) */
+int ngx_http_openclaw_jv_is(ngx_http_openclaw_jv_t *v, const char *s);
+
+
+#endif /* _NGX_HTTP_OPENCLAW_JSON_H_INCLUDED_ */

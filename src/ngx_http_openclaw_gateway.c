@@ -100,9 +100,11 @@ static ngx_int_t ngx_http_openclaw_gateway_frames(
 static ngx_int_t ngx_http_openclaw_gateway_message(
     ngx_http_openclaw_gateway_t *gw, u_char *data, size_t len);
 static ngx_int_t ngx_http_openclaw_gateway_event(
-    ngx_http_openclaw_gateway_t *gw, ngx_http_openclaw_jv_t *frame);
+    ngx_http_openclaw_gateway_t *gw, ngx_http_openclaw_jv_t *event,
+    ngx_http_openclaw_jv_t *payload);
 static ngx_int_t ngx_http_openclaw_gateway_response_frame(
-    ngx_http_openclaw_gateway_t *gw, ngx_http_openclaw_jv_t *frame);
+    ngx_http_openclaw_gateway_t *gw, ngx_http_openclaw_jv_t *frame,
+    ngx_http_openclaw_jv_t *id);
 static ngx_int_t ngx_http_openclaw_gateway_hello(
     ngx_http_openclaw_gateway_t *gw, cJSON *frame);
 static ngx_int_t ngx_http_openclaw_gateway_send_connect(
@@ -846,7 +848,9 @@ static ngx_int_t
 ngx_http_openclaw_gateway_message(ngx_http_openclaw_gateway_t *gw,
     u_char *data, size_t len)
 {
-    ngx_http_openclaw_jv_t  frame, type;
+    ngx_http_openclaw_jv_t  frame, m[4];
+
+    static const char  *names[4] = { "type", "event", "payload", "id" };
 
     if (ngx_http_openclaw_jv_parse(data, len, &frame) != 0
         || frame.type != NGX_HTTP_OPENCLAW_JSON_OBJECT)
@@ -857,16 +861,14 @@ ngx_http_openclaw_gateway_message(ngx_http_openclaw_gateway_t *gw,
         return NGX_OK;
     }
 
-    if (ngx_http_openclaw_jv_get(&frame, "type", &type) != 0) {
-        return NGX_OK;
+    (void) ngx_http_openclaw_jv_members(&frame, names, m, 4);
+
+    if (ngx_http_openclaw_jv_is(&m[0], "event")) {
+        return ngx_http_openclaw_gateway_event(gw, &m[1], &m[2]);
     }
 
-    if (ngx_http_openclaw_jv_is(&type, "event")) {
-        return ngx_http_openclaw_gateway_event(gw, &frame);
-    }
-
-    if (ngx_http_openclaw_jv_is(&type, "res")) {
-        return ngx_http_openclaw_gateway_response_frame(gw, &frame);
+    if (ngx_http_openclaw_jv_is(&m[0], "res")) {
+        return ngx_http_openclaw_gateway_response_frame(gw, &frame, &m[3]);
     }
 
     return NGX_OK;
@@ -875,30 +877,22 @@ ngx_http_openclaw_gateway_message(ngx_http_openclaw_gateway_t *gw,
 
 static ngx_int_t
 ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
-    ngx_http_openclaw_jv_t *frame)
+    ngx_http_openclaw_jv_t *event, ngx_http_openclaw_jv_t *payload)
 {
     u_char                  buf[32];
-    ngx_http_openclaw_jv_t  event, payload, ms;
+    ngx_http_openclaw_jv_t  ms;
 
-    if (ngx_http_openclaw_jv_get(frame, "event", &event) != 0) {
-        return NGX_OK;
-    }
-
-    if (ngx_http_openclaw_jv_get(frame, "payload", &payload) != 0) {
-        payload.type = NGX_HTTP_OPENCLAW_JSON_NULL;
-    }
-
-    if (ngx_http_openclaw_jv_is(&event, "chat")) {
+    if (ngx_http_openclaw_jv_is(event, "chat")) {
         if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_READY
-            && payload.type == NGX_HTTP_OPENCLAW_JSON_OBJECT)
+            && payload->type == NGX_HTTP_OPENCLAW_JSON_OBJECT)
         {
-            ngx_http_openclaw_relay_chat_event(&payload);
+            ngx_http_openclaw_relay_chat_event(payload);
         }
 
         return NGX_OK;
     }
 
-    if (ngx_http_openclaw_jv_is(&event, "connect.challenge")) {
+    if (ngx_http_openclaw_jv_is(event, "connect.challenge")) {
 
         if (gw->info->state != NGX_HTTP_OPENCLAW_LINK_CHALLENGE) {
             return NGX_OK;
@@ -907,9 +901,9 @@ ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
         return ngx_http_openclaw_gateway_send_connect(gw);
     }
 
-    if (ngx_http_openclaw_jv_is(&event, "shutdown")) {
+    if (ngx_http_openclaw_jv_is(event, "shutdown")) {
 
-        if (ngx_http_openclaw_jv_get(&payload, "restartExpectedMs", &ms) == 0
+        if (ngx_http_openclaw_jv_get(payload, "restartExpectedMs", &ms) == 0
             && ms.type == NGX_HTTP_OPENCLAW_JSON_NUMBER
             && ms.len < sizeof(buf))
         {
@@ -934,24 +928,21 @@ ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
 
 static ngx_int_t
 ngx_http_openclaw_gateway_response_frame(ngx_http_openclaw_gateway_t *gw,
-    ngx_http_openclaw_jv_t *frame)
+    ngx_http_openclaw_jv_t *frame, ngx_http_openclaw_jv_t *id)
 {
     cJSON                    *json;
     ngx_int_t                 rc;
     ngx_uint_t                n;
     const uint8_t            *p, *last;
     ngx_rbtree_node_t        *node, *sentinel;
-    ngx_http_openclaw_jv_t    id;
     ngx_http_openclaw_rpc_t  *rpc;
 
-    if (ngx_http_openclaw_jv_get(frame, "id", &id) != 0
-        || id.type != NGX_HTTP_OPENCLAW_JSON_STRING || id.escaped)
-    {
+    if (id->type != NGX_HTTP_OPENCLAW_JSON_STRING || id->escaped) {
         return NGX_OK;
     }
 
     if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_HELLO
-        && ngx_http_openclaw_jv_is(&id, "connect"))
+        && ngx_http_openclaw_jv_is(id, "connect"))
     {
         /* once per connection: the full tree is worth it here */
 
@@ -962,14 +953,14 @@ ngx_http_openclaw_gateway_response_frame(ngx_http_openclaw_gateway_t *gw,
         return rc;
     }
 
-    if (id.size < 5 || ngx_strncmp(id.data, "ocb-", 4) != 0) {
+    if (id->size < 5 || ngx_strncmp(id->data, "ocb-", 4) != 0) {
         return NGX_OK;
     }
 
     n = 0;
-    last = id.data + id.size;
+    last = id->data + id->size;
 
-    for (p = id.data + 4; p < last && *p >= '0' && *p <= '9'; p++) {
+    for (p = id->data + 4; p < last && *p >= '0' && *p <= '9'; p++) {
         n = n * 10 + (*p - '0');
     }
 

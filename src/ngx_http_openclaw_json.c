@@ -17,6 +17,7 @@ static const uint8_t *jv_check(const uint8_t *p, const uint8_t *end,
     int depth);
 static const uint8_t *jv_check_string(const uint8_t *p, const uint8_t *end);
 static const uint8_t *jv_check_number(const uint8_t *p, const uint8_t *end);
+static const uint8_t *jv_string_end(const uint8_t *p, const uint8_t *end);
 static void jv_describe(const uint8_t *p, const uint8_t *end,
     ngx_http_openclaw_jv_t *v);
 static const uint8_t *jv_unescape(const uint8_t *p, const uint8_t *end,
@@ -165,16 +166,20 @@ jv_check_string(const uint8_t *p, const uint8_t *end)
 
     for (p++; p < end; p++) {
 
+        /* most bytes are plain: skip them in one tight loop */
+
+        while (*p >= 0x20 && *p != '"' && *p != '\\') {
+            if (++p == end) {
+                return NULL;
+            }
+        }
+
         if (*p == '"') {
             return p + 1;
         }
 
         if (*p < 0x20) {
             return NULL;
-        }
-
-        if (*p != '\\') {
-            continue;
         }
 
         if (++p >= end) {
@@ -259,6 +264,29 @@ jv_check_number(const uint8_t *p, const uint8_t *end)
 }
 
 
+/* the closing quote of a validated string whose content starts at "p" */
+
+static const uint8_t *
+jv_string_end(const uint8_t *p, const uint8_t *end)
+{
+    const uint8_t  *q, *b;
+
+    for ( ;; ) {
+        q = memchr(p, '"', end - p);
+
+        /* a quote preceded by an odd number of backslashes is escaped */
+
+        for (b = q; b > p && b[-1] == '\\'; b--) { /* void */ }
+
+        if (((q - b) & 1) == 0) {
+            return q;
+        }
+
+        p = q + 1;
+    }
+}
+
+
 /* describes the value at "p" of an already validated text */
 
 static void
@@ -277,16 +305,12 @@ jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v)
     case '"':
         v->type = NGX_HTTP_OPENCLAW_JSON_STRING;
 
-        for (q = p + 1; *q != '"'; q++) {
-            if (*q == '\\') {
-                v->escaped = 1;
-                q++;
-            }
-        }
+        q = jv_string_end(p + 1, end);
 
         v->data = p + 1;
         v->size = q - (p + 1);
         v->len = q + 1 - p;
+        v->escaped = (memchr(v->data, '\\', v->size) != NULL);
         return;
 
     case '{':
@@ -297,25 +321,29 @@ jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v)
 
         for (q = p; q < end; q++) {
 
-            if (*q == '"') {
-                for (q++; *q != '"'; q++) {
-                    if (*q == '\\') {
-                        q++;
-                    }
+            switch (*q) {
+
+            case '"':
+                q = jv_string_end(q + 1, end);
+                break;
+
+            case '{':
+            case '[':
+                depth++;
+                break;
+
+            case '}':
+            case ']':
+                if (--depth == 0) {
+                    v->len = q + 1 - p;
+                    return;
                 }
 
-                continue;
-            }
-
-            if (*q == '{' || *q == '[') {
-                depth++;
-
-            } else if ((*q == '}' || *q == ']') && --depth == 0) {
                 break;
             }
         }
 
-        v->len = q + 1 - p;
+        v->len = q - p;
         return;
 
     case 't':
@@ -347,6 +375,66 @@ jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v)
         v->len = q - p;
         return;
     }
+}
+
+
+int
+ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
+    ngx_http_openclaw_jv_t *out, int n)
+{
+    int                     i, found;
+    size_t                  len[16];
+    const uint8_t          *p, *end;
+    ngx_http_openclaw_jv_t  key, value;
+
+    found = 0;
+
+    for (i = 0; i < n; i++) {
+        out[i].type = NGX_HTTP_OPENCLAW_JSON_INVALID;
+        out[i].start = NULL;
+    }
+
+    if (obj->type != NGX_HTTP_OPENCLAW_JSON_OBJECT || n > 16) {
+        return 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        len[i] = strlen(names[i]);
+    }
+
+    end = obj->start + obj->len - 1;
+    p = jv_ws(obj->start + 1, end);
+
+    while (p < end && found < n) {
+        jv_describe(p, end, &key);
+
+        p = jv_ws(p + key.len, end);
+        p = jv_ws(p + 1, end);
+
+        jv_describe(p, end, &value);
+
+        /*
+         * the first of duplicate names wins, as in cJSON; no break: a name
+         * asked twice gets the member twice
+         */
+
+        for (i = 0; i < n; i++) {
+            if (out[i].start == NULL && key.size == len[i]
+                && memcmp(key.data, names[i], len[i]) == 0)
+            {
+                out[i] = value;
+                found++;
+            }
+        }
+
+        p = jv_ws(p + value.len, end);
+
+        if (p < end && *p == ',') {
+            p = jv_ws(p + 1, end);
+        }
+    }
+
+    return found;
 }
 
 

@@ -66,6 +66,14 @@ int ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
     ngx_http_openclaw_jv_t *out);
 
 /*
+ * Several members of "obj" in one pass: out[i] gets the first member
+ * named names[i] (at most 16), or type INVALID and start NULL; returns
+ * how many were found.
+ */
+int ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj,
+    const char **names, ngx_http_openclaw_jv_t *out, int n);
+
+/*
  * Iterates an array: "*item" is NULL-started (item->start == NULL) and is
  * advanced to the next element; returns 0 while there is one.
  */

@@ -20,17 +20,25 @@
 #include "ngx_http_openclaw_message.h"
 
 
-static ngx_int_t ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *obj,
+static ngx_int_t ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *v,
     const char *name, ngx_str_t *value, ngx_str_t *json, const char **err);
-static ngx_int_t ngx_http_openclaw_message_alias(ngx_http_openclaw_jv_t *obj,
-    const char *first, const char *second, const char *third,
-    ngx_str_t *value, const char **err);
+static ngx_int_t ngx_http_openclaw_message_alias(ngx_http_openclaw_jv_t *v,
+    const char **names, ngx_uint_t n, ngx_str_t *value, const char **err);
 static void ngx_http_openclaw_trim(ngx_str_t *s);
+static ngx_int_t ngx_http_openclaw_message_block(ngx_http_openclaw_jv_t *block,
+    ngx_http_openclaw_jv_t *text);
 static u_char *ngx_http_openclaw_lower(u_char *dst, u_char *src, size_t n);
 static ngx_int_t ngx_http_openclaw_json_name(ngx_http_openclaw_json_t *j,
     const char *name, size_t more);
 static ngx_int_t ngx_http_openclaw_json_reserve(ngx_http_openclaw_json_t *j,
     size_t n);
+
+
+/* the members of a client message, found in one pass */
+enum {
+    F_ID = 0, F_TYPE, F_KEY, F_CONTENT, F_SESSION, F_TOPIC, F_THREAD,
+    F_PEER_KIND, F_CHAT_TYPE, F_PEER_ID, F_CHAT_ID, F_SENDER_ID, F_N
+};
 
 
 static u_char  *ngx_http_openclaw_json_buf;
@@ -48,7 +56,12 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
 {
     int                     rc;
     ngx_str_t               type, none;
-    ngx_http_openclaw_jv_t  top, v;
+    ngx_http_openclaw_jv_t  top, v[F_N];
+
+    static const char  *names[F_N] = {
+        "id", "type", "key", "content", "session", "topicId", "threadId",
+        "peerKind", "chatType", "peerId", "chatId", "senderId"
+    };
 
     ngx_memzero(in, sizeof(ngx_http_openclaw_inbound_t));
 
@@ -92,16 +105,19 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
 
     ngx_http_openclaw_scratch_pos = ngx_http_openclaw_scratch;
 
+    (void) ngx_http_openclaw_jv_members(&top, names, v, F_N);
+
     /* the id first, so that every later error can carry it */
 
-    if (ngx_http_openclaw_message_field(&top, "id", &in->id, &in->id_json,
-                                        err)
+    if (ngx_http_openclaw_message_field(&v[F_ID], "id", &in->id,
+                                        &in->id_json, err)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    if (ngx_http_openclaw_message_field(&top, "type", &type, &none, err)
+    if (ngx_http_openclaw_message_field(&v[F_TYPE], "type", &type, &none,
+                                        err)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -155,44 +171,44 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
     }
 
     if (in->type != NGX_HTTP_OPENCLAW_MSG_CHAT) {
-        return ngx_http_openclaw_message_field(&top, "key", &in->key, &none,
-                                               err);
+        return ngx_http_openclaw_message_field(&v[F_KEY], "key", &in->key,
+                                               &none, err);
     }
 
-    if (ngx_http_openclaw_jv_get(&top, "content", &v) != 0
-        || v.type == NGX_HTTP_OPENCLAW_JSON_NULL)
+    if (v[F_CONTENT].start == NULL
+        || v[F_CONTENT].type == NGX_HTTP_OPENCLAW_JSON_NULL)
     {
         *err = "missing field \"content\"";
         return NGX_ERROR;
     }
 
-    if (v.type != NGX_HTTP_OPENCLAW_JSON_STRING) {
+    if (v[F_CONTENT].type != NGX_HTTP_OPENCLAW_JSON_STRING) {
         *err = "field \"content\" must be a string";
         return NGX_ERROR;
     }
 
-    if (v.size == 0) {
+    if (v[F_CONTENT].size == 0) {
         *err = "field \"content\" is empty";
         return NGX_ERROR;
     }
 
-    in->content.data = (u_char *) v.data;
-    in->content.len = v.size;
+    in->content.data = (u_char *) v[F_CONTENT].data;
+    in->content.len = v[F_CONTENT].size;
 
-    if (ngx_http_openclaw_message_field(&top, "session", &in->session, &none,
-                                        err)
+    if (ngx_http_openclaw_message_field(&v[F_SESSION], "session",
+                                        &in->session, &none, err)
         != NGX_OK
-        || ngx_http_openclaw_message_alias(&top, "peerKind", "chatType", NULL,
-                                           &in->peer_kind, err)
+        || ngx_http_openclaw_message_alias(&v[F_PEER_KIND], &names[F_PEER_KIND],
+                                           2, &in->peer_kind, err)
            != NGX_OK
-        || ngx_http_openclaw_message_alias(&top, "peerId", "chatId",
-                                           "senderId", &in->peer_id, err)
+        || ngx_http_openclaw_message_alias(&v[F_PEER_ID], &names[F_PEER_ID],
+                                           3, &in->peer_id, err)
            != NGX_OK
-        || ngx_http_openclaw_message_field(&top, "topicId", &in->topic_id,
-                                           &none, err)
+        || ngx_http_openclaw_message_field(&v[F_TOPIC], "topicId",
+                                           &in->topic_id, &none, err)
            != NGX_OK
-        || ngx_http_openclaw_message_field(&top, "threadId", &in->thread_id,
-                                           &none, err)
+        || ngx_http_openclaw_message_field(&v[F_THREAD], "threadId",
+                                           &in->thread_id, &none, err)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -209,29 +225,26 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
  */
 
 static ngx_int_t
-ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *obj,
-    const char *name, ngx_str_t *value, ngx_str_t *json, const char **err)
+ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *v, const char *name,
+    ngx_str_t *value, ngx_str_t *json, const char **err)
 {
-    u_char                 *p, *last;
-    ngx_uint_t              text_only;
-    ngx_http_openclaw_jv_t  v;
-    static u_char           errbuf[96];
+    u_char         *p, *last;
+    ngx_uint_t      text_only;
+    static u_char   errbuf[96];
 
     ngx_str_set(value, "");
     ngx_str_set(json, "");
 
-    if (ngx_http_openclaw_jv_get(obj, name, &v) != 0
-        || v.type == NGX_HTTP_OPENCLAW_JSON_NULL)
-    {
+    if (v->start == NULL || v->type == NGX_HTTP_OPENCLAW_JSON_NULL) {
         return NGX_OK;
     }
 
-    if (v.type == NGX_HTTP_OPENCLAW_JSON_STRING) {
-        json->data = (u_char *) v.start;
-        json->len = v.len;
+    if (v->type == NGX_HTTP_OPENCLAW_JSON_STRING) {
+        json->data = (u_char *) v->start;
+        json->len = v->len;
 
         value->data = ngx_http_openclaw_scratch_pos;
-        value->len = ngx_http_openclaw_jv_decode(&v,
+        value->len = ngx_http_openclaw_jv_decode(v,
                                                  ngx_http_openclaw_scratch_pos);
         ngx_http_openclaw_scratch_pos += value->len;
 
@@ -248,16 +261,16 @@ ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *obj,
                  || ngx_strcmp(name, "session") == 0
                  || ngx_strcmp(name, "key") == 0);
 
-    p = (u_char *) v.start;
-    last = p + v.len;
+    p = (u_char *) v->start;
+    last = p + v->len;
 
-    if (!text_only && v.type == NGX_HTTP_OPENCLAW_JSON_NUMBER
+    if (!text_only && v->type == NGX_HTTP_OPENCLAW_JSON_NUMBER
         && ngx_strlchr(p, last, '.') == NULL
         && ngx_strlchr(p, last, 'e') == NULL
         && ngx_strlchr(p, last, 'E') == NULL)
     {
         value->data = p;
-        value->len = v.len;
+        value->len = v->len;
         *json = *value;
         return NGX_OK;
     }
@@ -274,33 +287,26 @@ ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *obj,
 /* the first of several alias fields that is set and not blank */
 
 static ngx_int_t
-ngx_http_openclaw_message_alias(ngx_http_openclaw_jv_t *obj,
-    const char *first, const char *second, const char *third,
-    ngx_str_t *value, const char **err)
+ngx_http_openclaw_message_alias(ngx_http_openclaw_jv_t *v, const char **names,
+    ngx_uint_t n, ngx_str_t *value, const char **err)
 {
-    ngx_str_t  json;
+    ngx_str_t   json;
+    ngx_uint_t  i;
 
-    if (ngx_http_openclaw_message_field(obj, first, value, &json, err)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
+    for (i = 0; i < n; i++) {
+        if (ngx_http_openclaw_message_field(&v[i], names[i], value, &json,
+                                            err)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (value->len) {
+            break;
+        }
     }
 
-    if (value->len || second == NULL) {
-        return NGX_OK;
-    }
-
-    if (ngx_http_openclaw_message_field(obj, second, value, &json, err)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    if (value->len || third == NULL) {
-        return NGX_OK;
-    }
-
-    return ngx_http_openclaw_message_field(obj, third, value, &json, err);
+    return NGX_OK;
 }
 
 
@@ -637,7 +643,7 @@ ngx_http_openclaw_message_text(ngx_http_openclaw_jv_t *message,
     u_char                 *p;
     size_t                  len;
     ngx_uint_t              n;
-    ngx_http_openclaw_jv_t  content, block, type, t;
+    ngx_http_openclaw_jv_t  content, block, t;
 
     *buf = NULL;
     ngx_str_set(text, "");
@@ -657,11 +663,7 @@ ngx_http_openclaw_message_text(ngx_http_openclaw_jv_t *message,
     block.start = NULL;
 
     while (ngx_http_openclaw_jv_next(&content, &block) == 0) {
-        if (ngx_http_openclaw_jv_get(&block, "type", &type) == 0
-            && ngx_http_openclaw_jv_is(&type, "text")
-            && ngx_http_openclaw_jv_get(&block, "text", &t) == 0
-            && t.type == NGX_HTTP_OPENCLAW_JSON_STRING)
-        {
+        if (ngx_http_openclaw_message_block(&block, &t) == NGX_OK) {
             text->data = (u_char *) t.data;
             text->len = t.size;
             len += t.size;
@@ -687,14 +689,33 @@ ngx_http_openclaw_message_text(ngx_http_openclaw_jv_t *message,
     block.start = NULL;
 
     while (ngx_http_openclaw_jv_next(&content, &block) == 0) {
-        if (ngx_http_openclaw_jv_get(&block, "type", &type) == 0
-            && ngx_http_openclaw_jv_is(&type, "text")
-            && ngx_http_openclaw_jv_get(&block, "text", &t) == 0
-            && t.type == NGX_HTTP_OPENCLAW_JSON_STRING)
-        {
+        if (ngx_http_openclaw_message_block(&block, &t) == NGX_OK) {
             p = ngx_cpymem(p, t.data, t.size);
         }
     }
+
+    return NGX_OK;
+}
+
+
+/* the text of a content block of type "text" */
+
+static ngx_int_t
+ngx_http_openclaw_message_block(ngx_http_openclaw_jv_t *block,
+    ngx_http_openclaw_jv_t *text)
+{
+    ngx_http_openclaw_jv_t  v[2];
+
+    static const char  *names[2] = { "type", "text" };
+
+    if (ngx_http_openclaw_jv_members(block, names, v, 2) != 2
+        || !ngx_http_openclaw_jv_is(&v[0], "text")
+        || v[1].type != NGX_HTTP_OPENCLAW_JSON_STRING)
+    {
+        return NGX_DECLINED;
+    }
+
+    *text = v[1];
 
     return NGX_OK;
 }

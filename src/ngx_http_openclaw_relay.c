@@ -81,6 +81,14 @@ typedef struct {
 } ngx_http_openclaw_stray_t;
 
 
+/* the members of a chat event, found in one pass */
+
+enum {
+    C_RUN_ID = 0, C_STATE, C_MESSAGE, C_DELTA, C_REPLACE, C_ERROR, C_SESSION,
+    C_N
+};
+
+
 typedef struct {
     ngx_http_openclaw_main_conf_t  *conf;
     ngx_rbtree_t                    runs;
@@ -104,22 +112,24 @@ static void ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
     ngx_http_openclaw_jv_t *res);
 static const char *ngx_http_openclaw_relay_text(ngx_http_openclaw_jv_t *obj,
     const char *name, u_char *buf, size_t size, const char *none);
+static const char *ngx_http_openclaw_relay_decode(ngx_http_openclaw_jv_t *v,
+    u_char *buf, size_t size, const char *none);
 static void ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
     ngx_http_openclaw_jv_t *res);
 static void ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
-    ngx_http_openclaw_jv_t *payload);
+    ngx_http_openclaw_jv_t *ev);
 static ngx_int_t ngx_http_openclaw_relay_progress(
-    ngx_http_openclaw_run_t *run, ngx_http_openclaw_jv_t *payload);
+    ngx_http_openclaw_run_t *run, ngx_http_openclaw_jv_t *ev);
 static ngx_int_t ngx_http_openclaw_relay_progress_reply(
     ngx_http_openclaw_run_t *run, ngx_str_t *content, ngx_str_t *delta,
     ngx_uint_t replaced);
 static ngx_int_t ngx_http_openclaw_relay_set_text(
     ngx_http_openclaw_run_t *run, u_char *text, size_t len);
 static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_adopt(
-    ngx_http_openclaw_jv_t *payload, ngx_str_t *run_id);
+    ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id);
 static void ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
-    ngx_http_openclaw_jv_t *payload);
+    ngx_http_openclaw_jv_t *ev);
 static ngx_http_openclaw_stray_t *ngx_http_openclaw_relay_find_stray(
     ngx_str_t *session);
 static void ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run,
@@ -692,27 +702,37 @@ static const char *
 ngx_http_openclaw_relay_text(ngx_http_openclaw_jv_t *obj, const char *name,
     u_char *buf, size_t size, const char *none)
 {
-    size_t                  n;
-    u_char                 *tmp;
     ngx_http_openclaw_jv_t  v;
 
-    if (obj->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
-        || ngx_http_openclaw_jv_get(obj, name, &v) != 0
-        || v.type != NGX_HTTP_OPENCLAW_JSON_STRING)
-    {
+    if (ngx_http_openclaw_jv_get(obj, name, &v) != 0) {
         return none;
     }
 
-    if (v.size < size) {
-        n = ngx_http_openclaw_jv_decode(&v, buf);
+    return ngx_http_openclaw_relay_decode(&v, buf, size, none);
+}
+
+
+static const char *
+ngx_http_openclaw_relay_decode(ngx_http_openclaw_jv_t *v, u_char *buf,
+    size_t size, const char *none)
+{
+    size_t   n;
+    u_char  *tmp;
+
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING) {
+        return none;
+    }
+
+    if (v->size < size) {
+        n = ngx_http_openclaw_jv_decode(v, buf);
 
     } else {
-        tmp = ngx_alloc(v.size, ngx_cycle->log);
+        tmp = ngx_alloc(v->size, ngx_cycle->log);
         if (tmp == NULL) {
             return none;
         }
 
-        n = ngx_http_openclaw_jv_decode(&v, tmp);
+        n = ngx_http_openclaw_jv_decode(v, tmp);
         n = ngx_min(n, size - 1);
 
         /* never cut a UTF-8 sequence in two */
@@ -857,20 +877,28 @@ void
 ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
 {
     ngx_str_t                 run_id;
-    ngx_http_openclaw_jv_t    v;
+    ngx_http_openclaw_jv_t    ev[C_N], *v;
     ngx_http_openclaw_run_t  *run;
+
+    static const char  *names[C_N] = {
+        "runId", "state", "message", "deltaText", "replace", "errorMessage",
+        "sessionKey"
+    };
+
+    (void) ngx_http_openclaw_jv_members(payload, names, ev, C_N);
 
     /* run ids this module makes need no escapes; others are not ours */
 
-    if (ngx_http_openclaw_jv_get(payload, "runId", &v) != 0
-        || v.type != NGX_HTTP_OPENCLAW_JSON_STRING || v.escaped
-        || v.size == 0 || v.size >= NGX_HTTP_OPENCLAW_RUN_ID_MAX)
+    v = &ev[C_RUN_ID];
+
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
+        || v->size == 0 || v->size >= NGX_HTTP_OPENCLAW_RUN_ID_MAX)
     {
         return;
     }
 
-    run_id.data = (u_char *) v.data;
-    run_id.len = v.size;
+    run_id.data = (u_char *) v->data;
+    run_id.len = v->size;
 
     run = (ngx_http_openclaw_run_t *)
               ngx_str_rbtree_lookup(&ngx_http_openclaw_relay.runs, &run_id,
@@ -878,52 +906,49 @@ ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
                                                     run_id.len));
 
     if (run == NULL) {
-        run = ngx_http_openclaw_relay_adopt(payload, &run_id);
+        run = ngx_http_openclaw_relay_adopt(ev, &run_id);
 
         if (run == NULL) {
-            ngx_http_openclaw_relay_stray(&run_id, payload);
+            ngx_http_openclaw_relay_stray(&run_id, ev);
             return;
         }
     }
 
-    ngx_http_openclaw_relay_run_event(run, payload);
+    ngx_http_openclaw_relay_run_event(run, ev);
 }
 
 
 static void
 ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
-    ngx_http_openclaw_jv_t *payload)
+    ngx_http_openclaw_jv_t *ev)
 {
     u_char                     *buf;
     ngx_str_t                   text;
-    ngx_http_openclaw_jv_t      state, message;
+    ngx_http_openclaw_jv_t     *state, *message;
     ngx_http_openclaw_relay_t  *rl;
     u_char                      error[400];
 
     rl = &ngx_http_openclaw_relay;
 
-    if (ngx_http_openclaw_jv_get(payload, "state", &state) != 0) {
-        return;
-    }
+    state = &ev[C_STATE];
+    message = &ev[C_MESSAGE];
 
-    if (ngx_http_openclaw_jv_is(&state, "delta")) {
-        if (ngx_http_openclaw_relay_progress(run, payload) != NGX_OK) {
+    if (ngx_http_openclaw_jv_is(state, "delta")) {
+        if (ngx_http_openclaw_relay_progress(run, ev) != NGX_OK) {
             ngx_http_openclaw_relay_fail(run, "out of memory");
         }
 
         return;
     }
 
-    if (ngx_http_openclaw_jv_is(&state, "final")) {
+    if (ngx_http_openclaw_jv_is(state, "final")) {
         buf = NULL;
 
-        if (ngx_http_openclaw_jv_get(payload, "message", &message) != 0
-            || message.type != NGX_HTTP_OPENCLAW_JSON_OBJECT)
-        {
+        if (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT) {
             text.data = run->text;
             text.len = run->text_len;
 
-        } else if (ngx_http_openclaw_message_text(&message, &text, &buf)
+        } else if (ngx_http_openclaw_message_text(message, &text, &buf)
                    != NGX_OK)
         {
             ngx_http_openclaw_relay_fail(run, "out of memory");
@@ -959,17 +984,17 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
         return;
     }
 
-    if (ngx_http_openclaw_jv_is(&state, "error")) {
+    if (ngx_http_openclaw_jv_is(state, "error")) {
         rl->stats->errors_gateway++;
 
         ngx_http_openclaw_relay_fail(run, "agent error: %s",
-                  ngx_http_openclaw_relay_text(payload, "errorMessage",
-                                               error, sizeof(error),
-                                               "the run failed"));
+                  ngx_http_openclaw_relay_decode(&ev[C_ERROR], error,
+                                                 sizeof(error),
+                                                 "the run failed"));
         return;
     }
 
-    if (ngx_http_openclaw_jv_is(&state, "aborted")) {
+    if (ngx_http_openclaw_jv_is(state, "aborted")) {
         rl->stats->errors_gateway++;
         ngx_http_openclaw_relay_fail(run, "agent run aborted");
         return;
@@ -990,38 +1015,35 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
 
 static ngx_int_t
 ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
-    ngx_http_openclaw_jv_t *payload)
+    ngx_http_openclaw_jv_t *ev)
 {
     u_char                  *buf;
     size_t                   old;
     ngx_int_t                rc;
     ngx_str_t                text, added, content;
     ngx_uint_t               replaced;
-    ngx_http_openclaw_jv_t   message, delta, replace;
+    ngx_http_openclaw_jv_t  *message, *delta;
 
     buf = NULL;
     replaced = 0;
 
-    if (ngx_http_openclaw_jv_get(payload, "message", &message) == 0
-        && message.type == NGX_HTTP_OPENCLAW_JSON_OBJECT)
-    {
-        if (ngx_http_openclaw_message_text(&message, &text, &buf) != NGX_OK) {
+    message = &ev[C_MESSAGE];
+    delta = &ev[C_DELTA];
+
+    if (message->type == NGX_HTTP_OPENCLAW_JSON_OBJECT) {
+        if (ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK) {
             return NGX_ERROR;
         }
 
     } else {
-        if (ngx_http_openclaw_jv_get(payload, "deltaText", &delta) != 0
-            || delta.type != NGX_HTTP_OPENCLAW_JSON_STRING)
-        {
+        if (delta->type != NGX_HTTP_OPENCLAW_JSON_STRING) {
             return NGX_OK;
         }
 
-        added.data = (u_char *) delta.data;
-        added.len = delta.size;
+        added.data = (u_char *) delta->data;
+        added.len = delta->size;
 
-        if (ngx_http_openclaw_jv_get(payload, "replace", &replace) != 0
-            || replace.type != NGX_HTTP_OPENCLAW_JSON_TRUE)
-        {
+        if (ev[C_REPLACE].type != NGX_HTTP_OPENCLAW_JSON_TRUE) {
             if (ngx_http_openclaw_relay_set_text(run, NULL,
                                                  run->text_len + added.len)
                 != NGX_OK)
@@ -1169,26 +1191,25 @@ ngx_http_openclaw_relay_set_text(ngx_http_openclaw_run_t *run, u_char *text,
  */
 
 static ngx_http_openclaw_run_t *
-ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *payload,
-    ngx_str_t *run_id)
+ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
 {
     ngx_str_t                   session;
     ngx_queue_t                *q;
-    ngx_http_openclaw_jv_t      v;
+    ngx_http_openclaw_jv_t     *v;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
+    v = &ev[C_SESSION];
 
     if (rl->protocol != 3
-        || ngx_http_openclaw_jv_get(payload, "sessionKey", &v) != 0
-        || v.type != NGX_HTTP_OPENCLAW_JSON_STRING || v.escaped)
+        || v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped)
     {
         return NULL;
     }
 
-    session.data = (u_char *) v.data;
-    session.len = v.size;
+    session.data = (u_char *) v->data;
+    session.len = v->size;
 
     for (q = ngx_queue_head(&rl->sent);
          q != ngx_queue_sentinel(&rl->sent);
@@ -1257,28 +1278,27 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 /* remembers an unowned run briefly, in case protocol 3 hands it over */
 
 static void
-ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
-    ngx_http_openclaw_jv_t *payload)
+ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
 {
     u_char                     *buf;
     ngx_str_t                   session, text;
     ngx_uint_t                  i, oldest;
-    ngx_http_openclaw_jv_t      v, message;
+    ngx_http_openclaw_jv_t     *v, *message;
     ngx_http_openclaw_relay_t  *rl;
     ngx_http_openclaw_stray_t  *s;
 
     rl = &ngx_http_openclaw_relay;
+    v = &ev[C_SESSION];
 
     if (rl->protocol != 3
-        || ngx_http_openclaw_jv_get(payload, "sessionKey", &v) != 0
-        || v.type != NGX_HTTP_OPENCLAW_JSON_STRING || v.escaped
-        || v.size > NGX_HTTP_OPENCLAW_SESSION_MAX)
+        || v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
+        || v->size > NGX_HTTP_OPENCLAW_SESSION_MAX)
     {
         return;
     }
 
-    session.data = (u_char *) v.data;
-    session.len = v.size;
+    session.data = (u_char *) v->data;
+    session.len = v->size;
 
     s = NULL;
     oldest = 0;
@@ -1313,17 +1333,18 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
 
     s->seen = ngx_current_msec;
 
-    if (ngx_http_openclaw_jv_get(payload, "state", &v) == 0
-        && (ngx_http_openclaw_jv_is(&v, "final")
-            || ngx_http_openclaw_jv_is(&v, "error")
-            || ngx_http_openclaw_jv_is(&v, "aborted")))
+    v = &ev[C_STATE];
+    message = &ev[C_MESSAGE];
+
+    if (ngx_http_openclaw_jv_is(v, "final")
+        || ngx_http_openclaw_jv_is(v, "error")
+        || ngx_http_openclaw_jv_is(v, "aborted"))
     {
         s->ended = 1;
     }
 
-    if (ngx_http_openclaw_jv_get(payload, "message", &message) != 0
-        || message.type != NGX_HTTP_OPENCLAW_JSON_OBJECT
-        || ngx_http_openclaw_message_text(&message, &text, &buf) != NGX_OK
+    if (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
+        || ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK
         || text.len == 0)
     {
         return;

@@ -103,7 +103,14 @@ $(BUILD)/ws_codec_test: src/ngx_http_openclaw_ws.c src/ngx_http_openclaw_ws.h \
 	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_ws.c \
 	    t/unit/ws_codec_test.c -lcrypto -o $@
 
-unit: deps $(BUILD)/ws_codec_test
+$(BUILD)/json_test: src/ngx_http_openclaw_json.c src/ngx_http_openclaw_json.h \
+                   t/unit/json_test.c
+	mkdir -p $(BUILD)
+	cc -std=gnu99 -O1 -g -W -Wall -Wextra -Werror $(ASAN_FLAGS) \
+	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_json.c \
+	    t/unit/json_test.c -o $@
+
+unit: deps $(BUILD)/ws_codec_test $(BUILD)/json_test
 
 # The gateway's token: OPENCLAW_GATEWAY_TOKEN, else the one in the local
 # OpenClaw's own configuration, if there is one.
@@ -141,7 +148,14 @@ test: module unit module-asan gateways
 test-asan: module-asan unit
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
 
-FUZZERS := $(BUILD)/fuzz_frame $(BUILD)/fuzz_utf8
+FUZZERS := $(BUILD)/fuzz_frame $(BUILD)/fuzz_utf8 $(BUILD)/fuzz_json
+
+# the JSON scanner is checked against cJSON
+$(BUILD)/fuzz_json: fuzz/fuzz_json.c src/ngx_http_openclaw_json.c \
+                    src/ngx_http_openclaw_json.h
+	mkdir -p $(BUILD)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+	    src/ngx_http_openclaw_json.c $< -lcjson -o $@
 
 $(BUILD)/fuzz_%: fuzz/fuzz_%.c src/ngx_http_openclaw_ws.c \
                  src/ngx_http_openclaw_ws.h

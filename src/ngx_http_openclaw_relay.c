@@ -26,8 +26,12 @@
 
 #define NGX_HTTP_OPENCLAW_RUN_ID_MAX    64
 
-/* protocol 3: how long an empty final waits for the run with the reply */
-#define NGX_HTTP_OPENCLAW_ADOPT_WAIT    120000
+/*
+ * How long a run that ended without text waits for the run carrying its
+ * reply once nothing else runs in its session (protocol 4 hands over
+ * promptly; protocol 3 may take minutes, and waits run_timeout).
+ */
+#define NGX_HTTP_OPENCLAW_ADOPT_GRACE   15000
 
 /* unowned runs remembered for adoption, and for how long */
 #define NGX_HTTP_OPENCLAW_STRAYS        16
@@ -97,6 +101,7 @@ typedef struct {
     ngx_queue_t                     sent;
     ngx_uint_t                      protocol;
     ngx_uint_t                      connections;
+    ngx_uint_t                      adopting;
     ngx_http_openclaw_relay_stats_t *stats;
     ngx_http_openclaw_stray_t       strays[NGX_HTTP_OPENCLAW_STRAYS];
 } ngx_http_openclaw_relay_t;
@@ -127,7 +132,9 @@ static ngx_int_t ngx_http_openclaw_relay_set_text(
     ngx_http_openclaw_run_t *run, u_char *text, size_t len);
 static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_adopt(
     ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id);
-static void ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run);
+static ngx_int_t ngx_http_openclaw_relay_adopt_stray(
+    ngx_http_openclaw_run_t *run);
+static void ngx_http_openclaw_relay_settle(ngx_str_t *session);
 static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
     ngx_http_openclaw_jv_t *ev);
 static ngx_http_openclaw_stray_t *ngx_http_openclaw_relay_find_stray(
@@ -846,16 +853,25 @@ ngx_http_openclaw_relay_link_up(ngx_uint_t protocol)
 void
 ngx_http_openclaw_relay_link_down(void)
 {
-    ngx_queue_t                *q;
+    ngx_queue_t                *q, *next;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
     rl->protocol = 0;
 
-    while (!ngx_queue_empty(&rl->sent)) {
-        q = ngx_queue_head(&rl->sent);
+    for (q = ngx_queue_head(&rl->sent);
+         q != ngx_queue_sentinel(&rl->sent);
+         q = next)
+    {
+        next = ngx_queue_next(q);
         run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+
+        /* ended on the gateway, waiting for a hand-over: not sent again */
+
+        if (run->state == NGX_HTTP_OPENCLAW_RUN_ADOPTING) {
+            continue;
+        }
 
         ngx_http_openclaw_gateway_cancel(&run->rpc);
         run->rpc.handler = ngx_http_openclaw_relay_acked;
@@ -956,22 +972,34 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
         }
 
         /*
-         * Protocol 3 answers a message that reached a session still busy
-         * with an empty final, and streams the reply in a run of its own
-         * choosing: wait for that run instead of ending empty.
+         * A final without its text hands the message over: protocol 3
+         * answers a message that reached a busy session so, protocol 4
+         * a message queued behind a running one, and either may end a
+         * run cut by a gateway restart so; the reply then streams in a
+         * run of the gateway's choosing on the same session.
          */
 
-        if (text.len == 0 && !run->seen_text && rl->protocol == 3
-            && run->state != NGX_HTTP_OPENCLAW_RUN_ADOPTING)
+        if (run->state != NGX_HTTP_OPENCLAW_RUN_ADOPTING
+            && (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
+                || (text.len == 0 && !run->seen_text)))
         {
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                           "openclaw run %V ended empty, waiting for the "
-                           "run that carries its reply", &run->sn.str);
+                           "openclaw run %V ended without text, waiting for "
+                           "the run that carries its reply", &run->sn.str);
+
+            if (buf) {
+                ngx_free(buf);
+            }
 
             run->state = NGX_HTTP_OPENCLAW_RUN_ADOPTING;
-            ngx_add_timer(&run->timer, NGX_HTTP_OPENCLAW_ADOPT_WAIT);
+            rl->adopting++;
 
-            ngx_http_openclaw_relay_adopt_stray(run);
+            ngx_add_timer(&run->timer, rl->conf->run_timeout);
+
+            if (ngx_http_openclaw_relay_adopt_stray(run) == NGX_OK) {
+                ngx_http_openclaw_relay_settle(&run->session);
+            }
+
             return;
         }
 
@@ -1202,8 +1230,11 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
     rl = &ngx_http_openclaw_relay;
     v = &ev[C_SESSION];
 
-    if (rl->protocol != 3
-        || v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped)
+    /* runs made here belong to their own message, maybe in another worker */
+
+    if (rl->adopting == 0
+        || v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
+        || (run_id->len > 3 && ngx_strncmp(run_id->data, "wh-", 3) == 0))
     {
         return NULL;
     }
@@ -1223,6 +1254,7 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
         {
             ngx_http_openclaw_relay_rekey(run, run_id->data, run_id->len);
             run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
+            rl->adopting--;
             ngx_add_timer(&run->timer, rl->conf->run_timeout);
             return run;
         }
@@ -1232,22 +1264,31 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
 }
 
 
-/* the run with the reply may have started, or even ended, before */
+/*
+ * The run with the reply may have started, or even ended, before.
+ * NGX_OK: still waiting; NGX_DONE: adopted (and maybe finished already).
+ */
 
-static void
+static ngx_int_t
 ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 {
     ngx_str_t                   text;
+    ngx_http_openclaw_relay_t  *rl;
     ngx_http_openclaw_stray_t  *stray;
+
+    rl = &ngx_http_openclaw_relay;
 
     stray = ngx_http_openclaw_relay_find_stray(&run->session);
 
     if (stray == NULL) {
-        return;
+        return NGX_OK;
     }
 
     ngx_http_openclaw_relay_rekey(run, stray->run_id, stray->run_id_len);
     stray->run_id_len = 0;
+
+    run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
+    rl->adopting--;
 
     text.data = stray->text;
     text.len = stray->text_len;
@@ -1256,14 +1297,21 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
         ngx_http_openclaw_relay_complete(run, &text);
 
     } else {
-        run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
-        ngx_add_timer(&run->timer, ngx_http_openclaw_relay.conf->run_timeout);
+        ngx_add_timer(&run->timer, rl->conf->run_timeout);
 
         if (text.len
             && ngx_http_openclaw_relay_set_text(run, text.data, text.len)
                == NGX_OK)
         {
             run->seen_text = 1;
+
+            if (run->peer) {
+                text.data = run->text;
+                text.len = run->text_len;
+
+                (void) ngx_http_openclaw_relay_progress_reply(run, &text,
+                                                              &text, 1);
+            }
         }
     }
 
@@ -1271,6 +1319,64 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
         ngx_free(stray->text);
         stray->text = NULL;
         stray->text_len = 0;
+    }
+
+    return NGX_DONE;
+}
+
+
+/*
+ * Runs waiting for a hand-over in "session" wait a short grace once no
+ * run of the session is still going here: protocol 4 starts the run with
+ * the reply right after the one before it ends.
+ */
+
+static void
+ngx_http_openclaw_relay_settle(ngx_str_t *session)
+{
+    ngx_msec_t                  grace;
+    ngx_queue_t                *q;
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    if (rl->adopting == 0 || rl->protocol == 3) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&rl->sent);
+         q != ngx_queue_sentinel(&rl->sent);
+         q = ngx_queue_next(q))
+    {
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+
+        if (run->state != NGX_HTTP_OPENCLAW_RUN_ADOPTING
+            && run->session.len == session->len
+            && ngx_strncmp(run->session.data, session->data, session->len)
+               == 0)
+        {
+            return;
+        }
+    }
+
+    grace = ngx_min(NGX_HTTP_OPENCLAW_ADOPT_GRACE, rl->conf->run_timeout);
+
+    for (q = ngx_queue_head(&rl->sent);
+         q != ngx_queue_sentinel(&rl->sent);
+         q = ngx_queue_next(q))
+    {
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+
+        if (run->state == NGX_HTTP_OPENCLAW_RUN_ADOPTING
+            && run->session.len == session->len
+            && ngx_strncmp(run->session.data, session->data, session->len)
+               == 0
+            && run->timer.timer_set
+            && run->timer.timer.key > ngx_current_msec + grace)
+        {
+            ngx_add_timer(&run->timer, grace);
+        }
     }
 }
 
@@ -1290,9 +1396,9 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
     rl = &ngx_http_openclaw_relay;
     v = &ev[C_SESSION];
 
-    if (rl->protocol != 3
-        || v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
-        || v->size > NGX_HTTP_OPENCLAW_SESSION_MAX)
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
+        || v->size > NGX_HTTP_OPENCLAW_SESSION_MAX
+        || (run_id->len > 3 && ngx_strncmp(run_id->data, "wh-", 3) == 0))
     {
         return;
     }
@@ -1407,6 +1513,7 @@ ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run, u_char *run_id,
 static void
 ngx_http_openclaw_relay_timeout(ngx_event_t *ev)
 {
+    ngx_str_t                   none;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
 
@@ -1424,15 +1531,32 @@ ngx_http_openclaw_relay_timeout(ngx_event_t *ev)
         return;
 
     case NGX_HTTP_OPENCLAW_RUN_SENT:
-        ngx_http_openclaw_relay_abort(run);
+
+        /*
+         * Not aborted: the gateway may be only slow (protocol 3 stalls),
+         * and the same message sent again finds its run by its key.
+         */
+
         ngx_http_openclaw_relay_fail(run, "gateway did not acknowledge the "
                                      "message within %M ms",
                                      rl->conf->request_timeout);
         return;
 
     case NGX_HTTP_OPENCLAW_RUN_ADOPTING:
-        ngx_http_openclaw_relay_fail(run, "gateway ended the run without a "
-                                     "reply");
+
+        /*
+         * Nothing took over: a silent reply, or a message the gateway
+         * folded into the reply of the run before it.
+         */
+
+        if (!run->seen_text) {
+            ngx_str_set(&none, "");
+            ngx_http_openclaw_relay_complete(run, &none);
+            return;
+        }
+
+        ngx_http_openclaw_relay_fail(run, "the gateway ended the run without "
+                                     "its final text");
         return;
 
     default:
@@ -1533,6 +1657,10 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
         rl->stats->waiting--;
     }
 
+    if (run->state == NGX_HTTP_OPENCLAW_RUN_ADOPTING) {
+        rl->adopting--;
+    }
+
     if (run->peer) {
         ngx_queue_remove(&run->peer_link);
         run->peer->nruns--;
@@ -1548,6 +1676,12 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
 
     if (run->text) {
         ngx_free(run->text);
+    }
+
+    /* a run that ends may leave hand-overs of its session to wait less */
+
+    if (rl->adopting) {
+        ngx_http_openclaw_relay_settle(&run->session);
     }
 
     ngx_free(run);

@@ -56,6 +56,7 @@ typedef struct {
     ngx_shm_zone_t             *status;
 
     unsigned                    tls:1;
+    unsigned                    ssl_ip:1;
     unsigned                    used:1;
     unsigned                    status_used:1;
 } ngx_http_openclaw_main_conf_t;

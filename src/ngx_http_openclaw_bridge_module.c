@@ -924,8 +924,12 @@ ngx_http_openclaw_strip_json5(u_char *start, size_t len)
 static ngx_int_t
 ngx_http_openclaw_set_ssl(ngx_conf_t *cf, ngx_http_openclaw_main_conf_t *omcf)
 {
-    ngx_str_t            ciphers;
+    u_char              *p;
+    ngx_str_t            ciphers, name;
     ngx_pool_cleanup_t  *cln;
+#if (NGX_HAVE_INET6)
+    u_char               addr[16];
+#endif
 
     omcf->ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
     if (omcf->ssl == NULL) {
@@ -958,6 +962,38 @@ ngx_http_openclaw_set_ssl(ngx_conf_t *cf, ngx_http_openclaw_main_conf_t *omcf)
     if (omcf->ssl_name.len == 0) {
         omcf->ssl_name = omcf->u.host;
     }
+
+    /*
+     * An address is checked against the certificate's IP entries, and is
+     * never sent as SNI (RFC 6066 3); a NUL-terminated copy, without the
+     * brackets of an IPv6 literal, serves both checks.
+     */
+
+    name = omcf->ssl_name;
+
+    if (name.len > 2 && name.data[0] == '[' && name.data[name.len - 1] == ']')
+    {
+        name.data++;
+        name.len -= 2;
+    }
+
+    omcf->ssl_ip = (ngx_inet_addr(name.data, name.len) != INADDR_NONE);
+
+#if (NGX_HAVE_INET6)
+    if (!omcf->ssl_ip) {
+        omcf->ssl_ip = (ngx_inet6_addr(name.data, name.len, addr) == NGX_OK);
+    }
+#endif
+
+    p = ngx_pnalloc(cf->pool, name.len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_cpystrn(p, name.data, name.len + 1);
+
+    omcf->ssl_name.data = p;
+    omcf->ssl_name.len = name.len;
 
     if (!omcf->ssl_verify) {
         return NGX_OK;

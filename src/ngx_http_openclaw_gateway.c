@@ -88,6 +88,8 @@ static void ngx_http_openclaw_gateway_connected(
 static void ngx_http_openclaw_gateway_ssl_init(
     ngx_http_openclaw_gateway_t *gw);
 static void ngx_http_openclaw_gateway_ssl_handshake(ngx_connection_t *c);
+static ngx_int_t ngx_http_openclaw_gateway_check_name(ngx_connection_t *c,
+    ngx_http_openclaw_main_conf_t *omcf);
 #endif
 static void ngx_http_openclaw_gateway_upgrade(ngx_http_openclaw_gateway_t *gw);
 static void ngx_http_openclaw_gateway_read_handler(ngx_event_t *rev);
@@ -328,7 +330,6 @@ ngx_http_openclaw_gateway_connected(ngx_http_openclaw_gateway_t *gw)
 static void
 ngx_http_openclaw_gateway_ssl_init(ngx_http_openclaw_gateway_t *gw)
 {
-    u_char                         *name;
     ngx_int_t                       rc;
     ngx_connection_t               *c;
     ngx_http_openclaw_main_conf_t  *omcf;
@@ -347,16 +348,13 @@ ngx_http_openclaw_gateway_ssl_init(ngx_http_openclaw_gateway_t *gw)
         return;
     }
 
-    if (omcf->ssl_server_name) {
-        name = ngx_pnalloc(c->pool, omcf->ssl_name.len + 1);
-        if (name == NULL) {
-            ngx_http_openclaw_gateway_fail(gw, NGX_LOG_ERR, "out of memory");
-            return;
-        }
+    /* ssl_name is NUL-terminated; an address is never sent as SNI */
 
-        (void) ngx_cpystrn(name, omcf->ssl_name.data, omcf->ssl_name.len + 1);
+    if (omcf->ssl_server_name && !omcf->ssl_ip) {
 
-        if (SSL_set_tlsext_host_name(c->ssl->connection, (char *) name) == 0)
+        if (SSL_set_tlsext_host_name(c->ssl->connection,
+                                     (char *) omcf->ssl_name.data)
+            == 0)
         {
             ngx_http_openclaw_gateway_fail(gw, NGX_LOG_ERR,
                                            "SSL_set_tlsext_host_name() "
@@ -404,7 +402,7 @@ ngx_http_openclaw_gateway_ssl_handshake(ngx_connection_t *c)
             return;
         }
 
-        if (ngx_ssl_check_host(c, &omcf->ssl_name) != NGX_OK) {
+        if (ngx_http_openclaw_gateway_check_name(c, omcf) != NGX_OK) {
             ngx_http_openclaw_gateway_fail(gw, NGX_LOG_ERR,
                                    "gateway TLS certificate does not match "
                                    "\"%V\"", &omcf->ssl_name);
@@ -416,6 +414,32 @@ ngx_http_openclaw_gateway_ssl_handshake(ngx_connection_t *c)
     c->write->handler = ngx_http_openclaw_gateway_write_handler;
 
     ngx_http_openclaw_gateway_upgrade(gw);
+}
+
+
+/* nginx's own check compares DNS names only: an address is an IP entry */
+
+static ngx_int_t
+ngx_http_openclaw_gateway_check_name(ngx_connection_t *c,
+    ngx_http_openclaw_main_conf_t *omcf)
+{
+    int    rc;
+    X509  *cert;
+
+    if (!omcf->ssl_ip) {
+        return ngx_ssl_check_host(c, &omcf->ssl_name);
+    }
+
+    cert = SSL_get1_peer_certificate(c->ssl->connection);
+    if (cert == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = X509_check_ip_asc(cert, (char *) omcf->ssl_name.data, 0);
+
+    X509_free(cert);
+
+    return rc == 1 ? NGX_OK : NGX_ERROR;
 }
 
 #endif

@@ -77,6 +77,12 @@ package FakeGateway;
 #   broadcast       1       chat events go to every connection that passed
 #                           hello-ok (as the real gateway does), 0: only to
 #                           the connection that sent chat.send
+#   tls_cert        undef   with tls_key, PEM files: the fake listens with
+#   tls_key         undef   TLS (->url is wss://, the control endpoints are
+#                           https:// and not verified); read when the child
+#                           starts, so a ->set of them takes effect at the
+#                           next ->start (a gateway that changes its
+#                           certificate across a restart)
 #
 # Per-message directives, anywhere in the message text (they stay in the
 # echoed text):
@@ -140,7 +146,8 @@ package FakeGateway;
 # Records (->records, ->requests, ...) are hashes with "t" (time, seconds),
 # "kind" and "conn" (a connection number, from 1 in each child):
 #
-#   upgrade   headers => {name => value}, remote => address
+#   upgrade   headers => {name => value}, remote => address, and with
+#             TLS sni => the server name the client sent (undef: none)
 #   req       id, method, params (the whole params object)
 #   connect   auth, params: a connect request, before it is judged
 #   hello     protocol, scopes: hello-ok sent
@@ -169,6 +176,7 @@ use Time::HiRes qw(sleep time);
 use Mojolicious;
 use Mojo::IOLoop;
 use Mojo::Server::Daemon;
+use Mojo::URL;
 
 my %DEFAULTS = (
     protocol => 4,
@@ -188,6 +196,8 @@ my %DEFAULTS = (
     dedupe => 1,
     reply_prefix => 'echo: ',
     broadcast => 1,
+    tls_cert => undef,
+    tls_key => undef,
 );
 
 # closed schemas (gateway-protocol.md 3.2 and 7)
@@ -233,7 +243,7 @@ sub new {
         port => delete $o{port} // free_port(),
         dir => tempdir('fakegw-XXXXXX', TMPDIR => 1, CLEANUP => 1),
         opts => { %DEFAULTS, %o },
-        http => HTTP::Tiny->new(timeout => 5),
+        http => HTTP::Tiny->new(timeout => 5, verify_SSL => 0),
     }, $class;
     my $no_start = delete $self->{opts}{no_start};
     $self->{records_file} = "$self->{dir}/records.jsonl";
@@ -244,8 +254,15 @@ sub new {
 }
 
 sub port { $_[0]{port} }
-sub url { "ws://127.0.0.1:$_[0]{port}" }
+sub tls { $_[0]{opts}{tls_cert} ? 1 : 0 }
+sub url { ($_[0]->tls ? 'wss' : 'ws') . "://127.0.0.1:$_[0]{port}" }
 sub running { $_[0]{pid} ? 1 : 0 }
+
+# the control endpoints, on the scheme the child was started with
+sub _control_url {
+    my ($self, $path) = @_;
+    return ($self->{scheme} // 'http') . "://127.0.0.1:$self->{port}/_fake/$path";
+}
 
 # starts the child (again) on the same port; the options are those given to
 # new() plus every ->set since, so a restarted gateway behaves the same
@@ -268,6 +285,7 @@ sub start {
     }
 
     $self->{pid} = $pid;
+    $self->{scheme} = $self->tls ? 'https' : 'http';
 
     my $deadline = time + 10;
     while (time < $deadline) {
@@ -275,7 +293,7 @@ sub start {
             delete $self->{pid};
             die "fake gateway exited at start:\n" . $self->log_text;
         }
-        my $r = $self->{http}->get("http://127.0.0.1:$self->{port}/_fake/ping");
+        my $r = $self->{http}->get($self->_control_url('ping'));
         return $self if $r->{success} && $r->{content} eq 'pong';
         sleep 0.02;
     }
@@ -314,7 +332,7 @@ sub log_text {
 sub _post {
     my ($self, $path, $body) = @_;
     die "fake gateway not running" unless $self->{pid};
-    my $r = $self->{http}->post("http://127.0.0.1:$self->{port}/_fake/$path", {
+    my $r = $self->{http}->post($self->_control_url($path), {
         headers => { 'Content-Type' => 'application/json' },
         content => encode_json($body),
     });
@@ -379,7 +397,7 @@ sub seed_sessions {
 sub sessions {
     my ($self) = @_;
     die "fake gateway not running" unless $self->{pid};
-    my $r = $self->{http}->get("http://127.0.0.1:$self->{port}/_fake/sessions");
+    my $r = $self->{http}->get($self->_control_url('sessions'));
     die "fake gateway control sessions failed: $r->{status} $r->{content}"
         unless $r->{success};
     return @{ decode_json($r->{content})->{sessions} };
@@ -476,8 +494,14 @@ sub run {
 
     $r->websocket('/' => \&accept_ws);
 
+    my $listen = Mojo::URL->new("http://127.0.0.1:$port");
+    if ($CFG->{tls_cert}) {
+        $listen->scheme('https')->query(cert => $CFG->{tls_cert},
+                                        key => $CFG->{tls_key});
+    }
+
     my $daemon = Mojo::Server::Daemon->new(
-        app => $app, listen => ["http://127.0.0.1:$port"], silent => 1,
+        app => $app, listen => ["$listen"], silent => 1,
         inactivity_timeout => 0);
     $daemon->start;
 
@@ -494,8 +518,11 @@ sub accept_ws {
         $headers{$name} = $h->header($name);
     }
     my $n = ++$NCONN;
+    my $sock = Mojo::IOLoop->stream($c->tx->connection)->handle;
     record(kind => 'upgrade', conn => $n, headers => \%headers,
-           remote => $c->tx->remote_address);
+           remote => $c->tx->remote_address,
+           ($sock->isa('IO::Socket::SSL')
+            ? (sni => scalar $sock->get_servername) : ()));
 
     if (time < $DOWN_UNTIL) {
         record(kind => 'refused', conn => $n, code => 503);

@@ -231,6 +231,10 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
     case NGX_HTTP_OPENCLAW_MSG_IGNORED:
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
                        "openclaw ignored a \"%V\" message", &in.type_name);
+
+        /* not a message in: it gets no reply either */
+
+        ngx_http_openclaw_relay.stats->messages_in--;
         rc = NGX_OK;
         break;
 

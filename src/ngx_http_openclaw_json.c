@@ -304,13 +304,35 @@ jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v)
 
     case '"':
         v->type = NGX_HTTP_OPENCLAW_JSON_STRING;
-
-        q = jv_string_end(p + 1, end);
-
         v->data = p + 1;
+
+        /*
+         * Names and most values are short: a byte loop beats two calls
+         * of memchr() there, which take over for long text.
+         */
+
+        for (q = p + 1; q < p + 33; q++) {
+
+            if (*q == '"') {
+                goto found;
+            }
+
+            if (*q == '\\') {
+                v->escaped = 1;
+                q++;
+            }
+        }
+
+        q = jv_string_end(q, end);
+
+        if (!v->escaped) {
+            v->escaped = (memchr(p + 1, '\\', q - (p + 1)) != NULL);
+        }
+
+    found:
+
         v->size = q - (p + 1);
         v->len = q + 1 - p;
-        v->escaped = (memchr(v->data, '\\', v->size) != NULL);
         return;
 
     case '{':

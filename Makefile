@@ -97,14 +97,14 @@ module: deps $(BUILD)/$(MODULE)
 module-asan: deps $(BUILD_ASAN)/$(MODULE)
 
 $(BUILD)/ws_codec_test: src/ngx_http_openclaw_ws.c src/ngx_http_openclaw_ws.h \
-                        t/unit/ws_codec_test.c
+                        t/unit/ws_codec_test.c t/unit/tap.h
 	mkdir -p $(BUILD)
 	cc -std=gnu99 -O1 -g -W -Wall -Wextra -Werror $(ASAN_FLAGS) \
 	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_ws.c \
 	    t/unit/ws_codec_test.c -lcrypto -o $@
 
 $(BUILD)/json_test: src/ngx_http_openclaw_json.c src/ngx_http_openclaw_json.h \
-                   t/unit/json_test.c
+                   t/unit/json_test.c t/unit/tap.h
 	mkdir -p $(BUILD)
 	cc -std=gnu99 -O1 -g -W -Wall -Wextra -Werror $(ASAN_FLAGS) \
 	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_json.c \

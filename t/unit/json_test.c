@@ -23,10 +23,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tap.h"
+
 #include "ngx_http_openclaw_json.h"
 
 
-#define PRINTF_LIKE(f, a)  __attribute__((format(printf, f, a)))
 
 #define J_INVALID       NGX_HTTP_OPENCLAW_JSON_INVALID
 #define J_OBJECT        NGX_HTTP_OPENCLAW_JSON_OBJECT
@@ -44,55 +45,6 @@
 typedef ngx_http_openclaw_jv_t  jv_t;
 
 
-static unsigned  tap_n;
-static unsigned  tap_failed;
-
-
-static void PRINTF_LIKE(1, 2)
-diag(const char *fmt, ...)
-{
-    va_list  args;
-
-    fflush(stdout);
-
-    fprintf(stderr, "#   ");
-    va_start(args, fmt);
-    vfprintf(stderr, fmt, args);
-    va_end(args);
-    fprintf(stderr, "\n");
-}
-
-
-static int
-vok(int pass, const char *fmt, va_list args)
-{
-    tap_n++;
-
-    if (!pass) {
-        tap_failed++;
-    }
-
-    printf("%sok %u - ", pass ? "" : "not ", tap_n);
-    vprintf(fmt, args);
-    printf("\n");
-    fflush(stdout);
-
-    return pass;
-}
-
-
-static int PRINTF_LIKE(2, 3)
-ok(int pass, const char *fmt, ...)
-{
-    int      rc;
-    va_list  args;
-
-    va_start(args, fmt);
-    rc = vok(pass, fmt, args);
-    va_end(args);
-
-    return rc;
-}
 
 
 static int PRINTF_LIKE(3, 4)

@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "tap.h"
 #include <openssl/evp.h>
 
 #include "ngx_http_openclaw_ws.h"
@@ -58,7 +60,6 @@
 
 #define RANDOM_SEEDS    4
 
-#define PRINTF_LIKE(f, a)  __attribute__((format(printf, f, a)))
 
 
 typedef struct {
@@ -118,56 +119,7 @@ typedef struct {
 } utf8_case_t;
 
 
-static unsigned  tap_n;
-static unsigned  tap_failed;
 static uint64_t  key_seed = 0x9e3779b97f4a7c15ULL;
-
-
-static void PRINTF_LIKE(1, 2)
-diag(const char *fmt, ...)
-{
-    va_list  args;
-
-    fflush(stdout);
-
-    fprintf(stderr, "#   ");
-    va_start(args, fmt);
-    vfprintf(stderr, fmt, args);
-    va_end(args);
-    fprintf(stderr, "\n");
-}
-
-
-static int
-vok(int pass, const char *fmt, va_list args)
-{
-    tap_n++;
-
-    if (!pass) {
-        tap_failed++;
-    }
-
-    printf("%sok %u - ", pass ? "" : "not ", tap_n);
-    vprintf(fmt, args);
-    printf("\n");
-    fflush(stdout);
-
-    return pass;
-}
-
-
-static int PRINTF_LIKE(2, 3)
-ok(int pass, const char *fmt, ...)
-{
-    int      rc;
-    va_list  args;
-
-    va_start(args, fmt);
-    rc = vok(pass, fmt, args);
-    va_end(args);
-
-    return rc;
-}
 
 
 static int PRINTF_LIKE(3, 4)

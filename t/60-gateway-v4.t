@@ -40,22 +40,9 @@ my @everyone;
 
 sub pump_all { OCGateway::Client::pump(\@everyone, @_) }
 
-sub show {
-    my ($c, $id, $session) = @_;
-    my @l = ("replies to $id on $c->{name}:",
-             map { '  ' . encode_json($_) } $c->events($id));
-    push @l, "gateway chat events of $session (spy):",
-             map { "  $_" } $gw->spy_summary($session, $T0)
-        if $session;
-    return join "\n", @l;
-}
+sub show { $gw->show($T0, @_) }
 
-sub check {
-    my ($c, $id, $name, %o) = @_;
-    my @p = $c->reply_problems($id, %o);
-    ok(!@p, $name) or diag join "\n", @p, show($c, $id, $o{session});
-    return !@p;
-}
+sub check { $gw->check($T0, @_) }
 
 ###########################################################################
 # one warm-up message alone: the first turn on a fresh home is slow

@@ -45,24 +45,9 @@ sub reply_for { OCGateway::Client::reply_for(@_) }
 
 sub pump { OCGateway::Client::pump(@_) }
 
-sub show {
-    my ($c, $id, $session) = @_;
-    my @l = ("replies to $id on $c->{name}:",
-             map { sprintf '  %.2f %s', $_->{t} - $T0, $_->{raw} }
-             grep { ref $_->{json} eq 'HASH' && ($_->{json}{id} // '') eq $id }
-             @{ $c->{log} });
-    push @l, "gateway chat events of $session (spy):",
-             map { "  $_" } $gw->spy_summary($session, $T0)
-        if $session;
-    return join "\n", @l;
-}
+sub show { $gw->show($T0, @_) }
 
-sub check {
-    my ($c, $id, $name, %o) = @_;
-    my @p = $c->reply_problems($id, %o);
-    ok(!@p, $name) or diag join "\n", @p, show($c, $id, $o{session});
-    return !@p;
-}
+sub check { $gw->check($T0, @_) }
 
 my $alice = OCGateway::Client->new($ngx, name => 'alice');
 my $bob = OCGateway::Client->new($ngx, name => 'bob');

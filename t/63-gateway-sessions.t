@@ -142,13 +142,7 @@ sub ctl {
     return $r;
 }
 
-sub check {
-    my ($c, $id, $name, %o) = @_;
-    my @p = $c->reply_problems($id, %o);
-    ok(!@p, $name) or diag join "\n", @p,
-        map { '  ' . encode_json($_) } $c->events($id);
-    return !@p;
-}
+sub check { $gw->check($T0, @_) }
 
 my $KEY = 'agent:main:t63-s';
 my $c = OCGateway::Client->new($ngx, path => '/ws?sender=t63', name => 'c');

@@ -593,6 +593,31 @@ sub wait_links {
     return links_up($ngx, $protocol) >= $n;
 }
 
+# Diagnostics for a test that failed on client $c's replies to $id: the
+# frames it got (with their time since $t0) and, given a session, the
+# gateway's own chat events of that session as the spy saw them.
+sub show {
+    my ($self, $t0, $c, $id, $session) = @_;
+    my @l = ("replies to $id on $c->{name}:",
+             map { sprintf '  %.2f %s', $_->{t} - $t0, $_->{raw} }
+             grep { ref $_->{json} eq 'HASH' && ($_->{json}{id} // '') eq $id }
+             @{ $c->{log} });
+    push @l, "gateway chat events of $session (spy):",
+             map { "  $_" } $self->spy_summary($session, $t0)
+        if $session;
+    return join "\n", @l;
+}
+
+# one test: $c's replies to $id have the shape reply_problems() wants
+sub check {
+    my ($self, $t0, $c, $id, $name, %o) = @_;
+    my @p = $c->reply_problems($id, %o);
+    ok(!@p, $name)
+        or diag join "\n", @p, $self->show($t0, $c, $id, $o{session});
+    return !@p;
+}
+
+
 package OCGateway::Client;
 
 # A WebSocket client of nginx's bridge location.  send_msg() sends one

@@ -197,7 +197,11 @@ is(total($st, 'messages_out'), 8, 'messages_out 8: one is in flight');
 my ($hw) = grep { $_->{runs_in_flight} } @{ $st->{workers} };
 ok($hw && $hw->{clients} >= 1, 'on a worker that has clients');
 
-my ($send) = grep { $_->{params}{message} eq '{{hang}} status' } $gw->requests('chat.send');
+# the module counts the run once chat.send is written; the fake records it a
+# moment later
+my $send = $gw->wait_until(sub {
+    (grep { $_->{params}{message} eq '{{hang}} status' }
+          $gw->requests('chat.send'))[0] }, 5);
 $gw->action('finish', runId => $send->{params}{idempotencyKey}) if $send;
 my @f = $c[1]->until_terminal(['h1'], 5);
 ok(grep({ $_->{json} && ($_->{json}{type} // '') eq 'complete' } @f), 'the hung run completes');

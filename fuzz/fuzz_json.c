@@ -29,6 +29,10 @@
  *     only its prefix is compared then), is valid UTF-8 when the raw
  *     bytes are, and jv_is agrees with it.
  *
+ * The text is parsed with an index whose room depends on the input's
+ * length (none to 32 containers), so that every walk above goes through
+ * indexed containers, containers past the room, and the way between.
+ *
  * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc
  *            src/ngx_http_openclaw_json.c fuzz/fuzz_json.c -lcjson
  */
@@ -415,7 +419,7 @@ check_span(const uint8_t *p, size_t len, cJSON *c)
 {
     jv_t  v;
 
-    CHECK(ngx_http_openclaw_jv_parse(p, len, &v) == 0);
+    CHECK(ngx_http_openclaw_jv_parse(p, len, &v, NULL) == 0);
     CHECK(v.start == p && v.len == len);
 
     check_value(&v, c);
@@ -750,16 +754,21 @@ check_value(jv_t *v, cJSON *c)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int              rc;
-    jv_t             v;
-    char            *copy;
-    cJSON           *root;
-    const char      *parse_end;
-    const uint8_t   *start;
+    int                            rc;
+    jv_t                           v;
+    char                          *copy;
+    cJSON                         *root;
+    const char                    *parse_end;
+    const uint8_t                 *start;
+    ngx_http_openclaw_jv_index_t   ix;
+    ngx_http_openclaw_jv_node_t    room[32];
 
     memset(&v, 0xa5, sizeof(v));
 
-    rc = ngx_http_openclaw_jv_parse(data, size, &v);
+    ix.nodes = room;
+    ix.size = (size * 7) % 33;
+
+    rc = ngx_http_openclaw_jv_parse(data, size, &v, &ix);
 
     CHECK(rc == 0 || rc == -1 || rc == -2);
 

@@ -872,11 +872,18 @@ static ngx_int_t
 ngx_http_openclaw_gateway_message(ngx_http_openclaw_gateway_t *gw,
     u_char *data, size_t len)
 {
-    ngx_http_openclaw_jv_t  frame, m[4];
+    ngx_http_openclaw_jv_t        frame, m[4];
+    ngx_http_openclaw_jv_node_t   nodes[64];
+    ngx_http_openclaw_jv_index_t  index;
 
     static const char  *names[4] = { "type", "event", "payload", "id" };
 
-    if (ngx_http_openclaw_jv_parse(data, len, &frame) != 0
+    /* a chat event has some 30 strings, its text four containers deep */
+
+    index.nodes = nodes;
+    index.size = 64;
+
+    if (ngx_http_openclaw_jv_parse(data, len, &frame, &index) != 0
         || frame.type != NGX_HTTP_OPENCLAW_JSON_OBJECT)
     {
         ngx_log_error(NGX_LOG_WARN, &gw->log, 0,

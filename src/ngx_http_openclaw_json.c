@@ -10,16 +10,51 @@
 
 
 #define JV_MAX_DEPTH  128
+#define JV_NONE       UINT32_MAX
+
+/*
+ * Tests of eight bytes in a word at once: any byte zero, any byte less
+ * than "n" (n <= 128).  Borrows can only set bits above a byte that
+ * matches, so the tests never miss and never fire without a match.
+ */
+#define JV_BYTES(b)          (0x0101010101010101ULL * (uint64_t) (b))
+#define jv_has_zero(w)       (((w) - JV_BYTES(1)) & ~(w) & JV_BYTES(0x80))
+#define jv_has_less(w, n)    (((w) - JV_BYTES(n)) & ~(w) & JV_BYTES(0x80))
+
+#if (defined __GNUC__ && defined __BYTE_ORDER__                               \
+     && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+#define JV_LITTLE_ENDIAN     1
+#else
+#define JV_LITTLE_ENDIAN     0
+#endif
+
+
+/* the validating pass: where the next container gets its number */
+
+typedef struct {
+    ngx_http_openclaw_jv_index_t  *index;
+    uint32_t                       count;
+} jv_ctx_t;
 
 
 static const uint8_t *jv_ws(const uint8_t *p, const uint8_t *end);
-static const uint8_t *jv_check(const uint8_t *p, const uint8_t *end,
-    int depth);
-static const uint8_t *jv_check_string(const uint8_t *p, const uint8_t *end);
+static const uint8_t *jv_check(jv_ctx_t *ctx, const uint8_t *p,
+    const uint8_t *end, int depth);
+static const uint8_t *jv_check_container(jv_ctx_t *ctx, const uint8_t *p,
+    const uint8_t *end, int depth);
+static const uint8_t *jv_check_string(jv_ctx_t *ctx, const uint8_t *p,
+    const uint8_t *end);
 static const uint8_t *jv_check_number(const uint8_t *p, const uint8_t *end);
 static const uint8_t *jv_string_end(const uint8_t *p, const uint8_t *end);
-static void jv_describe(const uint8_t *p, const uint8_t *end,
-    ngx_http_openclaw_jv_t *v);
+static inline void jv_describe(const uint8_t *p, const uint8_t *end,
+    ngx_http_openclaw_jv_t *v, const ngx_http_openclaw_jv_index_t *index,
+    uint32_t node);
+static void jv_scan(const uint8_t *p, const uint8_t *end,
+    ngx_http_openclaw_jv_t *v, const ngx_http_openclaw_jv_index_t *index,
+    uint32_t node);
+static uint32_t jv_first(ngx_http_openclaw_jv_t *v);
+static uint32_t jv_after(ngx_http_openclaw_jv_t *v);
+static int jv_name_is(ngx_http_openclaw_jv_t *key, const char *name);
 static const uint8_t *jv_unescape(const uint8_t *p, const uint8_t *end,
     uint8_t **dst);
 static int jv_hex(const uint8_t *p, uint32_t *value);
@@ -29,7 +64,11 @@ static uint8_t *jv_utf8(uint8_t *dst, uint32_t cp);
 static const uint8_t *
 jv_ws(const uint8_t *p, const uint8_t *end)
 {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) {
+    /* texts on the wire are mostly compact: one test for no white space */
+
+    while (p < end && *p <= ' '
+           && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    {
         p++;
     }
 
@@ -39,8 +78,9 @@ jv_ws(const uint8_t *p, const uint8_t *end)
 
 int
 ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
-    ngx_http_openclaw_jv_t *v)
+    ngx_http_openclaw_jv_t *v, ngx_http_openclaw_jv_index_t *index)
 {
+    jv_ctx_t        ctx;
     const uint8_t  *end, *start, *last;
 
     /* an empty text is invalid, and "p" may then be NULL: no NULL + 0 */
@@ -50,10 +90,23 @@ ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
         return -1;
     }
 
+    /* offsets are 32-bit: a larger text is scanned without an index */
+
+    if (index && len > UINT32_MAX) {
+        index = NULL;
+    }
+
+    ctx.index = index;
+    ctx.count = 0;
+
+    if (index) {
+        index->text = p;
+    }
+
     end = p + len;
     start = jv_ws(p, end);
 
-    last = jv_check(start, end, 0);
+    last = jv_check(&ctx, start, end, 0);
 
     if (last == NULL) {
         v->type = NGX_HTTP_OPENCLAW_JSON_INVALID;
@@ -65,7 +118,28 @@ ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
         return -2;
     }
 
-    jv_describe(start, last, v);
+    if (index) {
+        index->nelts = (ctx.count < index->size) ? ctx.count : index->size;
+    }
+
+    if (*start == '{' || *start == '[') {
+
+        /* its end is known: no need to look for it again */
+
+        v->start = start;
+        v->len = last - start;
+        v->data = NULL;
+        v->size = 0;
+        v->index = index;
+        v->node = 0;
+        v->type = (*start == '{') ? NGX_HTTP_OPENCLAW_JSON_OBJECT
+                                  : NGX_HTTP_OPENCLAW_JSON_ARRAY;
+        v->escaped = 0;
+
+        return 0;
+    }
+
+    jv_describe(start, last, v, index, 0);
 
     return 0;
 }
@@ -74,10 +148,8 @@ ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
 /* validates one value at "p"; returns the byte after it, or NULL */
 
 static const uint8_t *
-jv_check(const uint8_t *p, const uint8_t *end, int depth)
+jv_check(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end, int depth)
 {
-    uint8_t  close;
-
     if (p >= end) {
         return NULL;
     }
@@ -85,64 +157,11 @@ jv_check(const uint8_t *p, const uint8_t *end, int depth)
     switch (*p) {
 
     case '"':
-        return jv_check_string(p, end);
+        return jv_check_string(ctx, p, end);
 
     case '{':
     case '[':
-
-        if (++depth > JV_MAX_DEPTH) {
-            return NULL;
-        }
-
-        close = (*p == '{') ? '}' : ']';
-        p = jv_ws(p + 1, end);
-
-        if (p < end && *p == close) {
-            return p + 1;
-        }
-
-        for ( ;; ) {
-
-            if (close == '}') {
-                if (p >= end || *p != '"') {
-                    return NULL;
-                }
-
-                p = jv_check_string(p, end);
-                if (p == NULL) {
-                    return NULL;
-                }
-
-                p = jv_ws(p, end);
-
-                if (p >= end || *p != ':') {
-                    return NULL;
-                }
-
-                p = jv_ws(p + 1, end);
-            }
-
-            p = jv_check(p, end, depth);
-            if (p == NULL) {
-                return NULL;
-            }
-
-            p = jv_ws(p, end);
-
-            if (p >= end) {
-                return NULL;
-            }
-
-            if (*p == close) {
-                return p + 1;
-            }
-
-            if (*p != ',') {
-                return NULL;
-            }
-
-            p = jv_ws(p + 1, end);
-        }
+        return jv_check_container(ctx, p, end, depth);
 
     case 't':
         return (end - p >= 4 && memcmp(p, "true", 4) == 0) ? p + 4 : NULL;
@@ -160,13 +179,123 @@ jv_check(const uint8_t *p, const uint8_t *end, int depth)
 
 
 static const uint8_t *
-jv_check_string(const uint8_t *p, const uint8_t *end)
+jv_check_container(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end,
+    int depth)
 {
-    uint32_t  cp;
+    uint8_t                       close;
+    uint32_t                      n;
+    const uint8_t                *open;
+    ngx_http_openclaw_jv_node_t  *node;
+
+    if (++depth > JV_MAX_DEPTH) {
+        return NULL;
+    }
+
+    open = p;
+    n = ctx->count++;
+    close = (*p == '{') ? '}' : ']';
+    p = jv_ws(p + 1, end);
+
+    if (p < end && *p == close) {
+        goto done;
+    }
+
+    for ( ;; ) {
+
+        if (close == '}') {
+            if (p >= end || *p != '"') {
+                return NULL;
+            }
+
+            p = jv_check_string(ctx, p, end);
+            if (p == NULL) {
+                return NULL;
+            }
+
+            p = jv_ws(p, end);
+
+            if (p >= end || *p != ':') {
+                return NULL;
+            }
+
+            p = jv_ws(p + 1, end);
+        }
+
+        p = jv_check(ctx, p, end, depth);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        p = jv_ws(p, end);
+
+        if (p >= end) {
+            return NULL;
+        }
+
+        if (*p == close) {
+            break;
+        }
+
+        if (*p != ',') {
+            return NULL;
+        }
+
+        p = jv_ws(p + 1, end);
+    }
+
+done:
+
+    p++;
+
+    if (ctx->index && n < ctx->index->size) {
+        node = &ctx->index->nodes[n];
+        node->start = (uint32_t) (open - ctx->index->text);
+        node->len = (uint32_t) (p - open);
+        node->next = ctx->count;
+        node->escaped = 0;
+    }
+
+    return p;
+}
+
+
+static const uint8_t *
+jv_check_string(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
+{
+    uint32_t                      cp, n;
+    uint64_t                      w, m;
+    unsigned                      escaped;
+    const uint8_t                *open;
+    ngx_http_openclaw_jv_node_t  *node;
+
+    open = p;
+    escaped = 0;
 
     for (p++; p < end; p++) {
 
-        /* most bytes are plain: skip them in one tight loop */
+        /*
+         * Most bytes are plain: they are skipped eight at a time while
+         * none of the eight is a control byte, a quote or a backslash,
+         * then one at a time up to the one that is.  A byte is always
+         * left for the second loop.
+         */
+
+        while (end - p > 8) {
+            memcpy(&w, p, 8);
+
+            m = jv_has_less(w, 0x20) | jv_has_zero(w ^ JV_BYTES(0x22))
+                | jv_has_zero(w ^ JV_BYTES(0x5c));
+
+            if (m) {
+#if (JV_LITTLE_ENDIAN)
+                /* exact: no borrow reaches below the first such byte */
+                p += __builtin_ctzll(m) >> 3;
+#endif
+                break;
+            }
+
+            p += 8;
+        }
 
         while (*p >= 0x20 && *p != '"' && *p != '\\') {
             if (++p == end) {
@@ -175,7 +304,18 @@ jv_check_string(const uint8_t *p, const uint8_t *end)
         }
 
         if (*p == '"') {
-            return p + 1;
+            p++;
+            n = ctx->count++;
+
+            if (ctx->index && n < ctx->index->size) {
+                node = &ctx->index->nodes[n];
+                node->start = (uint32_t) (open - ctx->index->text);
+                node->len = (uint32_t) (p - open);
+                node->next = n + 1;
+                node->escaped = escaped;
+            }
+
+            return p;
         }
 
         if (*p < 0x20) {
@@ -185,6 +325,8 @@ jv_check_string(const uint8_t *p, const uint8_t *end)
         if (++p >= end) {
             return NULL;
         }
+
+        escaped = 1;
 
         switch (*p) {
         case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r':
@@ -287,10 +429,53 @@ jv_string_end(const uint8_t *p, const uint8_t *end)
 }
 
 
-/* describes the value at "p" of an already validated text */
+/*
+ * Describes the value at "p" of an already validated text; "node" is the
+ * number a string or container there has, or would have if the value is
+ * not one.  Found in the index, it takes a few loads.
+ */
+
+static inline void
+jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v,
+    const ngx_http_openclaw_jv_index_t *index, uint32_t node)
+{
+    const ngx_http_openclaw_jv_node_t  *n;
+
+    if (index && node < index->nelts) {
+        n = &index->nodes[node];
+
+        if (index->text + n->start == p) {
+            v->start = p;
+            v->len = n->len;
+            v->index = index;
+            v->node = node;
+
+            if (*p == '"') {
+                v->type = NGX_HTTP_OPENCLAW_JSON_STRING;
+                v->data = p + 1;
+                v->size = n->len - 2;
+                v->escaped = n->escaped;
+                return;
+            }
+
+            v->type = (*p == '{') ? NGX_HTTP_OPENCLAW_JSON_OBJECT
+                                  : NGX_HTTP_OPENCLAW_JSON_ARRAY;
+            v->data = NULL;
+            v->size = 0;
+            v->escaped = 0;
+            return;
+        }
+    }
+
+    jv_scan(p, end, v, index, node);
+}
+
+
+/* a value the index does not hold: a scalar, or one past its room */
 
 static void
-jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v)
+jv_scan(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v,
+    const ngx_http_openclaw_jv_index_t *index, uint32_t node)
 {
     int             depth;
     const uint8_t  *q;
@@ -299,6 +484,8 @@ jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v)
     v->data = NULL;
     v->size = 0;
     v->escaped = 0;
+    v->index = index;
+    v->node = node;
 
     switch (*p) {
 
@@ -400,12 +587,63 @@ jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v)
 }
 
 
+/* the number the first string or container inside "v" has */
+
+static uint32_t
+jv_first(ngx_http_openclaw_jv_t *v)
+{
+    if (v->index && v->node < v->index->nelts) {
+        return v->node + 1;
+    }
+
+    return JV_NONE;
+}
+
+
+/* the number the first string or container after "v" has */
+
+static uint32_t
+jv_after(ngx_http_openclaw_jv_t *v)
+{
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
+        && v->type != NGX_HTTP_OPENCLAW_JSON_ARRAY
+        && v->type != NGX_HTTP_OPENCLAW_JSON_STRING)
+    {
+        return v->node;
+    }
+
+    if (v->index && v->node < v->index->nelts) {
+        return v->index->nodes[v->node].next;
+    }
+
+    return JV_NONE;
+}
+
+
+/* a member name as written equals "name": most differ in the first byte */
+
+static int
+jv_name_is(ngx_http_openclaw_jv_t *key, const char *name)
+{
+    size_t  i;
+
+    for (i = 0; i < key->size; i++) {
+        if ((uint8_t) name[i] != key->data[i]) {
+            return 0;
+        }
+    }
+
+    return name[i] == '\0';
+}
+
+
 int
 ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
     ngx_http_openclaw_jv_t *out, int n)
 {
     int                     i, found;
-    size_t                  len[16];
+    uint8_t                 c;
+    uint32_t                node;
     const uint8_t          *p, *end;
     ngx_http_openclaw_jv_t  key, value;
 
@@ -420,29 +658,30 @@ ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
         return 0;
     }
 
-    for (i = 0; i < n; i++) {
-        len[i] = strlen(names[i]);
-    }
-
+    node = jv_first(obj);
     end = obj->start + obj->len - 1;
     p = jv_ws(obj->start + 1, end);
 
     while (p < end && found < n) {
-        jv_describe(p, end, &key);
+        jv_describe(p, end, &key, obj->index, node);
+        node = jv_after(&key);
 
         p = jv_ws(p + key.len, end);
         p = jv_ws(p + 1, end);
 
-        jv_describe(p, end, &value);
+        jv_describe(p, end, &value, obj->index, node);
+        node = jv_after(&value);
 
         /*
          * the first of duplicate names wins, as in cJSON; no break: a name
          * asked twice gets the member twice
          */
 
+        c = key.size ? key.data[0] : '\0';
+
         for (i = 0; i < n; i++) {
-            if (out[i].start == NULL && key.size == len[i]
-                && memcmp(key.data, names[i], len[i]) == 0)
+            if ((uint8_t) names[i][0] == c && out[i].start == NULL
+                && jv_name_is(&key, names[i]))
             {
                 out[i] = value;
                 found++;
@@ -464,7 +703,7 @@ int
 ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
     ngx_http_openclaw_jv_t *out)
 {
-    size_t                  n;
+    uint32_t                node;
     const uint8_t          *p, *end;
     ngx_http_openclaw_jv_t  key;
 
@@ -472,22 +711,24 @@ ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
         return -1;
     }
 
-    n = strlen(name);
+    node = jv_first(obj);
     end = obj->start + obj->len - 1;
     p = jv_ws(obj->start + 1, end);
 
     while (p < end) {
-        jv_describe(p, end, &key);
+        jv_describe(p, end, &key, obj->index, node);
+        node = jv_after(&key);
 
         p = jv_ws(p + key.len, end);
         p = jv_ws(p + 1, end);
 
-        jv_describe(p, end, out);
+        jv_describe(p, end, out, obj->index, node);
 
-        if (key.size == n && memcmp(key.data, name, n) == 0) {
+        if (jv_name_is(&key, name)) {
             return 0;
         }
 
+        node = jv_after(out);
         p = jv_ws(p + out->len, end);
 
         if (p < end && *p == ',') {
@@ -503,6 +744,7 @@ int
 ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
     ngx_http_openclaw_jv_t *item)
 {
+    uint32_t        node;
     const uint8_t  *p, *end;
 
     if (array->type != NGX_HTTP_OPENCLAW_JSON_ARRAY) {
@@ -512,9 +754,11 @@ ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
     end = array->start + array->len - 1;
 
     if (item->start == NULL) {
+        node = jv_first(array);
         p = jv_ws(array->start + 1, end);
 
     } else {
+        node = jv_after(item);
         p = jv_ws(item->start + item->len, end);
 
         if (p < end && *p == ',') {
@@ -526,7 +770,7 @@ ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
         return -1;
     }
 
-    jv_describe(p, end, item);
+    jv_describe(p, end, item, array->index, node);
 
     return 0;
 }

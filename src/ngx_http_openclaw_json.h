@@ -34,29 +34,60 @@ typedef enum {
 
 
 /*
- * A value inside a validated text: "start" and "len" span it whole (with
- * the quotes of a string); for a string, "data" and "size" span its
- * escaped content, and "escaped" says whether it holds any backslash.
+ * Where the validating pass saw each string, object and array, numbered
+ * in the order they start, so that finding a member scans neither a name
+ * nor a nested value again: the frames of the gateway nest the text of a
+ * reply four levels deep.  A text with more of them than there is room
+ * for is still handled whole, by scanning beyond the room.
  */
 
 typedef struct {
-    const uint8_t                  *start;
-    size_t                          len;
-    const uint8_t                  *data;
-    size_t                          size;
-    ngx_http_openclaw_json_type_e   type;
-    unsigned                        escaped:1;
+    uint32_t                        start;   /* offset of the quote or
+                                                bracket */
+    uint32_t                        len;
+    uint32_t                        next;    /* number of the first one
+                                                after it and all inside */
+    uint32_t                        escaped; /* a string with a backslash */
+} ngx_http_openclaw_jv_node_t;
+
+typedef struct {
+    const uint8_t                  *text;
+    ngx_http_openclaw_jv_node_t    *nodes;
+    uint32_t                        size;    /* room, in nodes */
+    uint32_t                        nelts;
+} ngx_http_openclaw_jv_index_t;
+
+
+/*
+ * A value inside a validated text: "start" and "len" span it whole (with
+ * the quotes of a string); for a string, "data" and "size" span its
+ * escaped content, and "escaped" says whether it holds any backslash.
+ * "index" and "node" place it in the index of its text, if any.
+ */
+
+typedef struct {
+    const uint8_t                       *start;
+    size_t                               len;
+    const uint8_t                       *data;
+    size_t                               size;
+    const ngx_http_openclaw_jv_index_t  *index;
+    uint32_t                             node;
+    ngx_http_openclaw_json_type_e        type;
+    unsigned                             escaped:1;
 } ngx_http_openclaw_jv_t;
 
 
 /*
  * Validates "len" bytes as one JSON value with optional white space
  * around it (RFC 8259, nesting up to 128 deep) and describes it in "v".
+ * With "index" (its "nodes" and "size" set by the caller), the
+ * containers are indexed on the way, and values found from "v" use the
+ * index for as long as the text and the index live.
  * Returns 0; -1 when the text is not valid JSON; -2 when a valid value
  * is followed by more than white space.
  */
 int ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
-    ngx_http_openclaw_jv_t *v);
+    ngx_http_openclaw_jv_t *v, ngx_http_openclaw_jv_index_t *index);
 
 /*
  * The first member "name" of object "obj" (names compared as written, so

@@ -55,8 +55,10 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
     ngx_http_openclaw_inbound_t *in, const char **err)
 {
     int                     rc;
-    ngx_str_t               type, none;
-    ngx_http_openclaw_jv_t  top, v[F_N];
+    ngx_str_t                     type, none;
+    ngx_http_openclaw_jv_t        top, v[F_N];
+    ngx_http_openclaw_jv_node_t   nodes[32];
+    ngx_http_openclaw_jv_index_t  index;
 
     static const char  *names[F_N] = {
         "id", "type", "key", "content", "session", "topicId", "threadId",
@@ -71,7 +73,10 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
     ngx_str_set(&in->id_json, "");
     ngx_str_set(&in->type_name, "");
 
-    rc = ngx_http_openclaw_jv_parse(data, len, &top);
+    index.nodes = nodes;
+    index.size = 32;
+
+    rc = ngx_http_openclaw_jv_parse(data, len, &top, &index);
 
     if (rc == -2) {
         *err = "message has trailing data after the JSON value";
@@ -599,8 +604,8 @@ ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
     int                  ok;
     u_char               md[EVP_MAX_MD_SIZE];
     unsigned int         mdlen;
+    static EVP_MD       *sha256;
     static EVP_MD_CTX   *ctx;
-    static const EVP_MD *sha256;
 
     buf = ngx_cpymem(buf, "wh-", 3);
 
@@ -609,16 +614,20 @@ ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
 
     } else {
 
-        /* one context and one fetched digest for the worker's lifetime */
+        /*
+         * One context and one fetched digest for the worker's lifetime:
+         * EVP_sha256() would be looked up again in the provider store,
+         * under a lock, on every EVP_DigestInit_ex().
+         */
 
         if (ctx == NULL) {
             ctx = EVP_MD_CTX_new();
-            sha256 = EVP_sha256();
+            sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
         }
 
         /* the zero byte keeps "a" + "b:c" apart from "a:b" + "c" */
 
-        ok = ctx != NULL
+        ok = ctx != NULL && sha256 != NULL
              && EVP_DigestInit_ex(ctx, sha256, NULL) == 1
              && EVP_DigestUpdate(ctx, session->data, session->len) == 1
              && EVP_DigestUpdate(ctx, "", 1) == 1
@@ -751,11 +760,26 @@ void
 ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j, const char *name,
     u_char *value, size_t len)
 {
-    size_t  n;
+    u_char  *p, *last;
 
-    n = len + ngx_escape_json(NULL, value, len);
+    /* the common case, nothing to escape, is found in one pass */
 
-    if (ngx_http_openclaw_json_name(j, name, n + 2) != NGX_OK) {
+    last = value + len;
+
+    for (p = value; p < last; p++) {
+        if (*p < 0x20 || *p == '"' || *p == '\\') {
+            break;
+        }
+    }
+
+    if (p == last) {
+        ngx_http_openclaw_json_escaped(j, name, value, len);
+        return;
+    }
+
+    /* an escape is at most 6 bytes: "\u00XX" */
+
+    if (ngx_http_openclaw_json_name(j, name, 6 * len + 2) != NGX_OK) {
         return;
     }
 

@@ -173,7 +173,7 @@ valid_len(const char *text, size_t len, int type, const char *value,
     t = dup(text, len);
     memset(&v, 0xa5, sizeof(v));
 
-    rc = ngx_http_openclaw_jv_parse(t, len, &v);
+    rc = ngx_http_openclaw_jv_parse(t, len, &v, NULL);
 
     if (!ok(rc == 0, "valid: %s", name)) {
         diag("text: %.*s", (int) len, text);
@@ -219,7 +219,7 @@ refused(const char *text, size_t len, int exp, const char *name)
     t = dup(text, len);
     memset(&v, 0xa5, sizeof(v));
 
-    rc = ngx_http_openclaw_jv_parse(t, len, &v);
+    rc = ngx_http_openclaw_jv_parse(t, len, &v, NULL);
 
     if (!ok(rc == exp && v.type == J_INVALID, "%s: %s",
             exp == -1 ? "invalid" : "value then more", name))
@@ -363,7 +363,7 @@ test_invalid(void)
         jv_t  v;
 
         v.type = J_OBJECT;
-        ok(ngx_http_openclaw_jv_parse(NULL, 0, &v) == -1
+        ok(ngx_http_openclaw_jv_parse(NULL, 0, &v, NULL) == -1
            && v.type == J_INVALID,
            "invalid: empty text at NULL (an empty frame's data)");
     }
@@ -568,7 +568,7 @@ get_found(const char *text, const char *name, int type, const char *value,
 
     t = dup(text, strlen(text));
 
-    if (ngx_http_openclaw_jv_parse(t, strlen(text), &obj) != 0) {
+    if (ngx_http_openclaw_jv_parse(t, strlen(text), &obj, NULL) != 0) {
         ok(0, "get: %s: text parses", desc);
         free(t);
         return;
@@ -606,7 +606,7 @@ get_missing(const char *text, const char *name, const char *desc)
 
     t = dup(text, strlen(text));
 
-    if (ngx_http_openclaw_jv_parse(t, strlen(text), &obj) != 0) {
+    if (ngx_http_openclaw_jv_parse(t, strlen(text), &obj, NULL) != 0) {
         ok(0, "get: %s: text parses", desc);
         free(t);
         return;
@@ -712,23 +712,28 @@ test_get(void)
     /* not an object */
 
     text = "[{\"a\":1}]";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     ok(ngx_http_openclaw_jv_get(&obj, "a", &a) == -1, "get: array: -1");
 
     text = "\"a\"";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     ok(ngx_http_openclaw_jv_get(&obj, "a", &a) == -1, "get: string: -1");
 
     text = "1";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     ok(ngx_http_openclaw_jv_get(&obj, "a", &a) == -1, "get: number: -1");
 
     text = "null";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     ok(ngx_http_openclaw_jv_get(&obj, "a", &a) == -1, "get: null: -1");
 
     text = "{\"a\":1} x";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     ok(ngx_http_openclaw_jv_get(&obj, "a", &a) == -1,
        "get: the invalid value of a failed parse: -1");
 
@@ -739,7 +744,8 @@ test_get(void)
            "\"message\":{\"role\":\"assistant\",\"content\":[{\"type\":"
            "\"text\",\"text\":\"Hi\"}]},\"state\":\"delta\"},\"seq\":3}";
 
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
 
     ok(ngx_http_openclaw_jv_get(&obj, "payload", &a) == 0
        && a.type == J_OBJECT, "get: chat event: payload");
@@ -783,7 +789,8 @@ test_members(void)
 
     text = "{\"type\":\"event\",\"event\":\"chat\",\"payload\":{\"seq\":1,"
            "\"type\":\"x\"},\"seq\":7,\"\\u0069d\":1,\"type\":\"res\"}";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
 
     names[0] = "seq";
     names[1] = "type";
@@ -833,7 +840,8 @@ test_members(void)
     /* not an object */
 
     text = "[{\"type\":1}]";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     memset(out, 0xa5, sizeof(out));
     rc = ngx_http_openclaw_jv_members(&obj, names, out, 2);
 
@@ -846,7 +854,8 @@ test_members(void)
     text = "{\"n0\":0,\"n1\":1,\"n2\":2,\"n3\":3,\"n4\":4,\"n5\":5,\"n6\":6,"
            "\"n7\":7,\"n8\":8,\"n9\":9,\"n10\":10,\"n11\":11,\"n12\":12,"
            "\"n13\":13,\"n14\":14,\"n15\":15,\"n16\":16}";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
 
     for (i = 0; i < 17; i++) {
         snprintf(names17[i], sizeof(names17[i]), "n%d", 16 - i);
@@ -894,7 +903,7 @@ next_all(const char *text, const elt_t *elts, size_t n, const char *desc)
 
     t = dup(text, strlen(text));
 
-    if (ngx_http_openclaw_jv_parse(t, strlen(text), &arr) != 0) {
+    if (ngx_http_openclaw_jv_parse(t, strlen(text), &arr, NULL) != 0) {
         ok(0, "next: %s: text parses", desc);
         free(t);
         return;
@@ -986,7 +995,8 @@ test_next(void)
     /* nested iteration */
 
     text = "[[1,2],[],[3,[4,5]],6]";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &arr);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &arr,
+                               NULL);
 
     n = 0;
     sum = 0;
@@ -1024,7 +1034,8 @@ test_next(void)
     text = "{\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
            "{\"type\":\"image\"},"
            "{\"type\":\"text\",\"text\":\"b\"}]}";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     ngx_http_openclaw_jv_get(&obj, "content", &arr);
 
     n = 0;
@@ -1045,12 +1056,14 @@ test_next(void)
     /* not an array */
 
     text = "{\"a\":1}";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     item.start = NULL;
     ok(ngx_http_openclaw_jv_next(&obj, &item) == -1, "next: object: -1");
 
     text = "\"[1]\"";
-    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj);
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
     item.start = NULL;
     ok(ngx_http_openclaw_jv_next(&obj, &item) == -1, "next: string: -1");
 }
@@ -1067,7 +1080,7 @@ decode(const char *text, const char *exp, size_t elen, const char *desc)
 
     t = dup(text, strlen(text));
 
-    if (ngx_http_openclaw_jv_parse(t, strlen(text), &v) != 0
+    if (ngx_http_openclaw_jv_parse(t, strlen(text), &v, NULL) != 0
         || v.type != J_STRING)
     {
         ok(0, "decode: %s: string parses", desc);
@@ -1095,7 +1108,7 @@ string_desc(const char *text, size_t size, int escaped, const char *desc)
 
     t = dup(text, strlen(text));
 
-    if (ngx_http_openclaw_jv_parse(t, strlen(text), &v) != 0) {
+    if (ngx_http_openclaw_jv_parse(t, strlen(text), &v, NULL) != 0) {
         ok(0, "string: %s: parses", desc);
         free(t);
         return;
@@ -1220,7 +1233,7 @@ test_decode(void)
             snprintf(text, sizeof(text), "\"\\u%04x\"", cp);
 
             if (ngx_http_openclaw_jv_parse((const uint8_t *) text,
-                                           strlen(text), &v) != 0)
+                                           strlen(text), &v, NULL) != 0)
             {
                 pass = 0;
                 break;
@@ -1264,7 +1277,7 @@ is_case(const char *text, const char *s, int exp, const char *fmt, ...)
 
     t = dup(text, strlen(text));
 
-    if (ngx_http_openclaw_jv_parse(t, strlen(text), &v) != 0) {
+    if (ngx_http_openclaw_jv_parse(t, strlen(text), &v, NULL) != 0) {
         ok(0, "is: %s: parses", desc);
         free(t);
         return;
@@ -1349,6 +1362,367 @@ test_is(void)
 }
 
 
+/*
+ * The index.  Node expectations are the quotes and brackets located by
+ * hand, in the order they open; "next" is the number of the first node
+ * after a node and all it holds.
+ */
+
+typedef struct {
+    const char  *span;
+    int          nth;
+    unsigned     next;
+    unsigned     escaped;
+} node_t;
+
+
+static void
+index_nodes(const char *text, const node_t *nodes, size_t n)
+{
+    int                            rc, pass;
+    jv_t                           v;
+    size_t                         size, i, len;
+    uint8_t                       *t;
+    ngx_http_openclaw_jv_index_t   ix;
+    ngx_http_openclaw_jv_node_t    room[16];
+
+    len = strlen(text);
+    t = dup(text, len);
+
+    /* every room from none to more than needed: what fits is recorded */
+
+    for (size = 0; size <= n + 1; size++) {
+        memset(room, 0xa5, sizeof(room));
+        ix.nodes = room;
+        ix.size = size;
+
+        rc = ngx_http_openclaw_jv_parse(t, len, &v, &ix);
+        pass = (rc == 0);
+
+        if (pass && ix.nelts != (size < n ? size : n)) {
+            diag("nelts %u", ix.nelts);
+            pass = 0;
+        }
+
+        for (i = 0; pass && i < ix.nelts; i++) {
+            if (room[i].start != find(text, nodes[i].span, nodes[i].nth)
+                || room[i].len != strlen(nodes[i].span)
+                || room[i].next != nodes[i].next
+                || room[i].escaped != nodes[i].escaped)
+            {
+                diag("node %zu: at %u len %u next %u escaped %u, expected "
+                     "%s next %u escaped %u", i, room[i].start, room[i].len,
+                     room[i].next, room[i].escaped, nodes[i].span,
+                     nodes[i].next, nodes[i].escaped);
+                pass = 0;
+            }
+        }
+
+        for (i = ix.nelts; pass && i < sizeof(room) / sizeof(room[0]); i++) {
+            if (room[i].start != 0xa5a5a5a5) {
+                diag("node %zu written beyond the room", i);
+                pass = 0;
+            }
+        }
+
+        ok(pass, "index: %s: room for %zu of %zu", text, size, n);
+    }
+
+    free(t);
+}
+
+
+/* a walk of every value, as "kind:offset:length:size:escaped" lines */
+
+static void
+walk(jv_t *v, const uint8_t *base, char *out, size_t size, size_t *used)
+{
+    int      i;
+    jv_t     item, keyed;
+    char     name[64];
+    size_t   n;
+
+    /* a broken scanner must fail the comparison, not overrun "out" */
+
+    if (*used + 64 > size) {
+        return;
+    }
+
+    *used += snprintf(out + *used, 64, "%s:%ld:%zu:%zu:%d\n",
+                      tname(v->type), (long) (v->start - base), v->len,
+                      v->size, v->escaped);
+
+    if (v->type == J_ARRAY) {
+        item.start = NULL;
+
+        while (*used + 64 <= size && ngx_http_openclaw_jv_next(v, &item) == 0)
+        {
+            walk(&item, base, out, size, used);
+        }
+
+        return;
+    }
+
+    if (v->type != J_OBJECT) {
+        return;
+    }
+
+    /* the members by name: jv_get for the odd ones, jv_members for all */
+
+    for (i = 0; i < 8; i++) {
+        snprintf(name, sizeof(name), "k%d", i);
+
+        if (i & 1) {
+            if (ngx_http_openclaw_jv_get(v, name, &keyed) == 0) {
+                walk(&keyed, base, out, size, used);
+            }
+
+            continue;
+        }
+
+        {
+            const char  *names[1] = { name };
+
+            n = ngx_http_openclaw_jv_members(v, names, &keyed, 1);
+
+            if (n == 1) {
+                walk(&keyed, base, out, size, used);
+            }
+        }
+    }
+}
+
+
+static void
+index_walk(const char *text, const char *desc)
+{
+    int                            pass;
+    jv_t                           v;
+    char                           plain[4096], indexed[4096];
+    size_t                         size, len, a, b;
+    uint8_t                       *t;
+    ngx_http_openclaw_jv_index_t   ix;
+    ngx_http_openclaw_jv_node_t    room[32];
+
+    len = strlen(text);
+    t = dup(text, len);
+
+    a = 0;
+
+    if (ngx_http_openclaw_jv_parse(t, len, &v, NULL) != 0) {
+        ok(0, "index walk: %s: parses", desc);
+        free(t);
+        return;
+    }
+
+    walk(&v, t, plain, sizeof(plain), &a);
+
+    pass = 1;
+
+    for (size = 0; size <= 32; size++) {
+        ix.nodes = room;
+        ix.size = size;
+        b = 0;
+
+        if (ngx_http_openclaw_jv_parse(t, len, &v, &ix) != 0) {
+            pass = 0;
+            break;
+        }
+
+        walk(&v, t, indexed, sizeof(indexed), &b);
+
+        if (a != b || memcmp(plain, indexed, a) != 0) {
+            diag("room %zu:\n%.*s\nwithout an index:\n%.*s", size,
+                 (int) b, indexed, (int) a, plain);
+            pass = 0;
+            break;
+        }
+    }
+
+    ok(pass, "index walk: %s: the same values with any room", desc);
+
+    free(t);
+}
+
+
+static void
+test_index(void)
+{
+    static const node_t  flat[] = {
+        { "{\"k0\":1,\"k1\":\"}\\n\"}", 1, 4, 0 },
+        { "\"k0\"", 1, 2, 0 },
+        { "\"k1\"", 1, 3, 0 },
+        { "\"}\\n\"", 1, 4, 1 }
+    };
+
+    static const node_t  nested[] = {
+        { "{\"k0\":[1,{\"k2\":{}}],\"k1\":{\"k4\":[]}}", 1, 10, 0 },
+        { "\"k0\"", 1, 2, 0 },
+        { "[1,{\"k2\":{}}]", 1, 6, 0 },
+        { "{\"k2\":{}}", 1, 6, 0 },
+        { "\"k2\"", 1, 5, 0 },
+        { "{}", 1, 6, 0 },
+        { "\"k1\"", 1, 7, 0 },
+        { "{\"k4\":[]}", 1, 10, 0 },
+        { "\"k4\"", 1, 9, 0 },
+        { "[]", 1, 10, 0 }
+    };
+
+    static const node_t  arrays[] = {
+        { "[[],[[]],[\"]\",[[\"[\"]]]]", 1, 9, 0 },
+        { "[]", 1, 2, 0 },
+        { "[[]]", 1, 4, 0 },
+        { "[]", 2, 4, 0 },
+        { "[\"]\",[[\"[\"]]]", 1, 9, 0 },
+        { "\"]\"", 1, 6, 0 },
+        { "[[\"[\"]]", 1, 9, 0 },
+        { "[\"[\"]", 1, 9, 0 },
+        { "\"[\"", 1, 9, 0 }
+    };
+
+    jv_t                           v, m;
+    uint8_t                       *t;
+    const char                    *text;
+    ngx_http_openclaw_jv_index_t   ix;
+    ngx_http_openclaw_jv_node_t    room[4];
+
+    index_nodes(flat[0].span, flat, 4);
+    index_nodes(nested[0].span, nested, 10);
+    index_nodes(arrays[0].span, arrays, 9);
+
+    index_walk("{\"k0\":[1,{\"k2\":{}}],\"k1\":{\"k4\":[]},\"k2\":null}",
+               "objects in arrays in objects");
+    index_walk("{\"k1\":\"[{\",\"k0\":[[],{},[{\"k0\":[{}]}]],\"k3\":{\"k5\":"
+               "{\"k7\":{\"k1\":[1,[2,[3]]]}}},\"k2\":{},\"k4\":[\"}]\"]}",
+               "deep, with brackets in strings");
+    index_walk("{\"type\":\"event\",\"event\":\"chat\",\"payload\":{\"runId\":"
+               "\"r\",\"k0\":{\"k2\":\"assistant\",\"k4\":[{\"k0\":\"text\","
+               "\"k1\":\"hi\"}],\"k6\":1},\"k1\":[{},{}]},\"k3\":3}",
+               "a chat event");
+    index_walk("[{\"k0\":[]},[[{\"k1\":{}}]],{\"k2\":{\"k3\":[[],[]]}}]",
+               "an array at the top");
+    index_walk("{\"k\\u0030\":1,\"k0\":\"a\\\"b\",\"k1\":[\"\\n\",\"x\","
+               "{\"k3\":\"\\\\\"}],\"k2\":\"\"}", "escaped names and strings");
+    index_walk("{\"k0\":{\"k0\":{\"k0\":{\"k0\":{\"k0\":{\"k0\":{}}}}}},"
+               "\"k1\":[[[[[[[]]]]]]]}", "nested past a small room");
+
+    /*
+     * A container found through the index is not scanned for its end
+     * again: a bracket blanked out after the parse does not change it.
+     */
+
+    text = "{\"k0\":{\"x\":1},\"k1\":2}";
+    t = dup(text, strlen(text));
+    ix.nodes = room;
+    ix.size = 4;
+
+    (void) ngx_http_openclaw_jv_parse(t, strlen(text), &v, &ix);
+    t[find(text, "}", 1)] = ' ';
+
+    is(ngx_http_openclaw_jv_get(&v, "k0", &m) == 0 ? (long long) m.len : -1,
+       (long long) strlen("{\"x\":1}"),
+       "index: a member's end comes from the index, not a second scan");
+
+    free(t);
+}
+
+
+/*
+ * Strings are skipped eight bytes at a time: a special byte at every
+ * position of strings up to 40 bytes long, in a text that ends with the
+ * string and in one that goes on.
+ */
+
+static void
+test_string_positions(void)
+{
+    int       rc, pass, tail;
+    jv_t      v;
+    char      text[64];
+    size_t    n, pos, len;
+    uint8_t  *t;
+
+    pass = 1;
+
+    for (tail = 0; tail <= 1; tail++) {
+        for (n = 1; n <= 40; n++) {
+            for (pos = 0; pos < n; pos++) {
+
+                /* a control byte: invalid */
+
+                text[0] = '"';
+                memset(text + 1, 'a', n);
+                text[1 + pos] = 0x1f;
+                text[1 + n] = '"';
+                len = n + 2;
+
+                if (tail) {
+                    text[len++] = ' ';
+                }
+
+                t = dup(text, len);
+                rc = ngx_http_openclaw_jv_parse(t, len, &v, NULL);
+                free(t);
+
+                if (rc != -1) {
+                    diag("0x1f at %zu of %zu: rc %d", pos, n, rc);
+                    pass = 0;
+                }
+
+                /* a quote: the string ends there, the rest trails */
+
+                text[1 + pos] = '"';
+                t = dup(text, len);
+                rc = ngx_http_openclaw_jv_parse(t, len, &v, NULL);
+                free(t);
+
+                if (rc != -2) {
+                    diag("quote at %zu of %zu: rc %d", pos, n, rc);
+                    pass = 0;
+                }
+
+                /*
+                 * An escaped quote after "pos" plain bytes, then the rest,
+                 * the last a high byte: one string, escaped.
+                 */
+
+                text[0] = '"';
+                memset(text + 1, 'a', n + 2);
+                text[1 + pos] = '\\';
+                text[2 + pos] = '"';
+                text[2 + n] = (char) 0xe9;
+                text[3 + n] = '"';
+                len = n + 4;
+
+                if (tail) {
+                    text[len++] = ' ';
+                }
+
+                t = dup(text, len);
+                rc = ngx_http_openclaw_jv_parse(t, len, &v, NULL);
+                free(t);
+
+                if (rc != 0 || v.type != J_STRING || v.size != n + 2
+                    || !v.escaped)
+                {
+                    diag("escaped quote at %zu of %zu: rc %d", pos, n, rc);
+                    pass = 0;
+                }
+
+                if (!pass) {
+                    goto done;
+                }
+            }
+        }
+    }
+
+done:
+
+    ok(pass, "strings: control bytes, quotes and escapes at every position "
+       "of 1 to 40 bytes");
+}
+
+
 int
 main(void)
 {
@@ -1359,6 +1733,8 @@ main(void)
     test_next();
     test_decode();
     test_is();
+    test_index();
+    test_string_positions();
 
     printf("1..%u\n", tap_n);
 

@@ -1262,10 +1262,11 @@ ngx_int_t
 ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
     const char *method, u_char *params, size_t len)
 {
-    u_char                       *p;
-    ngx_uint_t                    id;
+    u_char                       *p, *d;
+    size_t                        n;
+    ngx_uint_t                    id, v;
     ngx_http_openclaw_gateway_t  *gw;
-    u_char                        prefix[128];
+    u_char                        prefix[128], digits[NGX_INT_T_LEN];
 
     gw = ngx_http_openclaw_gw;
 
@@ -1275,9 +1276,31 @@ ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
 
     id = ++gw->next_id;
 
-    p = ngx_snprintf(prefix, sizeof(prefix),
-                     "{\"type\":\"req\",\"id\":\"ocb-%ui\",\"method\":\"%s\","
-                     "\"params\":", id, method);
+    /* once per message: by hand, not through ngx_snprintf() */
+
+    d = digits + sizeof(digits);
+    v = id;
+
+    do {
+        *--d = (u_char) ('0' + v % 10);
+        v /= 10;
+    } while (v);
+
+    n = ngx_strlen(method);
+
+    if (n > sizeof(prefix) - sizeof("{\"type\":\"req\",\"id\":\"ocb-\","
+                                    "\"method\":\"\",\"params\":")
+            - sizeof(digits))
+    {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(prefix, "{\"type\":\"req\",\"id\":\"ocb-",
+                   sizeof("{\"type\":\"req\",\"id\":\"ocb-") - 1);
+    p = ngx_cpymem(p, d, digits + sizeof(digits) - d);
+    p = ngx_cpymem(p, "\",\"method\":\"", sizeof("\",\"method\":\"") - 1);
+    p = ngx_cpymem(p, method, n);
+    p = ngx_cpymem(p, "\",\"params\":", sizeof("\",\"params\":") - 1);
 
     if (ngx_http_openclaw_gateway_frame(gw, NGX_HTTP_OPENCLAW_WS_TEXT,
                                         params, len, prefix, p - prefix,

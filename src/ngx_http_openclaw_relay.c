@@ -490,7 +490,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
                                   session.len);
     ngx_http_openclaw_json_escaped(&j, "message", in->content.data,
                                    in->content.len);
-    ngx_http_openclaw_json_string(&j, "idempotencyKey", rid, run_id.len);
+    ngx_http_openclaw_json_escaped(&j, "idempotencyKey", rid, run_id.len);
 
     if (ngx_http_openclaw_json_end(&j, &params) != NGX_OK) {
         return NGX_ERROR;
@@ -614,11 +614,14 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
     ngx_http_openclaw_jv_t *res)
 {
     ngx_str_t                   params, status;
-    ngx_http_openclaw_jv_t      v, payload, error;
+    ngx_http_openclaw_jv_t      m[3], st;
     ngx_http_openclaw_json_t    j;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
-    u_char                      code[64], message[256], st[32];
+    const char                 *reason;
+    u_char                      code[64], message[256], st_text[32];
+
+    static const char  *names[3] = { "ok", "payload", "error" };
 
     run = rpc->data;
     rl = &ngx_http_openclaw_relay;
@@ -630,18 +633,16 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
         return;
     }
 
-    if (ngx_http_openclaw_jv_get(res, "ok", &v) != 0
-        || v.type != NGX_HTTP_OPENCLAW_JSON_TRUE)
-    {
-        rl->stats->errors_gateway++;
+    (void) ngx_http_openclaw_jv_members(res, names, m, 3);
 
-        (void) ngx_http_openclaw_jv_get(res, "error", &error);
+    if (m[0].type != NGX_HTTP_OPENCLAW_JSON_TRUE) {
+        rl->stats->errors_gateway++;
 
         ngx_http_openclaw_relay_fail(run, "gateway refused the message: "
                                      "%s: %s",
-                  ngx_http_openclaw_relay_text(&error, "code", code,
+                  ngx_http_openclaw_relay_text(&m[2], "code", code,
                                                sizeof(code), "error"),
-                  ngx_http_openclaw_relay_text(&error, "message", message,
+                  ngx_http_openclaw_relay_text(&m[2], "message", message,
                                                sizeof(message), "no reason"));
         return;
     }
@@ -651,11 +652,16 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
         ngx_add_timer(&run->timer, rl->conf->run_timeout);
     }
 
-    (void) ngx_http_openclaw_jv_get(res, "payload", &payload);
+    /* the statuses are plain words: one spelt with escapes is none */
 
-    status.data = (u_char *) ngx_http_openclaw_relay_text(&payload, "status",
-                                                          st, sizeof(st), "");
-    status.len = ngx_strlen(status.data);
+    ngx_str_null(&status);
+
+    if (ngx_http_openclaw_jv_get(&m[1], "status", &st) == 0
+        && st.type == NGX_HTTP_OPENCLAW_JSON_STRING && !st.escaped)
+    {
+        status.data = (u_char *) st.data;
+        status.len = st.size;
+    }
 
     if ((status.len == 7 && ngx_strncmp(status.data, "started", 7) == 0)
         || (status.len == 9 && ngx_strncmp(status.data, "in_flight", 9) == 0)
@@ -698,9 +704,12 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
     }
 
     rl->stats->errors_gateway++;
+
+    reason = ngx_http_openclaw_relay_text(&m[1], "status", st_text,
+                                          sizeof(st_text), "");
+
     ngx_http_openclaw_relay_fail(run, "gateway reports the run as \"%s\"",
-                                 status.len ? (char *) status.data
-                                            : "unknown");
+                                 reason[0] ? reason : "unknown");
 }
 
 

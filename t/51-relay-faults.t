@@ -429,6 +429,23 @@ EOF
         $c->close;
     }
 
+    # an acknowledgement with a status the relay does not know: an error
+    # that names it, nothing left in flight
+    {
+        my $c = RelayClient->new($ngx);
+        $c->send_json({ id => 'st1', content => '{{ack_status parked}} x' });
+        my @t = terminals('st1', $c->until_terminal(['st1'], 5));
+        is(scalar @t, 1, 'unknown ack status: the message ends once');
+        is($t[0] && $t[0]{json}{type}, 'error', 'unknown ack status: in an error');
+        like($t[0] && $t[0]{json}{error}, qr/gateway reports the run as "parked"/,
+             'unknown ack status: the error names the status');
+        $c->send_json({ id => 'st1', content => 'after parked' });
+        my $e = one_end_each('after parked', $c, ['st1'], 5, 0);
+        is($e->{st1} && $e->{st1}{type}, 'complete',
+           'unknown ack status: the same id can be sent again');
+        $c->close;
+    }
+
     # a client leaves mid-run: chat.abort, unless the location says no
     {
         my $c1 = RelayClient->new($ngx);

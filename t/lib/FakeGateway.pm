@@ -94,6 +94,7 @@ package FakeGateway;
 #   {{double_error}}    one delta, then two "error" events for the run (as
 #                       observed with gateway 2026.9.6)
 #   {{ack_error}}       chat.send answered ok:false UNAVAILABLE
+#   {{ack_status WORD}} chat.send answered ok with status WORD, no run
 #   {{noack}}           chat.send never answered, no run
 #   {{empty_final}}     no deltas, a final without a message
 #   {{handover}}        protocol 3's quirk (gateway-protocol.md 13.9): a
@@ -805,6 +806,10 @@ sub chat_send {
         return res($conn, $req, 0, { code => 'UNAVAILABLE',
                                      message => 'chat run admission failed',
                                      retryable => true });
+    }
+
+    if ($msg =~ /\{\{ack_status (\w+)\}\}/) {
+        return res($conn, $req, 1, { runId => $key, status => $1 });
     }
 
     if ($CFG->{dedupe} && (my $old = $RUNS{$key})) {

@@ -177,6 +177,13 @@ clean:
 # The module against stock nginx proxy_pass, side by side (bench/README.md):
 # BENCH_QUICK=1 for a two-minute smoke run, BENCH_MODULE=path/to.so to use
 # a module that is already built instead of `make module`.
-.PHONY: bench
+.PHONY: bench bench-profile
 bench:
 	perl bench/run.pl
+
+# instructions per relayed message, with callgrind (bench/callgrind.sh)
+bench-profile: module
+	command -v valgrind >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        --no-install-recommends valgrind >/dev/null; }
+	bench/callgrind.sh $(BUILD)/$(MODULE)

@@ -29,7 +29,7 @@
 #endif
 
 
-/* the validating pass: where the next container gets its number */
+/* the validating pass: the number the next string or container gets */
 
 typedef struct {
     ngx_http_openclaw_jv_index_t  *index;
@@ -92,7 +92,7 @@ ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
 
     /* offsets are 32-bit: a larger text is scanned without an index */
 
-    if (index && len > UINT32_MAX) {
+    if (index && (uint64_t) len > UINT32_MAX) {
         index = NULL;
     }
 

@@ -80,7 +80,7 @@ typedef struct {
 /*
  * Validates "len" bytes as one JSON value with optional white space
  * around it (RFC 8259, nesting up to 128 deep) and describes it in "v".
- * With "index" (its "nodes" and "size" set by the caller), the
+ * With "index" (its "nodes" and "size" set by the caller), strings and
  * containers are indexed on the way, and values found from "v" use the
  * index for as long as the text and the index live.
  * Returns 0; -1 when the text is not valid JSON; -2 when a valid value

@@ -54,7 +54,7 @@ ngx_int_t
 ngx_http_openclaw_message_parse(u_char *data, size_t len,
     ngx_http_openclaw_inbound_t *in, const char **err)
 {
-    int                     rc;
+    int                           rc;
     ngx_str_t                     type, none;
     ngx_http_openclaw_jv_t        top, v[F_N];
     ngx_http_openclaw_jv_node_t   nodes[32];
@@ -604,8 +604,12 @@ ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
     int                  ok;
     u_char               md[EVP_MAX_MD_SIZE];
     unsigned int         mdlen;
-    static EVP_MD       *sha256;
     static EVP_MD_CTX   *ctx;
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+    static EVP_MD       *sha256;
+#else
+    static const EVP_MD *sha256;
+#endif
 
     buf = ngx_cpymem(buf, "wh-", 3);
 
@@ -622,7 +626,14 @@ ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
 
         if (ctx == NULL) {
             ctx = EVP_MD_CTX_new();
+        }
+
+        if (sha256 == NULL) {
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
             sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+            sha256 = EVP_sha256();
+#endif
         }
 
         /* the zero byte keeps "a" + "b:c" apart from "a:b" + "c" */

@@ -53,6 +53,7 @@ typedef struct {
     ngx_queue_t                     link;
     ngx_http_openclaw_rpc_t         rpc;
     ngx_event_t                     timer;
+    ngx_msec_t                      deadline;   /* later than the timer */
     ngx_http_openclaw_peer_t       *peer;
     ngx_http_openclaw_run_state_e   state;
 
@@ -141,6 +142,10 @@ static ngx_http_openclaw_stray_t *ngx_http_openclaw_relay_find_stray(
     ngx_str_t *session);
 static void ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run,
     u_char *run_id, size_t len);
+static void ngx_http_openclaw_relay_arm(ngx_http_openclaw_run_t *run,
+    ngx_msec_t timeout);
+static void ngx_http_openclaw_relay_extend(ngx_http_openclaw_run_t *run,
+    ngx_msec_t timeout);
 static void ngx_http_openclaw_relay_timeout(ngx_event_t *ev);
 static void ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
@@ -564,7 +569,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
             return NGX_OK;
         }
 
-        ngx_add_timer(&run->timer, rl->conf->request_timeout);
+        ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
         return NGX_OK;
     }
 
@@ -587,7 +592,7 @@ ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
 
     if (rc == NGX_DECLINED) {
         if (!run->timer.timer_set) {
-            ngx_add_timer(&run->timer, rl->conf->request_timeout);
+            ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
         }
 
         return;
@@ -605,7 +610,7 @@ ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
 
     run->state = NGX_HTTP_OPENCLAW_RUN_SENT;
 
-    ngx_add_timer(&run->timer, rl->conf->request_timeout);
+    ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
 }
 
 
@@ -649,7 +654,7 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
 
     if (run->state == NGX_HTTP_OPENCLAW_RUN_SENT) {
         run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
-        ngx_add_timer(&run->timer, rl->conf->run_timeout);
+        ngx_http_openclaw_relay_extend(run, rl->conf->run_timeout);
     }
 
     /* the statuses are plain words: one spelt with escapes is none */
@@ -897,7 +902,7 @@ ngx_http_openclaw_relay_link_down(void)
 
         /* the link has this long to come back before the client hears */
 
-        ngx_add_timer(&run->timer, rl->conf->request_timeout);
+        ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
     }
 }
 
@@ -1007,7 +1012,7 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
             run->state = NGX_HTTP_OPENCLAW_RUN_ADOPTING;
             rl->adopting++;
 
-            ngx_add_timer(&run->timer, rl->conf->run_timeout);
+            ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
 
             if (ngx_http_openclaw_relay_adopt_stray(run) == NGX_OK) {
                 ngx_http_openclaw_relay_settle(&run->session);
@@ -1268,7 +1273,7 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
             ngx_http_openclaw_relay_rekey(run, run_id->data, run_id->len);
             run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
             rl->adopting--;
-            ngx_add_timer(&run->timer, rl->conf->run_timeout);
+            ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
             return run;
         }
     }
@@ -1310,7 +1315,7 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
         ngx_http_openclaw_relay_complete(run, &text);
 
     } else {
-        ngx_add_timer(&run->timer, rl->conf->run_timeout);
+        ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
 
         if (text.len
             && ngx_http_openclaw_relay_set_text(run, text.data, text.len)
@@ -1388,7 +1393,7 @@ ngx_http_openclaw_relay_settle(ngx_str_t *session)
             && run->timer.timer_set
             && run->timer.timer.key > ngx_current_msec + grace)
         {
-            ngx_add_timer(&run->timer, grace);
+            ngx_http_openclaw_relay_arm(run, grace);
         }
     }
 }
@@ -1524,14 +1529,60 @@ ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run, u_char *run_id,
 
 
 static void
+ngx_http_openclaw_relay_arm(ngx_http_openclaw_run_t *run, ngx_msec_t timeout)
+{
+    run->deadline = 0;
+    ngx_add_timer(&run->timer, timeout);
+}
+
+
+/*
+ * A later deadline for a run whose timer stands: it is kept aside and the
+ * timer moves on to it when it fires.  Every message's acknowledgement
+ * extends its run so, and runs mostly end first: re-arming the timer there
+ * would cost two operations on the timer tree per message.
+ */
+
+static void
+ngx_http_openclaw_relay_extend(ngx_http_openclaw_run_t *run,
+    ngx_msec_t timeout)
+{
+    ngx_msec_t  deadline;
+
+    deadline = ngx_current_msec + timeout;
+
+    if (run->timer.timer_set
+        && (ngx_msec_int_t) (deadline - run->timer.timer.key) >= 0)
+    {
+        run->deadline = deadline;
+        return;
+    }
+
+    ngx_http_openclaw_relay_arm(run, timeout);
+}
+
+
+static void
 ngx_http_openclaw_relay_timeout(ngx_event_t *ev)
 {
     ngx_str_t                   none;
+    ngx_msec_int_t              left;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
 
     run = ev->data;
     rl = &ngx_http_openclaw_relay;
+
+    if (run->deadline) {
+        left = (ngx_msec_int_t) (run->deadline - ngx_current_msec);
+
+        if (left > 0) {
+            ngx_http_openclaw_relay_arm(run, (ngx_msec_t) left);
+            return;
+        }
+
+        run->deadline = 0;
+    }
 
     rl->stats->errors_timeout++;
 

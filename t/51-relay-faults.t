@@ -548,4 +548,31 @@ EOF
     $gw->stop;
 };
 
+###########################################################################
+# a run timeout longer than the request timeout: an acknowledged run is
+# timed by the run timeout, not by the timer of its request
+
+subtest 'run timeout past the request timeout' => sub {
+    my ($gw, $ngx) = setup(
+        http => "openclaw_gateway_request_timeout 1s;\nopenclaw_gateway_run_timeout 3s;");
+    ok(wait_up($ngx), 'link up');
+
+    my $c = RelayClient->new($ngx);
+    my $t0 = time;
+    $c->send_json({ id => 'long', content => '{{hang}} long run' });
+    $c->send_json({ id => 'ok', content => 'quick one' });
+    my $end = one_end_each('long run', $c, ['ok', 'long'], 8, 0);
+    my $took = time - $t0;
+    is($end->{ok} && $end->{ok}{type}, 'complete', 'a quick message completes meanwhile');
+    is($end->{long} && $end->{long}{type}, 'error', 'the run that never ends gets an error');
+    like($end->{long} && $end->{long}{error}, qr/3000 ms/, 'naming the run timeout')
+        or diag encode_json($end->{long});
+    cmp_ok($took, '>=', 2.9, 'after openclaw_gateway_run_timeout (3 s), not the request timeout (1 s)');
+    cmp_ok($took, '<', 7, 'not much later');
+    $c->close;
+
+    $ngx->stop;
+    $gw->stop;
+};
+
 done_testing;

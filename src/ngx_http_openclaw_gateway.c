@@ -65,8 +65,8 @@ typedef struct {
     u_char                          random[256];
     size_t                          random_pos;
 
-    ngx_rbtree_t                    rpcs;
-    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                     rpcs;       /* in flight, oldest
+                                                   first */
     ngx_uint_t                      next_id;
 
     ngx_event_t                     reconnect;
@@ -158,7 +158,7 @@ ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
-    ngx_rbtree_init(&gw->rpcs, &gw->sentinel, ngx_rbtree_insert_value);
+    ngx_queue_init(&gw->rpcs);
 
     gw->random_pos = sizeof(gw->random);
     gw->backoff = NGX_HTTP_OPENCLAW_GW_BACKOFF_MIN;
@@ -189,6 +189,8 @@ ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
 void
 ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_queue_t                  *q;
+    ngx_http_openclaw_rpc_t      *rpc;
     ngx_http_openclaw_gateway_t  *gw;
 
     gw = ngx_http_openclaw_gw;
@@ -207,6 +209,16 @@ ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle)
 
     if (gw->watchdog.timer_set) {
         ngx_del_timer(&gw->watchdog);
+    }
+
+    /* the requests are forgotten: their owners go with the process */
+
+    while (!ngx_queue_empty(&gw->rpcs)) {
+        q = ngx_queue_head(&gw->rpcs);
+        ngx_queue_remove(q);
+
+        rpc = ngx_queue_data(q, ngx_http_openclaw_rpc_t, queue);
+        rpc->id = 0;
     }
 
     ngx_free(gw->in);
@@ -964,8 +976,8 @@ ngx_http_openclaw_gateway_response_frame(ngx_http_openclaw_gateway_t *gw,
     cJSON                    *json;
     ngx_int_t                 rc;
     ngx_uint_t                n;
+    ngx_queue_t              *q;
     const uint8_t            *p, *last;
-    ngx_rbtree_node_t        *node, *sentinel;
     ngx_http_openclaw_rpc_t  *rpc;
 
     if (id->type != NGX_HTTP_OPENCLAW_JSON_STRING || id->escaped) {
@@ -999,25 +1011,28 @@ ngx_http_openclaw_gateway_response_frame(ngx_http_openclaw_gateway_t *gw,
         return NGX_OK;
     }
 
-    node = gw->rpcs.root;
-    sentinel = gw->rpcs.sentinel;
+    /*
+     * Requests are queued in the order of their ids and the gateway
+     * answers mostly in that order: the answer is for the oldest request,
+     * or one of the next few.
+     */
 
-    while (node != sentinel) {
+    for (q = ngx_queue_head(&gw->rpcs);
+         q != ngx_queue_sentinel(&gw->rpcs);
+         q = ngx_queue_next(q))
+    {
+        rpc = ngx_queue_data(q, ngx_http_openclaw_rpc_t, queue);
 
-        if (n < node->key) {
-            node = node->left;
+        if (rpc->id < n) {
             continue;
         }
 
-        if (n > node->key) {
-            node = node->right;
-            continue;
+        if (rpc->id > n) {
+            break;
         }
 
-        rpc = (ngx_http_openclaw_rpc_t *) node;
-
-        ngx_rbtree_delete(&gw->rpcs, node);
-        rpc->node.key = 0;
+        ngx_queue_remove(q);
+        rpc->id = 0;
 
         rpc->handler(rpc, frame);
 
@@ -1311,8 +1326,8 @@ ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
     }
 
     if (rpc) {
-        rpc->node.key = id;
-        ngx_rbtree_insert(&gw->rpcs, &rpc->node);
+        rpc->id = id;
+        ngx_queue_insert_tail(&gw->rpcs, &rpc->queue);
     }
 
     if (!gw->connection->write->posted) {
@@ -1326,11 +1341,11 @@ ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
 void
 ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc)
 {
-    if (rpc->node.key && ngx_http_openclaw_gw) {
-        ngx_rbtree_delete(&ngx_http_openclaw_gw->rpcs, &rpc->node);
+    if (rpc->id) {
+        ngx_queue_remove(&rpc->queue);
     }
 
-    rpc->node.key = 0;
+    rpc->id = 0;
 }
 
 
@@ -1630,15 +1645,15 @@ ngx_http_openclaw_gateway_schedule(ngx_http_openclaw_gateway_t *gw)
 static void
 ngx_http_openclaw_gateway_drop_rpcs(ngx_http_openclaw_gateway_t *gw)
 {
-    ngx_rbtree_node_t        *node;
+    ngx_queue_t              *q;
     ngx_http_openclaw_rpc_t  *rpc;
 
-    while (gw->rpcs.root != gw->rpcs.sentinel) {
-        node = ngx_rbtree_min(gw->rpcs.root, gw->rpcs.sentinel);
-        rpc = (ngx_http_openclaw_rpc_t *) node;
+    while (!ngx_queue_empty(&gw->rpcs)) {
+        q = ngx_queue_head(&gw->rpcs);
+        rpc = ngx_queue_data(q, ngx_http_openclaw_rpc_t, queue);
 
-        ngx_rbtree_delete(&gw->rpcs, node);
-        rpc->node.key = 0;
+        ngx_queue_remove(q);
+        rpc->id = 0;
 
         rpc->handler(rpc, NULL);
     }

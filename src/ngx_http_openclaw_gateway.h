@@ -26,7 +26,8 @@ typedef void (*ngx_http_openclaw_rpc_pt)(ngx_http_openclaw_rpc_t *rpc,
     ngx_http_openclaw_jv_t *res);
 
 struct ngx_http_openclaw_rpc_s {
-    ngx_rbtree_node_t           node;
+    ngx_queue_t                 queue;
+    ngx_uint_t                  id;         /* 0: not in flight */
     ngx_http_openclaw_rpc_pt    handler;
     void                       *data;
 };

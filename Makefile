@@ -110,7 +110,16 @@ $(BUILD)/json_test: src/ngx_http_openclaw_json.c src/ngx_http_openclaw_json.h \
 	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_json.c \
 	    t/unit/json_test.c -o $@
 
-unit: deps $(BUILD)/ws_codec_test $(BUILD)/json_test
+# the same tests with the scanner's word-at-a-time path instead of SSE2
+$(BUILD)/json_test_nosimd: src/ngx_http_openclaw_json.c \
+                          src/ngx_http_openclaw_json.h t/unit/json_test.c \
+                          t/unit/tap.h
+	mkdir -p $(BUILD)
+	cc -std=gnu99 -O1 -g -W -Wall -Wextra -Werror $(ASAN_FLAGS) -U__SSE2__ \
+	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_json.c \
+	    t/unit/json_test.c -o $@
+
+unit: deps $(BUILD)/ws_codec_test $(BUILD)/json_test $(BUILD)/json_test_nosimd
 
 # The gateway's token: OPENCLAW_GATEWAY_TOKEN, else the one in the local
 # OpenClaw's own configuration, if there is one.

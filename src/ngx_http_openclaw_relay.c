@@ -416,6 +416,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 {
     u_char                         *p;
     size_t                          size;
+    uint32_t                        hash;
     ngx_int_t                       rc;
     ngx_str_t                       session, error, run_id, params;
     const char                     *err;
@@ -455,10 +456,14 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     run_id.data = rid;
     run_id.len = NGX_HTTP_OPENCLAW_RUN_ID_LEN;
 
-    if (ngx_str_rbtree_lookup(&rl->runs, &run_id,
-                              ngx_crc32_short(rid, run_id.len))
-        != NULL)
-    {
+    /*
+     * Run ids are hashed three times per message: murmur takes them four
+     * bytes at a time, where ngx_crc32_short() takes half a byte.
+     */
+
+    hash = ngx_murmur_hash2(rid, run_id.len);
+
+    if (ngx_str_rbtree_lookup(&rl->runs, &run_id, hash) != NULL) {
         rl->stats->errors_input++;
         ngx_str_set(&error, "a message with this id is already in flight "
                             "in this session");
@@ -533,7 +538,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_memcpy(run->run_id, rid, run_id.len);
     run->sn.str.data = run->run_id;
     run->sn.str.len = run_id.len;
-    run->sn.node.key = ngx_crc32_short(run->run_id, run_id.len);
+    run->sn.node.key = hash;
     ngx_rbtree_insert(&rl->runs, &run->sn.node);
 
     run->zone = conf->zone;
@@ -936,8 +941,8 @@ ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
 
     run = (ngx_http_openclaw_run_t *)
               ngx_str_rbtree_lookup(&ngx_http_openclaw_relay.runs, &run_id,
-                                    ngx_crc32_short(run_id.data,
-                                                    run_id.len));
+                                    ngx_murmur_hash2(run_id.data,
+                                                     run_id.len));
 
     if (run == NULL) {
         run = ngx_http_openclaw_relay_adopt(ev, &run_id);
@@ -1522,7 +1527,7 @@ ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run, u_char *run_id,
 
     ngx_memcpy(run->run_id, run_id, len);
     run->sn.str.len = len;
-    run->sn.node.key = ngx_crc32_short(run->run_id, len);
+    run->sn.node.key = ngx_murmur_hash2(run->run_id, len);
 
     ngx_rbtree_insert(&ngx_http_openclaw_relay.runs, &run->sn.node);
 }

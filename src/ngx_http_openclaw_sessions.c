@@ -24,7 +24,11 @@
 
 /* a zone laid out by another version of the module is not reused */
 #define NGX_HTTP_OPENCLAW_ZONE_MAGIC    0x6f636232
-#define NGX_HTTP_OPENCLAW_ZONE_VERSION  1
+#define NGX_HTTP_OPENCLAW_ZONE_VERSION  2
+
+/* twice per message: murmur takes four bytes a step, crc32_short half one */
+#define ngx_http_openclaw_sessions_hash(key)                                  \
+    ngx_murmur_hash2((key)->data, (key)->len)
 
 
 typedef struct {
@@ -383,7 +387,7 @@ ngx_http_openclaw_sessions_start(ngx_shm_zone_t *zone, ngx_str_t *key,
     u_char                             gone[NGX_HTTP_OPENCLAW_SESSION_LOG];
 
     ctx = zone->data;
-    hash = ngx_crc32_short(key->data, key->len);
+    hash = ngx_http_openclaw_sessions_hash(key);
     evicted = 0;
     n = 0;
 
@@ -481,7 +485,7 @@ ngx_http_openclaw_sessions_end(ngx_shm_zone_t *zone, ngx_str_t *key,
     ngx_http_openclaw_session_node_t  *sn;
 
     ctx = zone->data;
-    hash = ngx_crc32_short(key->data, key->len);
+    hash = ngx_http_openclaw_sessions_hash(key);
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
@@ -567,17 +571,17 @@ ngx_int_t
 ngx_http_openclaw_sessions_get(ngx_shm_zone_t *zone, ngx_str_t *key,
     ngx_pool_t *pool, ngx_http_openclaw_session_t *s)
 {
+    uint32_t                           hash;
     ngx_int_t                          rc;
     ngx_http_openclaw_sessions_ctx_t  *ctx;
     ngx_http_openclaw_session_node_t  *sn;
 
     ctx = zone->data;
+    hash = ngx_http_openclaw_sessions_hash(key);
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    sn = ngx_http_openclaw_sessions_lookup(ctx, key,
-                                           ngx_crc32_short(key->data,
-                                                           key->len));
+    sn = ngx_http_openclaw_sessions_lookup(ctx, key, hash);
 
     rc = sn ? ngx_http_openclaw_sessions_copy(sn, pool, s) : NGX_DECLINED;
 
@@ -590,17 +594,17 @@ ngx_http_openclaw_sessions_get(ngx_shm_zone_t *zone, ngx_str_t *key,
 void
 ngx_http_openclaw_sessions_delete(ngx_shm_zone_t *zone, ngx_str_t *key)
 {
+    uint32_t                           hash;
     ngx_rbtree_node_t                 *node;
     ngx_http_openclaw_sessions_ctx_t  *ctx;
     ngx_http_openclaw_session_node_t  *sn;
 
     ctx = zone->data;
+    hash = ngx_http_openclaw_sessions_hash(key);
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    sn = ngx_http_openclaw_sessions_lookup(ctx, key,
-                                           ngx_crc32_short(key->data,
-                                                           key->len));
+    sn = ngx_http_openclaw_sessions_lookup(ctx, key, hash);
 
     if (sn) {
         ngx_queue_remove(&sn->queue);

@@ -48,7 +48,9 @@ typedef enum {
 
 
 typedef struct {
-    ngx_str_node_t                  sn;
+    ngx_queue_t                     bucket;
+    uint32_t                        hash;
+    ngx_str_t                       rid;        /* run_id as a string */
     ngx_queue_t                     peer_link;
     ngx_queue_t                     link;
     ngx_http_openclaw_rpc_t         rpc;
@@ -96,8 +98,9 @@ enum {
 
 typedef struct {
     ngx_http_openclaw_main_conf_t  *conf;
-    ngx_rbtree_t                    runs;
-    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                    *buckets;    /* runs by run id */
+    ngx_uint_t                      nbuckets;   /* a power of 2 */
+    ngx_uint_t                      nruns;
     ngx_queue_t                     waiting;
     ngx_queue_t                     sent;
     ngx_uint_t                      protocol;
@@ -140,6 +143,10 @@ static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
     ngx_http_openclaw_jv_t *ev);
 static ngx_http_openclaw_stray_t *ngx_http_openclaw_relay_find_stray(
     ngx_str_t *session);
+static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_find(
+    u_char *run_id, size_t len, uint32_t hash);
+static void ngx_http_openclaw_relay_index(ngx_http_openclaw_run_t *run);
+static ngx_int_t ngx_http_openclaw_relay_grow(ngx_log_t *log);
 static void ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run,
     u_char *run_id, size_t len);
 static void ngx_http_openclaw_relay_arm(ngx_http_openclaw_run_t *run,
@@ -172,7 +179,13 @@ ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
 
     rl->conf = omcf;
 
-    ngx_rbtree_init(&rl->runs, &rl->sentinel, ngx_str_rbtree_insert_value);
+    rl->nbuckets = 0;
+    rl->nruns = 0;
+
+    if (ngx_http_openclaw_relay_grow(cycle->log) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     ngx_queue_init(&rl->waiting);
     ngx_queue_init(&rl->sent);
 
@@ -463,7 +476,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 
     hash = ngx_murmur_hash2(rid, run_id.len);
 
-    if (ngx_str_rbtree_lookup(&rl->runs, &run_id, hash) != NULL) {
+    if (ngx_http_openclaw_relay_find(rid, run_id.len, hash) != NULL) {
         rl->stats->errors_input++;
         ngx_str_set(&error, "a message with this id is already in flight "
                             "in this session");
@@ -536,10 +549,10 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_memcpy(p, params.data, params.len);
 
     ngx_memcpy(run->run_id, rid, run_id.len);
-    run->sn.str.data = run->run_id;
-    run->sn.str.len = run_id.len;
-    run->sn.node.key = hash;
-    ngx_rbtree_insert(&rl->runs, &run->sn.node);
+    run->rid.data = run->run_id;
+    run->rid.len = run_id.len;
+    run->hash = hash;
+    ngx_http_openclaw_relay_index(run);
 
     run->zone = conf->zone;
     run->peer = peer;
@@ -814,8 +827,8 @@ ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
                 || ngx_http_openclaw_jv_get(&meta, "runId", &id) != 0
                 || id.type != NGX_HTTP_OPENCLAW_JSON_STRING
                 || id.escaped
-                || id.size != run->sn.str.len
-                || ngx_memcmp(id.data, run->sn.str.data, id.size) != 0)
+                || id.size != run->rid.len
+                || ngx_memcmp(id.data, run->rid.data, id.size) != 0)
             {
                 continue;
             }
@@ -939,10 +952,9 @@ ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
     run_id.data = (u_char *) v->data;
     run_id.len = v->size;
 
-    run = (ngx_http_openclaw_run_t *)
-              ngx_str_rbtree_lookup(&ngx_http_openclaw_relay.runs, &run_id,
-                                    ngx_murmur_hash2(run_id.data,
-                                                     run_id.len));
+    run = ngx_http_openclaw_relay_find(run_id.data, run_id.len,
+                                       ngx_murmur_hash2(run_id.data,
+                                                        run_id.len));
 
     if (run == NULL) {
         run = ngx_http_openclaw_relay_adopt(ev, &run_id);
@@ -1008,7 +1020,7 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
         {
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                            "openclaw run %V ended without text, waiting for "
-                           "the run that carries its reply", &run->sn.str);
+                           "the run that carries its reply", &run->rid);
 
             if (buf) {
                 ngx_free(buf);
@@ -1523,13 +1535,109 @@ static void
 ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run, u_char *run_id,
     size_t len)
 {
-    ngx_rbtree_delete(&ngx_http_openclaw_relay.runs, &run->sn.node);
+    ngx_queue_remove(&run->bucket);
+    ngx_http_openclaw_relay.nruns--;
 
     ngx_memcpy(run->run_id, run_id, len);
-    run->sn.str.len = len;
-    run->sn.node.key = ngx_murmur_hash2(run->run_id, len);
+    run->rid.len = len;
+    run->hash = ngx_murmur_hash2(run->run_id, len);
 
-    ngx_rbtree_insert(&ngx_http_openclaw_relay.runs, &run->sn.node);
+    ngx_http_openclaw_relay_index(run);
+}
+
+
+/*
+ * Runs are found by their run id at every gateway event: a hash table,
+ * grown to keep about a run per bucket, takes one probe, where a tree
+ * takes a dependent load per level.
+ */
+
+static ngx_http_openclaw_run_t *
+ngx_http_openclaw_relay_find(u_char *run_id, size_t len, uint32_t hash)
+{
+    ngx_queue_t                *b, *q;
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+    b = &rl->buckets[hash & (rl->nbuckets - 1)];
+
+    for (q = ngx_queue_head(b); q != ngx_queue_sentinel(b);
+         q = ngx_queue_next(q))
+    {
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, bucket);
+
+        if (run->hash == hash && run->rid.len == len
+            && ngx_memcmp(run->rid.data, run_id, len) == 0)
+        {
+            return run;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_openclaw_relay_index(ngx_http_openclaw_run_t *run)
+{
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    /* no room to grow: the chains get longer, nothing fails */
+
+    if (rl->nruns >= rl->nbuckets) {
+        (void) ngx_http_openclaw_relay_grow(ngx_cycle->log);
+    }
+
+    ngx_queue_insert_tail(&rl->buckets[run->hash & (rl->nbuckets - 1)],
+                          &run->bucket);
+    rl->nruns++;
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_relay_grow(ngx_log_t *log)
+{
+    ngx_uint_t                  i, n;
+    ngx_queue_t                *buckets, *b, *q;
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    n = rl->nbuckets ? 2 * rl->nbuckets : 256;
+
+    buckets = ngx_alloc(n * sizeof(ngx_queue_t), log);
+    if (buckets == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        ngx_queue_init(&buckets[i]);
+    }
+
+    for (i = 0; i < rl->nbuckets; i++) {
+        b = &rl->buckets[i];
+
+        while (!ngx_queue_empty(b)) {
+            q = ngx_queue_head(b);
+            ngx_queue_remove(q);
+
+            run = ngx_queue_data(q, ngx_http_openclaw_run_t, bucket);
+            ngx_queue_insert_tail(&buckets[run->hash & (n - 1)], q);
+        }
+    }
+
+    if (rl->buckets) {
+        ngx_free(rl->buckets);
+    }
+
+    rl->buckets = buckets;
+    rl->nbuckets = n;
+
+    return NGX_OK;
 }
 
 
@@ -1653,8 +1761,8 @@ ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run)
     ngx_http_openclaw_json_begin(&j, NULL);
     ngx_http_openclaw_json_string(&j, "sessionKey", run->session.data,
                                   run->session.len);
-    ngx_http_openclaw_json_string(&j, "runId", run->sn.str.data,
-                                  run->sn.str.len);
+    ngx_http_openclaw_json_string(&j, "runId", run->rid.data,
+                                  run->rid.len);
 
     if (ngx_http_openclaw_json_end(&j, &params) == NGX_OK) {
         (void) ngx_http_openclaw_gateway_call(NULL, "chat.abort",
@@ -1719,7 +1827,8 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
                                        error ? error : &none);
     }
 
-    ngx_rbtree_delete(&rl->runs, &run->sn.node);
+    ngx_queue_remove(&run->bucket);
+    rl->nruns--;
     ngx_queue_remove(&run->link);
 
     if (run->state == NGX_HTTP_OPENCLAW_RUN_WAITING) {

@@ -38,10 +38,15 @@
 typedef struct {
     ngx_http_openclaw_jv_index_t  *index;
     uint32_t                       count;
+    uint32_t                       spaced;
 } jv_ctx_t;
 
 
 static const uint8_t *jv_ws(const uint8_t *p, const uint8_t *end);
+static inline const uint8_t *jv_ws_seen(jv_ctx_t *ctx, const uint8_t *p,
+    const uint8_t *end);
+static inline const uint8_t *jv_skip(ngx_http_openclaw_jv_t *v,
+    const uint8_t *p, const uint8_t *end);
 static const uint8_t *jv_check(jv_ctx_t *ctx, const uint8_t *p,
     const uint8_t *end, int depth);
 static const uint8_t *jv_check_container(jv_ctx_t *ctx, const uint8_t *p,
@@ -80,6 +85,35 @@ jv_ws(const uint8_t *p, const uint8_t *end)
 }
 
 
+/* white space inside a container: the walks of the text must skip it */
+
+static inline const uint8_t *
+jv_ws_seen(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
+{
+    while (p < end && *p <= ' '
+           && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    {
+        ctx->spaced = 1;
+        p++;
+    }
+
+    return p;
+}
+
+
+/* in a compact text, as gateways send, there is none to look for */
+
+static inline const uint8_t *
+jv_skip(ngx_http_openclaw_jv_t *v, const uint8_t *p, const uint8_t *end)
+{
+    if (v->index && !v->index->spaced) {
+        return p;
+    }
+
+    return jv_ws(p, end);
+}
+
+
 int
 ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
     ngx_http_openclaw_jv_t *v, ngx_http_openclaw_jv_index_t *index)
@@ -102,6 +136,7 @@ ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
 
     ctx.index = index;
     ctx.count = 0;
+    ctx.spaced = 0;
 
     if (index) {
         index->text = p;
@@ -124,6 +159,7 @@ ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
 
     if (index) {
         index->nelts = (ctx.count < index->size) ? ctx.count : index->size;
+        index->spaced = ctx.spaced;
     }
 
     if (*start == '{' || *start == '[') {
@@ -198,7 +234,7 @@ jv_check_container(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end,
     open = p;
     n = ctx->count++;
     close = (*p == '{') ? '}' : ']';
-    p = jv_ws(p + 1, end);
+    p = jv_ws_seen(ctx, p + 1, end);
 
     if (p < end && *p == close) {
         goto done;
@@ -216,13 +252,13 @@ jv_check_container(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end,
                 return NULL;
             }
 
-            p = jv_ws(p, end);
+            p = jv_ws_seen(ctx, p, end);
 
             if (p >= end || *p != ':') {
                 return NULL;
             }
 
-            p = jv_ws(p + 1, end);
+            p = jv_ws_seen(ctx, p + 1, end);
         }
 
         p = jv_check(ctx, p, end, depth);
@@ -230,7 +266,7 @@ jv_check_container(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end,
             return NULL;
         }
 
-        p = jv_ws(p, end);
+        p = jv_ws_seen(ctx, p, end);
 
         if (p >= end) {
             return NULL;
@@ -244,7 +280,7 @@ jv_check_container(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end,
             return NULL;
         }
 
-        p = jv_ws(p + 1, end);
+        p = jv_ws_seen(ctx, p + 1, end);
     }
 
 done:
@@ -682,10 +718,10 @@ ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
     ngx_http_openclaw_jv_t *out, int n)
 {
     int                     i, found;
-    uint8_t                 c;
-    uint32_t                node;
+    uint32_t                node, want, cand;
     const uint8_t          *p, *end;
     ngx_http_openclaw_jv_t  key, value;
+    uint16_t                first[64];
 
     found = 0;
 
@@ -698,16 +734,29 @@ ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
         return 0;
     }
 
+    /*
+     * The names by their first byte (folded to 64 slots): a member is
+     * compared with the few names that can be it, not with every name.
+     */
+
+    memset(first, 0, sizeof(first));
+
+    for (i = 0; i < n; i++) {
+        first[(uint8_t) names[i][0] & 63] |= (uint16_t) (1 << i);
+    }
+
+    want = (n == 16) ? 0xffff : (1u << n) - 1;
+
     node = jv_first(obj);
     end = obj->start + obj->len - 1;
-    p = jv_ws(obj->start + 1, end);
+    p = jv_skip(obj, obj->start + 1, end);
 
-    while (p < end && found < n) {
+    while (p < end && want) {
         jv_describe(p, end, &key, obj->index, node);
         node = jv_after(&key);
 
-        p = jv_ws(p + key.len, end);
-        p = jv_ws(p + 1, end);
+        p = jv_skip(obj, p + key.len, end);
+        p = jv_skip(obj, p + 1, end);
 
         jv_describe(p, end, &value, obj->index, node);
         node = jv_after(&value);
@@ -717,21 +766,27 @@ ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
          * asked twice gets the member twice
          */
 
-        c = key.size ? key.data[0] : '\0';
+        cand = first[(key.size ? key.data[0] : 0) & 63] & want;
 
-        for (i = 0; i < n; i++) {
-            if ((uint8_t) names[i][0] == c && out[i].start == NULL
-                && jv_name_is(&key, names[i]))
-            {
+        while (cand) {
+#if (defined __GNUC__)
+            i = __builtin_ctz(cand);
+#else
+            for (i = 0; !(cand & (1u << i)); i++) { /* void */ }
+#endif
+            cand &= cand - 1;
+
+            if (jv_name_is(&key, names[i])) {
                 out[i] = value;
+                want &= ~(1u << i);
                 found++;
             }
         }
 
-        p = jv_ws(p + value.len, end);
+        p = jv_skip(obj, p + value.len, end);
 
         if (p < end && *p == ',') {
-            p = jv_ws(p + 1, end);
+            p = jv_skip(obj, p + 1, end);
         }
     }
 
@@ -753,14 +808,14 @@ ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
 
     node = jv_first(obj);
     end = obj->start + obj->len - 1;
-    p = jv_ws(obj->start + 1, end);
+    p = jv_skip(obj, obj->start + 1, end);
 
     while (p < end) {
         jv_describe(p, end, &key, obj->index, node);
         node = jv_after(&key);
 
-        p = jv_ws(p + key.len, end);
-        p = jv_ws(p + 1, end);
+        p = jv_skip(obj, p + key.len, end);
+        p = jv_skip(obj, p + 1, end);
 
         jv_describe(p, end, out, obj->index, node);
 
@@ -769,10 +824,10 @@ ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
         }
 
         node = jv_after(out);
-        p = jv_ws(p + out->len, end);
+        p = jv_skip(obj, p + out->len, end);
 
         if (p < end && *p == ',') {
-            p = jv_ws(p + 1, end);
+            p = jv_skip(obj, p + 1, end);
         }
     }
 
@@ -795,14 +850,14 @@ ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
 
     if (item->start == NULL) {
         node = jv_first(array);
-        p = jv_ws(array->start + 1, end);
+        p = jv_skip(array, array->start + 1, end);
 
     } else {
         node = jv_after(item);
-        p = jv_ws(item->start + item->len, end);
+        p = jv_skip(array, item->start + item->len, end);
 
         if (p < end && *p == ',') {
-            p = jv_ws(p + 1, end);
+            p = jv_skip(array, p + 1, end);
         }
     }
 

@@ -55,6 +55,8 @@ typedef struct {
     ngx_http_openclaw_jv_node_t    *nodes;
     uint32_t                        size;    /* room, in nodes */
     uint32_t                        nelts;
+    uint32_t                        spaced;  /* white space between the
+                                                tokens of a container */
 } ngx_http_openclaw_jv_index_t;
 
 

@@ -1603,6 +1603,11 @@ test_index(void)
                "an array at the top");
     index_walk("{\"k\\u0030\":1,\"k0\":\"a\\\"b\",\"k1\":[\"\\n\",\"x\","
                "{\"k3\":\"\\\\\"}],\"k2\":\"\"}", "escaped names and strings");
+    index_walk(" { \"k0\" : [ 1 , { \"k2\" :\t{ } } ] ,\n\"k1\":"
+               "{\"k4\" :[\r\n]},"
+               "\"k2\" : \"x\" } ", "white space between the tokens");
+    index_walk("{\"k0\":[1,{\"k2\":{}}],\"k1\":{\"k4\":[ ]}}",
+               "white space only in the last container");
     index_walk("{\"k0\":{\"k0\":{\"k0\":{\"k0\":{\"k0\":{\"k0\":{}}}}}},"
                "\"k1\":[[[[[[[]]]]]]]}", "nested past a small room");
 

@@ -1307,7 +1307,9 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
 static ngx_int_t
 ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 {
-    ngx_str_t                   text;
+    size_t                      old;
+    ngx_str_t                   text, added;
+    ngx_uint_t                  replaced;
     ngx_http_openclaw_relay_t  *rl;
     ngx_http_openclaw_stray_t  *stray;
 
@@ -1334,18 +1336,35 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
     } else {
         ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
 
-        if (text.len
-            && ngx_http_openclaw_relay_set_text(run, text.data, text.len)
-               == NGX_OK)
-        {
-            run->seen_text = 1;
+        /*
+         * The client may have seen the start of the reply already, from
+         * the run before the hand-over: a text that goes on from it is
+         * sent as what it adds, like any other progress.
+         */
 
-            if (run->peer) {
-                text.data = run->text;
-                text.len = run->text_len;
+        old = run->seen_text ? run->text_len : 0;
+        replaced = !(text.len >= old
+                     && (old == 0
+                         || ngx_memcmp(text.data, run->text, old) == 0));
 
-                (void) ngx_http_openclaw_relay_progress_reply(run, &text,
-                                                              &text, 1);
+        if (text.len > old || (replaced && text.len)) {
+
+            if (ngx_http_openclaw_relay_set_text(run, text.data, text.len)
+                == NGX_OK)
+            {
+                run->seen_text = 1;
+
+                if (run->peer) {
+                    text.data = run->text;
+                    text.len = run->text_len;
+
+                    added.data = text.data + (replaced ? 0 : old);
+                    added.len = text.len - (replaced ? 0 : old);
+
+                    (void) ngx_http_openclaw_relay_progress_reply(run, &text,
+                                                              &added,
+                                                              replaced);
+                }
             }
         }
     }

@@ -491,6 +491,15 @@ EOF
     is($t[0] && $t[0]{json}{content}, 'echo: {{handover_early}} early',
        'protocol 3 early hand-over: with the reply of the other run')
         or diag join "\n", map { $_->{payload} } @f;
+    # what streamed in the other run before the hand-over is the start of
+    # the reply, not a rewrite of it
+    check_stream('protocol 3 early hand-over',
+                 [grep { ($_->{json}{id} // '') eq 'v3c' } @f],
+                 'echo: {{handover_early}} early')
+        or diag join "\n", map { $_->{payload} } @f;
+    ok(!grep({ $_->{json}{replace} } @f),
+       'protocol 3 early hand-over: no progress says the text was rewritten')
+        or diag join "\n", map { $_->{payload} } @f;
 
     $c->close;
     $ngx3->stop;

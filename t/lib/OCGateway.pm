@@ -712,8 +712,9 @@ sub sent { @{ $_[0]{sent} } }
 # What is wrong with the replies to message $id, as a list of strings
 # (empty: nothing).  Right is: zero or more "progress", then exactly one
 # terminal reply, last; every progress "content" is the concatenation of
-# the deltas so far; a complete's content is the concatenation of all
-# deltas; every reply carries $o{session}.  $o{type} is the terminal
+# the deltas so far (since the last progress with "replace", whose delta
+# is its whole content); a complete's content is that concatenation at
+# the end; every reply carries $o{session}.  $o{type} is the terminal
 # type wanted ("complete", "error", or a regexp), $o{content} the
 # complete's content (a string or a regexp), $o{error} the error's text
 # (a regexp).  $o{no_consistency}: leave out the checks that the content
@@ -745,6 +746,7 @@ sub reply_problems {
             push @p, "progress $n without delta or content";
             next;
         }
+        $acc = '' if $e->{replace};
         $acc .= $e->{delta};
         push @p, "progress $n: content " . encode_json($e->{content})
                  . ' is not the deltas so far ' . encode_json($acc)
@@ -787,6 +789,8 @@ sub consistency_problems {
         my $type = $e->{type} // '';
         if ($type eq 'progress') {
             $n++;
+            # a rewritten text starts over: its delta is the whole of it
+            $acc = '' if $e->{replace};
             $acc .= $e->{delta} // '';
             push @p, "progress $n: content " . encode_json($e->{content})
                      . ' is not the deltas so far ' . encode_json($acc)

@@ -132,6 +132,10 @@ static ngx_int_t ngx_http_openclaw_relay_progress(
 static ngx_int_t ngx_http_openclaw_relay_progress_reply(
     ngx_http_openclaw_run_t *run, ngx_str_t *content, ngx_str_t *delta,
     ngx_uint_t replaced);
+static ngx_int_t ngx_http_openclaw_relay_retext(
+    ngx_http_openclaw_run_t *run, ngx_str_t *text, ngx_uint_t replaced);
+static ngx_int_t ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run,
+    ngx_str_t *added, ngx_uint_t replaced);
 static ngx_int_t ngx_http_openclaw_relay_set_text(
     ngx_http_openclaw_run_t *run, u_char *text, size_t len);
 static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_adopt(
@@ -470,8 +474,8 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     run_id.len = NGX_HTTP_OPENCLAW_RUN_ID_LEN;
 
     /*
-     * Run ids are hashed three times per message: murmur takes them four
-     * bytes at a time, where ngx_crc32_short() takes half a byte.
+     * Run ids are hashed for every gateway event too: murmur takes four
+     * bytes a step, where ngx_crc32_short() takes half a byte.
      */
 
     hash = ngx_murmur_hash2(rid, run_id.len);
@@ -1081,9 +1085,8 @@ ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
     ngx_http_openclaw_jv_t *ev)
 {
     u_char                  *buf;
-    size_t                   old;
     ngx_int_t                rc;
-    ngx_str_t                text, added, content;
+    ngx_str_t                text, added;
     ngx_uint_t               replaced;
     ngx_http_openclaw_jv_t  *message, *delta;
 
@@ -1116,50 +1119,77 @@ ngx_http_openclaw_relay_progress(ngx_http_openclaw_run_t *run,
 
             ngx_memcpy(run->text + run->text_len - added.len, added.data,
                        added.len);
-            goto send;
+
+            added.data = run->text + run->text_len - added.len;
+
+            return ngx_http_openclaw_relay_added(run, &added, 0);
         }
 
         text = added;
         replaced = 1;
     }
 
-    old = run->text_len;
-
-    if (!replaced && text.len >= old
-        && (old == 0 || ngx_memcmp(text.data, run->text, old) == 0))
-    {
-        if (text.len == old) {
-            if (buf) {
-                ngx_free(buf);
-            }
-
-            return NGX_OK;
-        }
-
-        added.data = text.data + old;
-        added.len = text.len - old;
-
-    } else {
-
-        /* rewritten rather than extended: the whole text is new */
-
-        added = text;
-        replaced = 1;
-    }
-
-    rc = ngx_http_openclaw_relay_set_text(run, text.data, text.len);
+    rc = ngx_http_openclaw_relay_retext(run, &text, replaced);
 
     if (buf) {
         ngx_free(buf);
     }
 
-    if (rc != NGX_OK) {
+    return rc;
+}
+
+
+/*
+ * The run's text is now "text": what it adds to the text the client has
+ * goes out as a progress, or the whole of it with "replace" when it is
+ * rewritten rather than extended.  Texts are compared escaped, as they
+ * came: a whole escaped text ends on a whole escape, so a prefix of it is
+ * a prefix of the decoded text too.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_relay_retext(ngx_http_openclaw_run_t *run, ngx_str_t *text,
+    ngx_uint_t replaced)
+{
+    size_t     old, n;
+    ngx_str_t  added;
+
+    old = run->text_len;
+
+    if (!replaced && text->len >= old
+        && (old == 0 || ngx_memcmp(text->data, run->text, old) == 0))
+    {
+        if (text->len == old) {
+            return NGX_OK;
+        }
+
+        n = text->len - old;
+
+    } else {
+        n = text->len;
+        replaced = 1;
+    }
+
+    if (ngx_http_openclaw_relay_set_text(run, text->data, text->len)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
-    added.data = run->text + (run->text_len - added.len);
+    added.data = run->text + (run->text_len - n);
+    added.len = n;
 
-send:
+    return ngx_http_openclaw_relay_added(run, &added, replaced);
+}
+
+
+/* the text the client has grew by "added" (or is all of it, replaced) */
+
+static ngx_int_t
+ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run, ngx_str_t *added,
+    ngx_uint_t replaced)
+{
+    ngx_str_t  content;
 
     run->seen_text = 1;
 
@@ -1170,7 +1200,7 @@ send:
     content.data = run->text;
     content.len = run->text_len;
 
-    (void) ngx_http_openclaw_relay_progress_reply(run, &content, &added,
+    (void) ngx_http_openclaw_relay_progress_reply(run, &content, added,
                                                   replaced);
     return NGX_OK;
 }
@@ -1307,9 +1337,7 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
 static ngx_int_t
 ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 {
-    size_t                      old;
-    ngx_str_t                   text, added;
-    ngx_uint_t                  replaced;
+    ngx_str_t                   text;
     ngx_http_openclaw_relay_t  *rl;
     ngx_http_openclaw_stray_t  *stray;
 
@@ -1342,30 +1370,8 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
          * sent as what it adds, like any other progress.
          */
 
-        old = run->seen_text ? run->text_len : 0;
-        replaced = !(text.len >= old
-                     && (old == 0
-                         || ngx_memcmp(text.data, run->text, old) == 0));
-
-        if (text.len > old || (replaced && text.len)) {
-
-            if (ngx_http_openclaw_relay_set_text(run, text.data, text.len)
-                == NGX_OK)
-            {
-                run->seen_text = 1;
-
-                if (run->peer) {
-                    text.data = run->text;
-                    text.len = run->text_len;
-
-                    added.data = text.data + (replaced ? 0 : old);
-                    added.len = text.len - (replaced ? 0 : old);
-
-                    (void) ngx_http_openclaw_relay_progress_reply(run, &text,
-                                                              &added,
-                                                              replaced);
-                }
-            }
+        if (text.len) {
+            (void) ngx_http_openclaw_relay_retext(run, &text, 0);
         }
     }
 

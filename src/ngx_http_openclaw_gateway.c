@@ -1281,7 +1281,7 @@ ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
     size_t                        n;
     ngx_uint_t                    id, v;
     ngx_http_openclaw_gateway_t  *gw;
-    u_char                        prefix[128], digits[NGX_INT_T_LEN];
+    u_char                        prefix[160], digits[NGX_INT_T_LEN];
 
     gw = ngx_http_openclaw_gw;
 
@@ -1301,12 +1301,11 @@ ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
         v /= 10;
     } while (v);
 
+    /* the methods are this module's own names: a few words long */
+
     n = ngx_strlen(method);
 
-    if (n > sizeof(prefix) - sizeof("{\"type\":\"req\",\"id\":\"ocb-\","
-                                    "\"method\":\"\",\"params\":")
-            - sizeof(digits))
-    {
+    if (n > 64) {
         return NGX_ERROR;
     }
 

@@ -888,7 +888,11 @@ ngx_http_openclaw_gateway_message(ngx_http_openclaw_gateway_t *gw,
     ngx_http_openclaw_jv_node_t   nodes[64];
     ngx_http_openclaw_jv_index_t  index;
 
-    static const char  *names[4] = { "type", "event", "payload", "id" };
+    static const char                   *names[4] = {
+        "type", "event", "payload", "id"
+    };
+    static ngx_http_openclaw_jv_names_t  members =
+                                        ngx_http_openclaw_jv_names(names);
 
     /* a chat event has some 30 strings, its text four containers deep */
 
@@ -904,7 +908,7 @@ ngx_http_openclaw_gateway_message(ngx_http_openclaw_gateway_t *gw,
         return NGX_OK;
     }
 
-    (void) ngx_http_openclaw_jv_members(&frame, names, m, 4);
+    (void) ngx_http_openclaw_jv_lookup(&frame, &members, m);
 
     if (ngx_http_openclaw_jv_is(&m[0], "event")) {
         return ngx_http_openclaw_gateway_event(gw, &m[1], &m[2]);

@@ -33,10 +33,55 @@
 #endif
 
 
-/* the validating pass: the number the next string or container gets */
+#if (defined __GNUC__)
+#define jv_lowest(m)         __builtin_ctz(m)
+#else
+static int
+jv_lowest(uint32_t m)
+{
+    int  i;
+
+    for (i = 0; !(m & (1u << i)); i++) { /* void */ }
+
+    return i;
+}
+#endif
+
+
+/* the type of a validated value by its first byte */
+
+static const uint8_t  jv_type[256] = {
+    ['"'] = NGX_HTTP_OPENCLAW_JSON_STRING,
+    ['{'] = NGX_HTTP_OPENCLAW_JSON_OBJECT,
+    ['['] = NGX_HTTP_OPENCLAW_JSON_ARRAY,
+    ['t'] = NGX_HTTP_OPENCLAW_JSON_TRUE,
+    ['f'] = NGX_HTTP_OPENCLAW_JSON_FALSE,
+    ['n'] = NGX_HTTP_OPENCLAW_JSON_NULL,
+    ['-'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['0'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['1'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['2'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['3'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['4'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['5'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['6'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['7'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['8'] = NGX_HTTP_OPENCLAW_JSON_NUMBER,
+    ['9'] = NGX_HTTP_OPENCLAW_JSON_NUMBER
+};
+
+
+/* the bucket of a name: its first byte and its length */
+#define jv_slot(data, size)                                                  \
+    ((((size) ? (data)[0] : 0) + (size)) & 63)
+
+
+/* the validating pass: the number the next value gets */
 
 typedef struct {
-    ngx_http_openclaw_jv_index_t  *index;
+    ngx_http_openclaw_jv_node_t   *nodes;
+    const uint8_t                 *text;
+    uint32_t                       size;    /* 0 without an index */
     uint32_t                       count;
     uint32_t                       spaced;
 } jv_ctx_t;
@@ -45,13 +90,21 @@ typedef struct {
 static const uint8_t *jv_ws(const uint8_t *p, const uint8_t *end);
 static inline const uint8_t *jv_ws_seen(jv_ctx_t *ctx, const uint8_t *p,
     const uint8_t *end);
+static const uint8_t *jv_ws_skip(jv_ctx_t *ctx, const uint8_t *p,
+    const uint8_t *end);
 static inline const uint8_t *jv_skip(ngx_http_openclaw_jv_t *v,
     const uint8_t *p, const uint8_t *end);
-static const uint8_t *jv_check(jv_ctx_t *ctx, const uint8_t *p,
+static inline void jv_record(jv_ctx_t *ctx, uint32_t n, const uint8_t *open,
+    const uint8_t *last, uint32_t next, uint32_t escaped);
+static inline const uint8_t *jv_check(jv_ctx_t *ctx, const uint8_t *p,
     const uint8_t *end, int depth);
+static const uint8_t *jv_check_scalar(jv_ctx_t *ctx, const uint8_t *p,
+    const uint8_t *end);
 static const uint8_t *jv_check_container(jv_ctx_t *ctx, const uint8_t *p,
     const uint8_t *end, int depth);
-static const uint8_t *jv_check_string(jv_ctx_t *ctx, const uint8_t *p,
+static inline const uint8_t *jv_check_string(jv_ctx_t *ctx,
+    const uint8_t *p, const uint8_t *end);
+static const uint8_t *jv_check_string_long(jv_ctx_t *ctx, const uint8_t *p,
     const uint8_t *end);
 static const uint8_t *jv_check_number(const uint8_t *p, const uint8_t *end);
 static const uint8_t *jv_string_end(const uint8_t *p, const uint8_t *end);
@@ -63,7 +116,14 @@ static void jv_scan(const uint8_t *p, const uint8_t *end,
     uint32_t node);
 static uint32_t jv_first(ngx_http_openclaw_jv_t *v);
 static uint32_t jv_after(ngx_http_openclaw_jv_t *v);
-static int jv_name_is(ngx_http_openclaw_jv_t *key, const char *name);
+static inline int jv_indexed(ngx_http_openclaw_jv_t *v);
+static inline void jv_node(const ngx_http_openclaw_jv_index_t *index,
+    uint32_t node, ngx_http_openclaw_jv_t *v);
+static inline int jv_name_eq(const uint8_t *data, size_t size,
+    const char *name);
+static void jv_names_prepare(ngx_http_openclaw_jv_names_t *set);
+static inline int jv_names_eq(ngx_http_openclaw_jv_names_t *set, int i,
+    const uint8_t *p, size_t size);
 static const uint8_t *jv_unescape(const uint8_t *p, const uint8_t *end,
     uint8_t **dst);
 static int jv_hex(const uint8_t *p, uint32_t *value);
@@ -85,13 +145,27 @@ jv_ws(const uint8_t *p, const uint8_t *end)
 }
 
 
-/* white space inside a container: the walks of the text must skip it */
+/*
+ * White space inside a container: the walks of the text must skip it.
+ * Every token but white space is above ' ', so a compact text takes one
+ * test between two tokens.
+ */
 
 static inline const uint8_t *
 jv_ws_seen(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 {
-    while (p < end && *p <= ' '
-           && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    if (p < end && *p > ' ') {
+        return p;
+    }
+
+    return jv_ws_skip(ctx, p, end);
+}
+
+
+static const uint8_t *
+jv_ws_skip(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
     {
         ctx->spaced = 1;
         p++;
@@ -134,12 +208,16 @@ ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
         index = NULL;
     }
 
-    ctx.index = index;
+    ctx.nodes = NULL;
+    ctx.text = p;
+    ctx.size = 0;
     ctx.count = 0;
     ctx.spaced = 0;
 
     if (index) {
         index->text = p;
+        ctx.nodes = index->nodes;
+        ctx.size = index->size;
     }
 
     end = p + len;
@@ -185,9 +263,30 @@ ngx_http_openclaw_jv_parse(const uint8_t *p, size_t len,
 }
 
 
-/* validates one value at "p"; returns the byte after it, or NULL */
+/* node "n" spans "open" to "last", and "next" is the node after it all */
 
-static const uint8_t *
+static inline void
+jv_record(jv_ctx_t *ctx, uint32_t n, const uint8_t *open, const uint8_t *last,
+    uint32_t next, uint32_t escaped)
+{
+    ngx_http_openclaw_jv_node_t  *node;
+
+    if (n < ctx->size) {
+        node = &ctx->nodes[n];
+        node->start = (uint32_t) (open - ctx->text);
+        node->len = (uint32_t) (last - open);
+        node->next = next;
+        node->escaped = escaped;
+    }
+}
+
+
+/*
+ * Validates one value at "p"; returns the byte after it, or NULL.  Inline,
+ * so that a string, the most common value, costs no call.
+ */
+
+static inline const uint8_t *
 jv_check(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end, int depth)
 {
     if (p >= end) {
@@ -203,18 +302,45 @@ jv_check(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end, int depth)
     case '[':
         return jv_check_container(ctx, p, end, depth);
 
+    default:
+        return jv_check_scalar(ctx, p, end);
+    }
+}
+
+
+static const uint8_t *
+jv_check_scalar(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
+{
+    uint32_t        n;
+    const uint8_t  *q;
+
+    switch (*p) {
+
     case 't':
-        return (end - p >= 4 && memcmp(p, "true", 4) == 0) ? p + 4 : NULL;
+        q = (end - p >= 4 && memcmp(p, "true", 4) == 0) ? p + 4 : NULL;
+        break;
 
     case 'f':
-        return (end - p >= 5 && memcmp(p, "false", 5) == 0) ? p + 5 : NULL;
+        q = (end - p >= 5 && memcmp(p, "false", 5) == 0) ? p + 5 : NULL;
+        break;
 
     case 'n':
-        return (end - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+        q = (end - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+        break;
 
     default:
-        return jv_check_number(p, end);
+        q = jv_check_number(p, end);
+        break;
     }
+
+    if (q == NULL) {
+        return NULL;
+    }
+
+    n = ctx->count++;
+    jv_record(ctx, n, p, q, n + 1, 0);
+
+    return q;
 }
 
 
@@ -222,10 +348,9 @@ static const uint8_t *
 jv_check_container(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end,
     int depth)
 {
-    uint8_t                       close;
-    uint32_t                      n;
-    const uint8_t                *open;
-    ngx_http_openclaw_jv_node_t  *node;
+    uint8_t         close;
+    uint32_t        n;
+    const uint8_t  *open;
 
     if (++depth > JV_MAX_DEPTH) {
         return NULL;
@@ -287,29 +412,83 @@ done:
 
     p++;
 
-    if (ctx->index && n < ctx->index->size) {
-        node = &ctx->index->nodes[n];
-        node->start = (uint32_t) (open - ctx->index->text);
-        node->len = (uint32_t) (p - open);
-        node->next = ctx->count;
-        node->escaped = 0;
-    }
+    jv_record(ctx, n, open, p, ctx->count, 0);
 
     return p;
 }
 
 
-static const uint8_t *
+/*
+ * Most strings are names and short values without escapes: when the
+ * first special byte in the sixteen (or eight) after the opening quote is
+ * the closing one, the string is done without a call.
+ */
+
+static inline const uint8_t *
 jv_check_string(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 {
-    uint32_t                      cp, n;
-    uint64_t                      w, m;
-    unsigned                      escaped;
-    const uint8_t                *open;
-    ngx_http_openclaw_jv_node_t  *node;
+    uint32_t        n;
+    const uint8_t  *q;
 #if (defined __SSE2__ && defined __GNUC__)
-    int                           k;
-    __m128i                       x, quote, backslash, control;
+    int             k;
+    __m128i         x;
+
+    if (end - p > 16) {
+        x = _mm_loadu_si128((const __m128i *) (p + 1));
+
+        k = _mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+                _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1f)),
+                               _mm_set1_epi8(0x1f))));
+
+        if (k) {
+            q = p + 1 + __builtin_ctz(k);
+
+            if (*q == '"') {
+                n = ctx->count++;
+                jv_record(ctx, n, p, q + 1, n + 1, 0);
+                return q + 1;
+            }
+        }
+    }
+
+#elif (JV_LITTLE_ENDIAN)
+    uint64_t        w, m;
+
+    if (end - p > 8) {
+        memcpy(&w, p + 1, 8);
+
+        m = jv_has_less(w, 0x20) | jv_has_zero(w ^ JV_BYTES(0x22))
+            | jv_has_zero(w ^ JV_BYTES(0x5c));
+
+        if (m) {
+            q = p + 1 + (__builtin_ctzll(m) >> 3);
+
+            if (*q == '"') {
+                n = ctx->count++;
+                jv_record(ctx, n, p, q + 1, n + 1, 0);
+                return q + 1;
+            }
+        }
+    }
+
+#endif
+
+    return jv_check_string_long(ctx, p, end);
+}
+
+
+static const uint8_t *
+jv_check_string_long(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
+{
+    uint32_t        cp, n;
+    uint64_t        w, m;
+    unsigned        escaped;
+    const uint8_t  *open;
+#if (defined __SSE2__ && defined __GNUC__)
+    int             k;
+    __m128i         x, quote, backslash, control;
 
     quote = _mm_set1_epi8('"');
     backslash = _mm_set1_epi8('\\');
@@ -382,14 +561,7 @@ jv_check_string(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
         if (*p == '"') {
             p++;
             n = ctx->count++;
-
-            if (ctx->index && n < ctx->index->size) {
-                node = &ctx->index->nodes[n];
-                node->start = (uint32_t) (open - ctx->index->text);
-                node->len = (uint32_t) (p - open);
-                node->next = n + 1;
-                node->escaped = escaped;
-            }
+            jv_record(ctx, n, open, p, n + 1, escaped);
 
             return p;
         }
@@ -507,47 +679,56 @@ jv_string_end(const uint8_t *p, const uint8_t *end)
 
 /*
  * Describes the value at "p" of an already validated text; "node" is the
- * number a string or container there has, or would have if the value is
- * not one.  Found in the index, it takes a few loads.
+ * number the value has.  Found in the index, it takes a few loads.
  */
 
 static inline void
 jv_describe(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v,
     const ngx_http_openclaw_jv_index_t *index, uint32_t node)
 {
-    const ngx_http_openclaw_jv_node_t  *n;
-
-    if (index && node < index->nelts) {
-        n = &index->nodes[node];
-
-        if (index->text + n->start == p) {
-            v->start = p;
-            v->len = n->len;
-            v->index = index;
-            v->node = node;
-
-            if (*p == '"') {
-                v->type = NGX_HTTP_OPENCLAW_JSON_STRING;
-                v->data = p + 1;
-                v->size = n->len - 2;
-                v->escaped = n->escaped;
-                return;
-            }
-
-            v->type = (*p == '{') ? NGX_HTTP_OPENCLAW_JSON_OBJECT
-                                  : NGX_HTTP_OPENCLAW_JSON_ARRAY;
-            v->data = NULL;
-            v->size = 0;
-            v->escaped = 0;
-            return;
-        }
+    if (index && node < index->nelts
+        && index->text + index->nodes[node].start == p)
+    {
+        jv_node(index, node, v);
+        return;
     }
 
     jv_scan(p, end, v, index, node);
 }
 
 
-/* a value the index does not hold: a scalar, or one past its room */
+/* the value that node "node" of "index" is */
+
+static inline void
+jv_node(const ngx_http_openclaw_jv_index_t *index, uint32_t node,
+    ngx_http_openclaw_jv_t *v)
+{
+    const uint8_t                      *p;
+    const ngx_http_openclaw_jv_node_t  *n;
+
+    n = &index->nodes[node];
+    p = index->text + n->start;
+
+    v->start = p;
+    v->len = n->len;
+    v->index = index;
+    v->node = node;
+    v->type = jv_type[*p];
+
+    if (*p == '"') {
+        v->data = p + 1;
+        v->size = n->len - 2;
+        v->escaped = n->escaped;
+        return;
+    }
+
+    v->data = NULL;
+    v->size = 0;
+    v->escaped = 0;
+}
+
+
+/* a value the index does not hold: one past its room */
 
 static void
 jv_scan(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v,
@@ -663,7 +844,7 @@ jv_scan(const uint8_t *p, const uint8_t *end, ngx_http_openclaw_jv_t *v,
 }
 
 
-/* the number the first string or container inside "v" has */
+/* the number the first value inside "v" has */
 
 static uint32_t
 jv_first(ngx_http_openclaw_jv_t *v)
@@ -676,18 +857,11 @@ jv_first(ngx_http_openclaw_jv_t *v)
 }
 
 
-/* the number the first string or container after "v" has */
+/* the number the first value after "v" and all it holds has */
 
 static uint32_t
 jv_after(ngx_http_openclaw_jv_t *v)
 {
-    if (v->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
-        && v->type != NGX_HTTP_OPENCLAW_JSON_ARRAY
-        && v->type != NGX_HTTP_OPENCLAW_JSON_STRING)
-    {
-        return v->node;
-    }
-
     if (v->index && v->node < v->index->nelts) {
         return v->index->nodes[v->node].next;
     }
@@ -696,15 +870,28 @@ jv_after(ngx_http_openclaw_jv_t *v)
 }
 
 
+/*
+ * An object or array the index holds whole: its members are found from
+ * the nodes alone, without looking at the text between them.
+ */
+
+static inline int
+jv_indexed(ngx_http_openclaw_jv_t *v)
+{
+    return v->index != NULL && v->node < v->index->nelts
+           && v->index->nodes[v->node].next <= v->index->nelts;
+}
+
+
 /* a member name as written equals "name": most differ in the first byte */
 
-static int
-jv_name_is(ngx_http_openclaw_jv_t *key, const char *name)
+static inline int
+jv_name_eq(const uint8_t *data, size_t size, const char *name)
 {
     size_t  i;
 
-    for (i = 0; i < key->size; i++) {
-        if ((uint8_t) name[i] != key->data[i]) {
+    for (i = 0; i < size; i++) {
+        if ((uint8_t) name[i] != data[i]) {
             return 0;
         }
     }
@@ -717,35 +904,152 @@ int
 ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
     ngx_http_openclaw_jv_t *out, int n)
 {
-    int                     i, found;
-    uint32_t                node, want, cand;
-    const uint8_t          *p, *end;
-    ngx_http_openclaw_jv_t  key, value;
-    uint16_t                first[64];
+    ngx_http_openclaw_jv_names_t  set;
+
+    set.names = names;
+    set.n = n;
+    set.ready = 0;
+
+    return ngx_http_openclaw_jv_lookup(obj, &set, out);
+}
+
+
+/*
+ * The names by their first byte and length (folded to 64 slots): a member
+ * is compared with the few names that can be it, not with every name.
+ * Names longer than 255 bytes are never found, as no member is asked for
+ * by such a name.
+ */
+
+static void
+jv_names_prepare(ngx_http_openclaw_jv_names_t *set)
+{
+    int      i;
+    size_t   len;
+    uint8_t  bytes[8];
+
+    memset(set->slot, 0, sizeof(set->slot));
+
+    for (i = 0; i < set->n; i++) {
+        len = strlen(set->names[i]);
+
+        if (len > 255) {
+            set->len[i] = 0;
+            continue;
+        }
+
+        set->len[i] = (uint8_t) len;
+        set->slot[jv_slot((const uint8_t *) set->names[i], len)]
+            |= (uint16_t) (1 << i);
+
+        /* byte strings, loaded as words: the same in either byte order */
+
+        memset(bytes, 0, 8);
+        memcpy(bytes, set->names[i], len < 8 ? len : 8);
+        memcpy(&set->word[i], bytes, 8);
+
+        memset(bytes, 0, 8);
+        memset(bytes, 0xff, len < 8 ? len : 8);
+        memcpy(&set->mask[i], bytes, 8);
+    }
+
+    set->ready = 1;
+}
+
+
+/*
+ * A name of the indexed walk, "size" bytes long, equals name "i" of
+ * "set" of the same length.  From 4 bytes on, its first 8 are compared as
+ * one word: a name in a validated object is followed by at least 4 bytes
+ * of it (the quote, the colon, a value and the closing brace), so the
+ * load stays inside the text.
+ */
+
+static inline int
+jv_names_eq(ngx_http_openclaw_jv_names_t *set, int i, const uint8_t *p,
+    size_t size)
+{
+    uint64_t  w;
+
+    if (size < 4) {
+        return memcmp(p, set->names[i], size) == 0;
+    }
+
+    memcpy(&w, p, 8);
+
+    if ((w & set->mask[i]) != set->word[i]) {
+        return 0;
+    }
+
+    return size <= 8 || memcmp(p + 8, set->names[i] + 8, size - 8) == 0;
+}
+
+
+int
+ngx_http_openclaw_jv_lookup(ngx_http_openclaw_jv_t *obj,
+    ngx_http_openclaw_jv_names_t *set, ngx_http_openclaw_jv_t *out)
+{
+    int                                  i, found;
+    size_t                               size;
+    uint32_t                             node, last, want, cand;
+    const uint8_t                       *p, *end, *text;
+    ngx_http_openclaw_jv_t               key, value;
+    const ngx_http_openclaw_jv_node_t   *nodes;
+    const ngx_http_openclaw_jv_index_t  *index;
 
     found = 0;
 
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < set->n; i++) {
         out[i].type = NGX_HTTP_OPENCLAW_JSON_INVALID;
         out[i].start = NULL;
     }
 
-    if (obj->type != NGX_HTTP_OPENCLAW_JSON_OBJECT || n > 16) {
+    if (obj->type != NGX_HTTP_OPENCLAW_JSON_OBJECT || set->n > 16) {
         return 0;
     }
 
-    /*
-     * The names by their first byte (folded to 64 slots): a member is
-     * compared with the few names that can be it, not with every name.
-     */
-
-    memset(first, 0, sizeof(first));
-
-    for (i = 0; i < n; i++) {
-        first[(uint8_t) names[i][0] & 63] |= (uint16_t) (1 << i);
+    if (!set->ready) {
+        jv_names_prepare(set);
     }
 
-    want = (n == 16) ? 0xffff : (1u << n) - 1;
+    want = (set->n == 16) ? 0xffff : (1u << set->n) - 1;
+
+    /*
+     * the first of duplicate names wins, as in cJSON; no break: a name
+     * asked twice gets the member twice
+     */
+
+    if (jv_indexed(obj)) {
+
+        /* a name is a string node, and its value is the node after it */
+
+        index = obj->index;
+        nodes = index->nodes;
+        text = index->text;
+        last = nodes[obj->node].next;
+
+        for (node = obj->node + 1; node < last && want;
+             node = nodes[node + 1].next)
+        {
+            p = text + nodes[node].start + 1;
+            size = nodes[node].len - 2;
+
+            cand = set->slot[jv_slot(p, size)] & want;
+
+            while (cand) {
+                i = jv_lowest(cand);
+                cand &= cand - 1;
+
+                if (size == set->len[i] && jv_names_eq(set, i, p, size)) {
+                    jv_node(index, node + 1, &out[i]);
+                    want &= ~(1u << i);
+                    found++;
+                }
+            }
+        }
+
+        return found;
+    }
 
     node = jv_first(obj);
     end = obj->start + obj->len - 1;
@@ -761,22 +1065,15 @@ ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
         jv_describe(p, end, &value, obj->index, node);
         node = jv_after(&value);
 
-        /*
-         * the first of duplicate names wins, as in cJSON; no break: a name
-         * asked twice gets the member twice
-         */
-
-        cand = first[(key.size ? key.data[0] : 0) & 63] & want;
+        cand = set->slot[jv_slot(key.data, key.size)] & want;
 
         while (cand) {
-#if (defined __GNUC__)
-            i = __builtin_ctz(cand);
-#else
-            for (i = 0; !(cand & (1u << i)); i++) { /* void */ }
-#endif
+            i = jv_lowest(cand);
             cand &= cand - 1;
 
-            if (jv_name_is(&key, names[i])) {
+            if (key.size == set->len[i]
+                && memcmp(key.data, set->names[i], key.size) == 0)
+            {
                 out[i] = value;
                 want &= ~(1u << i);
                 found++;
@@ -798,11 +1095,28 @@ int
 ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
     ngx_http_openclaw_jv_t *out)
 {
-    uint32_t                node;
-    const uint8_t          *p, *end;
-    ngx_http_openclaw_jv_t  key;
+    uint32_t                            node, last;
+    const uint8_t                      *p, *end;
+    ngx_http_openclaw_jv_t              key;
+    const ngx_http_openclaw_jv_node_t  *nodes;
 
     if (obj->type != NGX_HTTP_OPENCLAW_JSON_OBJECT) {
+        return -1;
+    }
+
+    if (jv_indexed(obj)) {
+        nodes = obj->index->nodes;
+        last = nodes[obj->node].next;
+
+        for (node = obj->node + 1; node < last; node = nodes[node + 1].next) {
+            p = obj->index->text + nodes[node].start + 1;
+
+            if (jv_name_eq(p, nodes[node].len - 2, name)) {
+                jv_node(obj->index, node + 1, out);
+                return 0;
+            }
+        }
+
         return -1;
     }
 
@@ -819,7 +1133,7 @@ ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
 
         jv_describe(p, end, out, obj->index, node);
 
-        if (jv_name_is(&key, name)) {
+        if (jv_name_eq(key.data, key.size, name)) {
             return 0;
         }
 
@@ -844,6 +1158,17 @@ ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
 
     if (array->type != NGX_HTTP_OPENCLAW_JSON_ARRAY) {
         return -1;
+    }
+
+    if (jv_indexed(array)) {
+        node = (item->start == NULL) ? array->node + 1 : jv_after(item);
+
+        if (node >= array->index->nodes[array->node].next) {
+            return -1;
+        }
+
+        jv_node(array->index, node, item);
+        return 0;
     }
 
     end = array->start + array->len - 1;

@@ -34,16 +34,16 @@ typedef enum {
 
 
 /*
- * Where the validating pass saw each string, object and array, numbered
- * in the order they start, so that finding a member scans neither a name
- * nor a nested value again: the frames of the gateway nest the text of a
- * reply four levels deep.  A text with more of them than there is room
- * for is still handled whole, by scanning beyond the room.
+ * Where the validating pass saw each value and member name, numbered in
+ * the order they start, so that finding a member looks at neither a name
+ * nor a value in the text again: the frames of the gateway nest the text
+ * of a reply four levels deep.  A member's value is the node after its
+ * name.  A text with more of them than there is room for is still
+ * handled whole, by scanning beyond the room.
  */
 
 typedef struct {
-    uint32_t                        start;   /* offset of the quote or
-                                                bracket */
+    uint32_t                        start;   /* offset of its first byte */
     uint32_t                        len;
     uint32_t                        next;    /* number of the first one
                                                 after it and all inside */
@@ -105,6 +105,29 @@ int ngx_http_openclaw_jv_get(ngx_http_openclaw_jv_t *obj, const char *name,
  */
 int ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj,
     const char **names, ngx_http_openclaw_jv_t *out, int n);
+
+/*
+ * The same for a set of names asked again and again: the caller keeps it,
+ * static, set with ngx_http_openclaw_jv_names(); the lengths and buckets
+ * of the names are worked out on its first use, not at every lookup.
+ */
+
+typedef struct {
+    const char                    **names;
+    int                             n;
+    int                             ready;
+    uint8_t                         len[16];
+    uint16_t                        slot[64];
+    uint64_t                        word[16];  /* the first 8 bytes */
+    uint64_t                        mask[16];
+} ngx_http_openclaw_jv_names_t;
+
+#define ngx_http_openclaw_jv_names(names)                                    \
+    { (names), (int) (sizeof(names) / sizeof((names)[0])), 0, { 0 }, { 0 }, \
+      { 0 }, { 0 } }
+
+int ngx_http_openclaw_jv_lookup(ngx_http_openclaw_jv_t *obj,
+    ngx_http_openclaw_jv_names_t *names, ngx_http_openclaw_jv_t *out);
 
 /*
  * Iterates an array: "*item" is NULL-started (item->start == NULL) and is

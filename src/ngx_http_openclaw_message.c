@@ -60,10 +60,12 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
     ngx_http_openclaw_jv_node_t   nodes[32];
     ngx_http_openclaw_jv_index_t  index;
 
-    static const char  *names[F_N] = {
+    static const char                   *names[F_N] = {
         "id", "type", "key", "content", "session", "topicId", "threadId",
         "peerKind", "chatType", "peerId", "chatId", "senderId"
     };
+    static ngx_http_openclaw_jv_names_t  members =
+                                        ngx_http_openclaw_jv_names(names);
 
     ngx_memzero(in, sizeof(ngx_http_openclaw_inbound_t));
 
@@ -110,7 +112,7 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
 
     ngx_http_openclaw_scratch_pos = ngx_http_openclaw_scratch;
 
-    (void) ngx_http_openclaw_jv_members(&top, names, v, F_N);
+    (void) ngx_http_openclaw_jv_lookup(&top, &members, v);
 
     /* the id first, so that every later error can carry it */
 
@@ -726,9 +728,11 @@ ngx_http_openclaw_message_block(ngx_http_openclaw_jv_t *block,
 {
     ngx_http_openclaw_jv_t  v[2];
 
-    static const char  *names[2] = { "type", "text" };
+    static const char                   *names[2] = { "type", "text" };
+    static ngx_http_openclaw_jv_names_t  members =
+                                        ngx_http_openclaw_jv_names(names);
 
-    if (ngx_http_openclaw_jv_members(block, names, v, 2) != 2
+    if (ngx_http_openclaw_jv_lookup(block, &members, v) != 2
         || !ngx_http_openclaw_jv_is(&v[0], "text")
         || v[1].type != NGX_HTTP_OPENCLAW_JSON_STRING)
     {

@@ -648,7 +648,11 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
     const char                 *reason;
     u_char                      code[64], message[256], st_text[32];
 
-    static const char  *names[3] = { "ok", "payload", "error" };
+    static const char                   *names[3] = {
+        "ok", "payload", "error"
+    };
+    static ngx_http_openclaw_jv_names_t  members =
+                                        ngx_http_openclaw_jv_names(names);
 
     run = rpc->data;
     rl = &ngx_http_openclaw_relay;
@@ -660,7 +664,7 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
         return;
     }
 
-    (void) ngx_http_openclaw_jv_members(res, names, m, 3);
+    (void) ngx_http_openclaw_jv_lookup(res, &members, m);
 
     if (m[0].type != NGX_HTTP_OPENCLAW_JSON_TRUE) {
         rl->stats->errors_gateway++;
@@ -936,12 +940,14 @@ ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
     ngx_http_openclaw_jv_t    ev[C_N], *v;
     ngx_http_openclaw_run_t  *run;
 
-    static const char  *names[C_N] = {
+    static const char                   *names[C_N] = {
         "runId", "state", "message", "deltaText", "replace", "errorMessage",
         "sessionKey"
     };
+    static ngx_http_openclaw_jv_names_t  members =
+                                        ngx_http_openclaw_jv_names(names);
 
-    (void) ngx_http_openclaw_jv_members(payload, names, ev, C_N);
+    (void) ngx_http_openclaw_jv_lookup(payload, &members, ev);
 
     /* run ids this module makes need no escapes; others are not ours */
 

@@ -884,6 +884,112 @@ test_members(void)
 }
 
 
+/*
+ * jv_lookup: a set of names kept from one lookup to the next, on texts
+ * with and without an index, against jv_get.  Names 4 to 8 bytes long are
+ * compared as one word read past their end: the texts are copies of
+ * exactly their length, so that ASan sees a read beyond them.
+ */
+
+static void
+test_lookup(void)
+{
+    int                            i, k, rc, pass, found, indexed;
+    jv_t                           obj, out[8], got;
+    size_t                         len;
+    uint8_t                       *t;
+    ngx_http_openclaw_jv_index_t   ix;
+    ngx_http_openclaw_jv_node_t    room[64];
+
+    static const char  *texts[] = {
+        "{\"type\":1}",
+        "{\"id\":\"a\",\"type\":\"b\"}",
+        "{\"sessionKez\":1,\"sessionKey\":2,\"timestamps\":3,"
+        "\"timestamp\":4,\"typo\":5,\"type\":6}",
+        "{\"payloa\":1,\"payload\":{\"id\":7},\"i\":0,\"id\":8}",
+        "{\"sessionKeyX\":1,\"session\":2,\"x\":{\"type\":3},\"type\":4,"
+        "\"id\":true}",
+        "{ \"id\" : 1 , \"payload\" : [ 2 ] , \"type\" : \"t\" }",
+        "{\"t\\u0079pe\":1,\"\":2,\"id\":{}}",
+        "{}"
+    };
+
+    static const char                   *names[6] = {
+        "type", "id", "payload", "sessionKey", "timestamp", ""
+    };
+    static ngx_http_openclaw_jv_names_t  set =
+                                        ngx_http_openclaw_jv_names(names);
+
+    pass = 1;
+
+    for (k = 0; k < (int) (sizeof(texts) / sizeof(texts[0])); k++) {
+        for (indexed = 0; indexed < 2; indexed++) {
+            len = strlen(texts[k]);
+            t = dup(texts[k], len);
+
+            ix.nodes = room;
+            ix.size = 64;
+
+            rc = ngx_http_openclaw_jv_parse(t, len, &obj,
+                                            indexed ? &ix : NULL);
+            if (rc != 0) {
+                diag("%s does not parse", texts[k]);
+                pass = 0;
+                free(t);
+                continue;
+            }
+
+            memset(out, 0xa5, sizeof(out));
+            found = ngx_http_openclaw_jv_lookup(&obj, &set, out);
+
+            for (i = 0; i < 6; i++) {
+                if (ngx_http_openclaw_jv_get(&obj, names[i], &got) == 0) {
+                    found--;
+
+                    if (out[i].start != got.start || out[i].len != got.len
+                        || out[i].type != got.type
+                        || out[i].size != got.size)
+                    {
+                        diag("%s, %s: \"%s\" differs from jv_get",
+                             texts[k], indexed ? "indexed" : "plain",
+                             names[i]);
+                        pass = 0;
+                    }
+
+                } else if (out[i].start != NULL || out[i].type != J_INVALID) {
+                    diag("%s: \"%s\" found, but is not there", texts[k],
+                         names[i]);
+                    pass = 0;
+                }
+            }
+
+            if (found != 0) {
+                diag("%s: the count is off by %d", texts[k], found);
+                pass = 0;
+            }
+
+            free(t);
+        }
+    }
+
+    ok(pass, "lookup: a kept set finds what jv_get finds, with and without "
+       "an index");
+
+    t = dup(texts[2], strlen(texts[2]));
+    ix.nodes = room;
+    ix.size = 64;
+    (void) ngx_http_openclaw_jv_parse(t, strlen(texts[2]), &obj, &ix);
+    rc = ngx_http_openclaw_jv_lookup(&obj, &set, out);
+
+    ok(rc == 3 && out[0].start[0] == '6' && out[3].start[0] == '2'
+       && out[4].start[0] == '4',
+       "lookup: names that share their first 8 bytes, or all but the last, "
+       "are told apart");
+
+    free(t);
+}
+
+
 /* jv_next */
 
 typedef struct {
@@ -1363,8 +1469,8 @@ test_is(void)
 
 
 /*
- * The index.  Node expectations are the quotes and brackets located by
- * hand, in the order they open; "next" is the number of the first node
+ * The index.  Node expectations are the values and names located by
+ * hand, in the order they start; "next" is the number of the first node
  * after a node and all it holds.
  */
 
@@ -1549,23 +1655,25 @@ static void
 test_index(void)
 {
     static const node_t  flat[] = {
-        { "{\"k0\":1,\"k1\":\"}\\n\"}", 1, 4, 0 },
+        { "{\"k0\":1,\"k1\":\"}\\n\"}", 1, 5, 0 },
         { "\"k0\"", 1, 2, 0 },
-        { "\"k1\"", 1, 3, 0 },
-        { "\"}\\n\"", 1, 4, 1 }
+        { "1", 1, 3, 0 },
+        { "\"k1\"", 1, 4, 0 },
+        { "\"}\\n\"", 1, 5, 1 }
     };
 
     static const node_t  nested[] = {
-        { "{\"k0\":[1,{\"k2\":{}}],\"k1\":{\"k4\":[]}}", 1, 10, 0 },
+        { "{\"k0\":[1,{\"k2\":{}}],\"k1\":{\"k4\":[]}}", 1, 11, 0 },
         { "\"k0\"", 1, 2, 0 },
-        { "[1,{\"k2\":{}}]", 1, 6, 0 },
-        { "{\"k2\":{}}", 1, 6, 0 },
-        { "\"k2\"", 1, 5, 0 },
-        { "{}", 1, 6, 0 },
-        { "\"k1\"", 1, 7, 0 },
-        { "{\"k4\":[]}", 1, 10, 0 },
-        { "\"k4\"", 1, 9, 0 },
-        { "[]", 1, 10, 0 }
+        { "[1,{\"k2\":{}}]", 1, 7, 0 },
+        { "1", 1, 4, 0 },
+        { "{\"k2\":{}}", 1, 7, 0 },
+        { "\"k2\"", 1, 6, 0 },
+        { "{}", 1, 7, 0 },
+        { "\"k1\"", 1, 8, 0 },
+        { "{\"k4\":[]}", 1, 11, 0 },
+        { "\"k4\"", 1, 10, 0 },
+        { "[]", 1, 11, 0 }
     };
 
     static const node_t  arrays[] = {
@@ -1580,15 +1688,28 @@ test_index(void)
         { "\"[\"", 1, 9, 0 }
     };
 
+    static const node_t  scalars[] = {
+        { "[true,false,null,-1.5e3,{\"k\":0}]", 1, 8, 0 },
+        { "true", 1, 2, 0 },
+        { "false", 1, 3, 0 },
+        { "null", 1, 4, 0 },
+        { "-1.5e3", 1, 5, 0 },
+        { "{\"k\":0}", 1, 8, 0 },
+        { "\"k\"", 1, 7, 0 },
+        { "0", 1, 8, 0 }
+    };
+
     jv_t                           v, m;
     uint8_t                       *t;
     const char                    *text;
     ngx_http_openclaw_jv_index_t   ix;
     ngx_http_openclaw_jv_node_t    room[4];
 
-    index_nodes(flat[0].span, flat, 4);
-    index_nodes(nested[0].span, nested, 10);
+    index_nodes(flat[0].span, flat, 5);
+    index_nodes(nested[0].span, nested, 11);
     index_nodes(arrays[0].span, arrays, 9);
+    index_nodes(scalars[0].span, scalars, 8);
+    index_nodes("7", (const node_t []) { { "7", 1, 1, 0 } }, 1);
 
     index_walk("{\"k0\":[1,{\"k2\":{}}],\"k1\":{\"k4\":[]},\"k2\":null}",
                "objects in arrays in objects");
@@ -1735,6 +1856,7 @@ main(void)
     test_invalid();
     test_get();
     test_members();
+    test_lookup();
     test_next();
     test_decode();
     test_is();

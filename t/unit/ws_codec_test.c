@@ -2502,6 +2502,56 @@ test_utf8_fail_fast(void)
 }
 
 
+/*
+ * ASCII is skipped many bytes at a time: a byte that is not ASCII, valid
+ * or not, at every position of texts 1 to 40 bytes long is still seen.
+ */
+
+static void
+test_utf8_positions(void)
+{
+    int       rc, partial, bad;
+    size_t    len, at, k, ref;
+    uint8_t   s[48];
+    uint32_t  state;
+
+    static const char  *seqs[] = {
+        "\xff", "\x80", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+        "\xed\xa0\x80", "\xc0\xaf", "\xe2\x82", "\xf4\x90\x80\x80"
+    };
+
+    bad = 0;
+
+    for (len = 1; len <= 40 && !bad; len++) {
+        for (at = 0; at < len && !bad; at++) {
+            for (k = 0; k < sizeof(seqs) / sizeof(seqs[0]) && !bad; k++) {
+                memset(s, 'a', len);
+
+                if (at + strlen(seqs[k]) > len) {
+                    continue;
+                }
+
+                memcpy(s + at, seqs[k], strlen(seqs[k]));
+
+                state = 0;
+                rc = ngx_http_openclaw_utf8_validate(&state, s, len);
+                ref = ref_utf8(s, len, &partial);
+
+                if ((rc == -1) != (ref < len)
+                    || (rc == 0 && (state != 0) != partial))
+                {
+                    hexdump("disagree on", s, len);
+                    bad = 1;
+                }
+            }
+        }
+    }
+
+    ok(!bad, "utf8_validate: a byte beyond ASCII at every position of "
+       "texts up to 40 bytes");
+}
+
+
 /* the codec and the RFC 3629 reference agree on short inputs */
 
 static void
@@ -2621,6 +2671,7 @@ main(void)
     test_utf8_cases();
     test_utf8_split();
     test_utf8_fail_fast();
+    test_utf8_positions();
     test_utf8_exhaustive();
 
     printf("1..%u\n", tap_n);

@@ -1285,6 +1285,60 @@ jv_unescape(const uint8_t *p, const uint8_t *end, uint8_t **dst)
 }
 
 
+size_t
+ngx_http_openclaw_jv_plain(const uint8_t *p, size_t len)
+{
+    uint64_t        w, m;
+    const uint8_t  *start, *end;
+#if (defined __SSE2__ && defined __GNUC__)
+    int             k;
+    __m128i         x;
+#endif
+
+    start = p;
+    end = p + len;
+
+#if (defined __SSE2__ && defined __GNUC__)
+
+    while (end - p >= 16) {
+        x = _mm_loadu_si128((const __m128i *) p);
+
+        k = _mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+                _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1f)),
+                               _mm_set1_epi8(0x1f))));
+
+        if (k) {
+            return p - start + __builtin_ctz(k);
+        }
+
+        p += 16;
+    }
+
+#endif
+
+    while (end - p >= 8) {
+        memcpy(&w, p, 8);
+
+        m = jv_has_less(w, 0x20) | jv_has_zero(w ^ JV_BYTES(0x22))
+            | jv_has_zero(w ^ JV_BYTES(0x5c));
+
+        if (m) {
+            break;
+        }
+
+        p += 8;
+    }
+
+    while (p < end && *p >= 0x20 && *p != '"' && *p != '\\') {
+        p++;
+    }
+
+    return p - start;
+}
+
+
 int
 ngx_http_openclaw_jv_is(ngx_http_openclaw_jv_t *v, const char *s)
 {

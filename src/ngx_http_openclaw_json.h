@@ -146,5 +146,11 @@ size_t ngx_http_openclaw_jv_decode(ngx_http_openclaw_jv_t *v, uint8_t *dst);
 /* a string value equals "s" (decoded) */
 int ngx_http_openclaw_jv_is(ngx_http_openclaw_jv_t *v, const char *s);
 
+/*
+ * How many of the "len" bytes at "p" go into a JSON string as they are,
+ * before the first control byte, quote or backslash.
+ */
+size_t ngx_http_openclaw_jv_plain(const uint8_t *p, size_t len);
+
 
 #endif /* _NGX_HTTP_OPENCLAW_JSON_H_INCLUDED_ */

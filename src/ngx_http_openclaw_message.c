@@ -775,19 +775,9 @@ void
 ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j, const char *name,
     u_char *value, size_t len)
 {
-    u_char  *p, *last;
-
     /* the common case, nothing to escape, is found in one pass */
 
-    last = value + len;
-
-    for (p = value; p < last; p++) {
-        if (*p < 0x20 || *p == '"' || *p == '\\') {
-            break;
-        }
-    }
-
-    if (p == last) {
+    if (ngx_http_openclaw_jv_plain(value, len) == len) {
         ngx_http_openclaw_json_escaped(j, name, value, len);
         return;
     }

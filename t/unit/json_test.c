@@ -990,6 +990,57 @@ test_lookup(void)
 }
 
 
+/*
+ * jv_plain: a byte that needs an escape at every position of strings up
+ * to 40 bytes long, among bytes that do not (some above 0x7f).
+ */
+
+static void
+test_plain(void)
+{
+    int       pass;
+    size_t    len, at, k, got;
+    uint8_t  *t, s[40];
+
+    static const uint8_t  special[] = { '"', '\\', 0x00, 0x0a, 0x1f };
+
+    pass = 1;
+
+    for (len = 0; len <= 40; len++) {
+        for (k = 0; k < len; k++) {
+            s[k] = (k % 3 == 2) ? (uint8_t) (0x80 + k)
+                                : (uint8_t) ('a' + k % 26);
+        }
+
+        t = dup(s, len);
+        got = ngx_http_openclaw_jv_plain(t, len);
+        free(t);
+
+        if (got != len) {
+            diag("%zu plain bytes: %zu", len, got);
+            pass = 0;
+        }
+
+        for (at = 0; at < len; at++) {
+            for (k = 0; k < sizeof(special); k++) {
+                t = dup(s, len);
+                t[at] = special[k];
+                got = ngx_http_openclaw_jv_plain(t, len);
+                free(t);
+
+                if (got != at) {
+                    diag("0x%02x at %zu of %zu: %zu", special[k], at, len,
+                         got);
+                    pass = 0;
+                }
+            }
+        }
+    }
+
+    ok(pass, "plain: the first byte to escape, at every position");
+}
+
+
 /* jv_next */
 
 typedef struct {
@@ -1857,6 +1908,7 @@ main(void)
     test_get();
     test_members();
     test_lookup();
+    test_plain();
     test_next();
     test_decode();
     test_is();

@@ -47,6 +47,22 @@ typedef enum {
 } ngx_http_openclaw_run_state_e;
 
 
+/*
+ * Runs armed with the same timeout expire in the order they were armed:
+ * each of the two timeouts every run uses keeps its runs in a queue,
+ * oldest first, under one timer.  A run that ends leaves the queue at no
+ * cost, where a timer of its own would cost two operations on the timer
+ * tree per message.  The timer is not moved when its run ends before it:
+ * it finds the next one when it fires.
+ */
+
+typedef struct {
+    ngx_msec_t                      timeout;
+    ngx_queue_t                     runs;
+    ngx_event_t                     timer;
+} ngx_http_openclaw_lane_t;
+
+
 typedef struct {
     ngx_queue_t                     bucket;
     uint32_t                        hash;
@@ -54,8 +70,10 @@ typedef struct {
     ngx_queue_t                     peer_link;
     ngx_queue_t                     link;
     ngx_http_openclaw_rpc_t         rpc;
-    ngx_event_t                     timer;
-    ngx_msec_t                      deadline;   /* later than the timer */
+    ngx_event_t                     timer;      /* a timeout of no lane */
+    ngx_http_openclaw_lane_t       *lane;       /* or the lane it is in */
+    ngx_queue_t                     lane_link;
+    ngx_msec_t                      expires;    /* in the lane */
     ngx_http_openclaw_peer_t       *peer;
     ngx_http_openclaw_run_state_e   state;
 
@@ -106,6 +124,7 @@ typedef struct {
     ngx_uint_t                      protocol;
     ngx_uint_t                      connections;
     ngx_uint_t                      adopting;
+    ngx_http_openclaw_lane_t        lanes[2];   /* request, run timeout */
     ngx_http_openclaw_relay_stats_t *stats;
     ngx_http_openclaw_stray_t       strays[NGX_HTTP_OPENCLAW_STRAYS];
 } ngx_http_openclaw_relay_t;
@@ -155,9 +174,12 @@ static void ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run,
     u_char *run_id, size_t len);
 static void ngx_http_openclaw_relay_arm(ngx_http_openclaw_run_t *run,
     ngx_msec_t timeout);
-static void ngx_http_openclaw_relay_extend(ngx_http_openclaw_run_t *run,
-    ngx_msec_t timeout);
-static void ngx_http_openclaw_relay_timeout(ngx_event_t *ev);
+static void ngx_http_openclaw_relay_disarm(ngx_http_openclaw_run_t *run);
+static ngx_msec_t ngx_http_openclaw_relay_expires(
+    ngx_http_openclaw_run_t *run);
+static void ngx_http_openclaw_relay_lane_expired(ngx_event_t *ev);
+static void ngx_http_openclaw_relay_timer_expired(ngx_event_t *ev);
+static void ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
     ngx_str_t *text);
@@ -177,11 +199,23 @@ ngx_int_t
 ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
     ngx_http_openclaw_main_conf_t *omcf)
 {
+    ngx_uint_t                  i;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
 
     rl->conf = omcf;
+
+    rl->lanes[0].timeout = omcf->request_timeout;
+    rl->lanes[1].timeout = omcf->run_timeout;
+
+    for (i = 0; i < 2; i++) {
+        ngx_queue_init(&rl->lanes[i].runs);
+        rl->lanes[i].timer.handler = ngx_http_openclaw_relay_lane_expired;
+        rl->lanes[i].timer.data = &rl->lanes[i];
+        rl->lanes[i].timer.log = cycle->log;
+        rl->lanes[i].timer.cancelable = 1;
+    }
 
     rl->nbuckets = 0;
     rl->nruns = 0;
@@ -567,7 +601,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     run->rpc.handler = ngx_http_openclaw_relay_acked;
     run->rpc.data = run;
 
-    run->timer.handler = ngx_http_openclaw_relay_timeout;
+    run->timer.handler = ngx_http_openclaw_relay_timer_expired;
     run->timer.data = run;
     run->timer.log = cl->connection->log;
     run->timer.cancelable = 1;
@@ -613,7 +647,7 @@ ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
                                         run->params.data, run->params.len);
 
     if (rc == NGX_DECLINED) {
-        if (!run->timer.timer_set) {
+        if (ngx_http_openclaw_relay_expires(run) == 0) {
             ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
         }
 
@@ -680,7 +714,7 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
 
     if (run->state == NGX_HTTP_OPENCLAW_RUN_SENT) {
         run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
-        ngx_http_openclaw_relay_extend(run, rl->conf->run_timeout);
+        ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
     }
 
     /* the statuses are plain words: one spelt with escapes is none */
@@ -881,9 +915,7 @@ ngx_http_openclaw_relay_link_up(ngx_uint_t protocol)
         q = ngx_queue_head(&rl->waiting);
         run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
 
-        if (run->timer.timer_set) {
-            ngx_del_timer(&run->timer);
-        }
+        ngx_http_openclaw_relay_disarm(run);
 
         ngx_http_openclaw_relay_send(run);
 
@@ -1438,8 +1470,8 @@ ngx_http_openclaw_relay_settle(ngx_str_t *session)
             && run->session.len == session->len
             && ngx_strncmp(run->session.data, session->data, session->len)
                == 0
-            && run->timer.timer_set
-            && run->timer.timer.key > ngx_current_msec + grace)
+            && ngx_http_openclaw_relay_expires(run)
+               > ngx_current_msec + grace)
         {
             ngx_http_openclaw_relay_arm(run, grace);
         }
@@ -1675,58 +1707,118 @@ ngx_http_openclaw_relay_grow(ngx_log_t *log)
 static void
 ngx_http_openclaw_relay_arm(ngx_http_openclaw_run_t *run, ngx_msec_t timeout)
 {
-    run->deadline = 0;
+    ngx_uint_t                  i;
+    ngx_http_openclaw_lane_t   *lane;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    ngx_http_openclaw_relay_disarm(run);
+
+    /*
+     * ngx_current_msec never goes back, so a run put last expires no
+     * sooner than those before it; a timeout of 0 expires now, and must
+     * not be put back in the lane that is expiring
+     */
+
+    for (i = 0; i < 2 && timeout; i++) {
+        lane = &rl->lanes[i];
+
+        if (lane->timeout != timeout) {
+            continue;
+        }
+
+        run->lane = lane;
+        run->expires = ngx_current_msec + timeout;
+        ngx_queue_insert_tail(&lane->runs, &run->lane_link);
+
+        if (!lane->timer.timer_set) {
+            ngx_add_timer(&lane->timer, timeout);
+        }
+
+        return;
+    }
+
     ngx_add_timer(&run->timer, timeout);
 }
 
 
-/*
- * A later deadline for a run whose timer stands: it is kept aside and the
- * timer moves on to it when it fires.  Every message's acknowledgement
- * extends its run so, and runs mostly end first: re-arming the timer there
- * would cost two operations on the timer tree per message.
- */
-
 static void
-ngx_http_openclaw_relay_extend(ngx_http_openclaw_run_t *run,
-    ngx_msec_t timeout)
+ngx_http_openclaw_relay_disarm(ngx_http_openclaw_run_t *run)
 {
-    ngx_msec_t  deadline;
-
-    deadline = ngx_current_msec + timeout;
-
-    if (run->timer.timer_set
-        && (ngx_msec_int_t) (deadline - run->timer.timer.key) >= 0)
-    {
-        run->deadline = deadline;
-        return;
+    if (run->lane) {
+        ngx_queue_remove(&run->lane_link);
+        run->lane = NULL;
     }
 
-    ngx_http_openclaw_relay_arm(run, timeout);
+    if (run->timer.timer_set) {
+        ngx_del_timer(&run->timer);
+    }
+}
+
+
+/* when the run times out; 0 if it is not armed */
+
+static ngx_msec_t
+ngx_http_openclaw_relay_expires(ngx_http_openclaw_run_t *run)
+{
+    if (run->lane) {
+        return run->expires;
+    }
+
+    if (run->timer.timer_set) {
+        return run->timer.timer.key;
+    }
+
+    return 0;
 }
 
 
 static void
-ngx_http_openclaw_relay_timeout(ngx_event_t *ev)
+ngx_http_openclaw_relay_lane_expired(ngx_event_t *ev)
 {
-    ngx_str_t                   none;
-    ngx_msec_int_t              left;
-    ngx_http_openclaw_run_t    *run;
-    ngx_http_openclaw_relay_t  *rl;
+    ngx_queue_t               *q;
+    ngx_msec_int_t             left;
+    ngx_http_openclaw_run_t   *run;
+    ngx_http_openclaw_lane_t  *lane;
 
-    run = ev->data;
-    rl = &ngx_http_openclaw_relay;
+    lane = ev->data;
 
-    if (run->deadline) {
-        left = (ngx_msec_int_t) (run->deadline - ngx_current_msec);
+    /* the head is taken anew each time: a timeout may end other runs */
+
+    while (!ngx_queue_empty(&lane->runs)) {
+        q = ngx_queue_head(&lane->runs);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, lane_link);
+
+        left = (ngx_msec_int_t) (run->expires - ngx_current_msec);
 
         if (left > 0) {
-            ngx_http_openclaw_relay_arm(run, (ngx_msec_t) left);
+            ngx_add_timer(&lane->timer, (ngx_msec_t) left);
             return;
         }
 
-        run->deadline = 0;
+        ngx_queue_remove(q);
+        run->lane = NULL;
+
+        ngx_http_openclaw_relay_timeout(run);
     }
+}
+
+
+static void
+ngx_http_openclaw_relay_timer_expired(ngx_event_t *ev)
+{
+    ngx_http_openclaw_relay_timeout(ev->data);
+}
+
+
+static void
+ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run)
+{
+    ngx_str_t                   none;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
 
     rl->stats->errors_timeout++;
 
@@ -1879,9 +1971,7 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
 
     ngx_http_openclaw_gateway_cancel(&run->rpc);
 
-    if (run->timer.timer_set) {
-        ngx_del_timer(&run->timer);
-    }
+    ngx_http_openclaw_relay_disarm(run);
 
     if (run->text) {
         ngx_free(run->text);

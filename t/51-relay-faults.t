@@ -575,4 +575,62 @@ subtest 'run timeout past the request timeout' => sub {
     $gw->stop;
 };
 
+###########################################################################
+# runs with the same timeout share one timer: each still times out when
+# its own time is up, not with the first nor much after, and runs that end
+# before theirs are left alone
+
+subtest 'staggered run timeouts' => sub {
+    my ($gw, $ngx) = setup(
+        http => "openclaw_gateway_request_timeout 1s;\nopenclaw_gateway_run_timeout 2s;");
+    ok(wait_up($ngx), 'link up');
+
+    my $c = RelayClient->new($ngx);
+    my %sent;
+    my @f;
+
+    for my $i (1 .. 3) {
+        $sent{"h$i"} = time;
+        $c->send_json({ id => "h$i", content => "{{hang}} staggered $i" });
+        $c->send_json({ id => "q$i", content => "quick $i" });
+        push @f, $c->drain(0.7);
+    }
+
+    my %ended;
+
+    for my $f (@f) {
+        my $j = $f->{json} or next;
+        next unless ($j->{type} // '') =~ /^(complete|error)$/;
+        $ended{$j->{id}} //= { %$j, at => $f->{t} };
+    }
+
+    my $deadline = time + 6;
+
+    while (grep { !$ended{"h$_"} } 1 .. 3 and time < $deadline) {
+        my $f = $c->next_frame(1) or next;
+        my $j = $f->{json} or next;
+        next unless ($j->{type} // '') =~ /^(complete|error)$/;
+        $ended{$j->{id}} //= { %$j, at => $f->{t} };
+    }
+
+    for my $i (1 .. 3) {
+        is($ended{"q$i"} && $ended{"q$i"}{type}, 'complete', "q$i completes");
+
+        my $h = $ended{"h$i"};
+        is($h && $h->{type}, 'error', "h$i gets an error");
+        like($h && $h->{error}, qr/2000 ms/, "h$i: the run timeout");
+        my $took = $h ? $h->{at} - $sent{"h$i"} : 0;
+        cmp_ok($took, '>=', 1.9, "h$i: not before its own 2 s");
+        cmp_ok($took, '<', 3.5, "h$i: not much after them");
+    }
+
+    my @late = grep { ($_->{json}{type} // '') =~ /^(complete|error)$/ }
+               $c->drain(0.5);
+    is(scalar @late, 0, 'nothing else ends');
+
+    $c->close;
+    $ngx->stop;
+    $gw->stop;
+};
+
 done_testing;

@@ -1340,21 +1340,12 @@ ngx_http_openclaw_jv_plain(const uint8_t *p, size_t len)
 
 
 int
-ngx_http_openclaw_jv_is(ngx_http_openclaw_jv_t *v, const char *s)
+ngx_http_openclaw_jv_is_escaped(ngx_http_openclaw_jv_t *v, const char *s,
+    size_t n)
 {
-    size_t          n, i, k;
+    size_t          i, k;
     uint8_t         buf[4], *d;
     const uint8_t  *p, *end;
-
-    if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING) {
-        return 0;
-    }
-
-    n = strlen(s);
-
-    if (!v->escaped) {
-        return v->size == n && memcmp(v->data, s, n) == 0;
-    }
 
     /* decoded one character at a time: no limit on the length */
 

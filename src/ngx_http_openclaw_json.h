@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 
 typedef enum {
@@ -143,8 +144,33 @@ int ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
  */
 size_t ngx_http_openclaw_jv_decode(ngx_http_openclaw_jv_t *v, uint8_t *dst);
 
-/* a string value equals "s" (decoded) */
-int ngx_http_openclaw_jv_is(ngx_http_openclaw_jv_t *v, const char *s);
+/* a string value with escapes equals the "n" bytes of "s" (decoded) */
+int ngx_http_openclaw_jv_is_escaped(ngx_http_openclaw_jv_t *v, const char *s,
+    size_t n);
+
+/*
+ * A string value equals "s" (decoded).  Inline: callers mostly compare
+ * with a literal, whose length and comparison then fold into a few
+ * instructions.
+ */
+
+static inline int
+ngx_http_openclaw_jv_is(ngx_http_openclaw_jv_t *v, const char *s)
+{
+    size_t  n;
+
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING) {
+        return 0;
+    }
+
+    n = strlen(s);
+
+    if (!v->escaped) {
+        return v->size == n && memcmp(v->data, s, n) == 0;
+    }
+
+    return ngx_http_openclaw_jv_is_escaped(v, s, n);
+}
 
 /*
  * How many of the "len" bytes at "p" go into a JSON string as they are,

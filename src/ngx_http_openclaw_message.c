@@ -29,7 +29,7 @@ static ngx_int_t ngx_http_openclaw_message_block(ngx_http_openclaw_jv_t *block,
     ngx_http_openclaw_jv_t *text);
 static u_char *ngx_http_openclaw_lower(u_char *dst, u_char *src, size_t n);
 static ngx_int_t ngx_http_openclaw_json_name(ngx_http_openclaw_json_t *j,
-    const char *name, size_t more);
+    const char *name, size_t n, size_t more);
 static ngx_int_t ngx_http_openclaw_json_reserve(ngx_http_openclaw_json_t *j,
     size_t n);
 
@@ -772,19 +772,19 @@ ngx_http_openclaw_json_begin(ngx_http_openclaw_json_t *j, const char *type)
 
 
 void
-ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j, const char *name,
-    u_char *value, size_t len)
+ngx_http_openclaw_json_string_n(ngx_http_openclaw_json_t *j, const char *name,
+    size_t n, u_char *value, size_t len)
 {
     /* the common case, nothing to escape, is found in one pass */
 
     if (ngx_http_openclaw_jv_plain(value, len) == len) {
-        ngx_http_openclaw_json_escaped(j, name, value, len);
+        ngx_http_openclaw_json_escaped_n(j, name, n, value, len);
         return;
     }
 
     /* an escape is at most 6 bytes: "\u00XX" */
 
-    if (ngx_http_openclaw_json_name(j, name, 6 * len + 2) != NGX_OK) {
+    if (ngx_http_openclaw_json_name(j, name, n, 6 * len + 2) != NGX_OK) {
         return;
     }
 
@@ -795,10 +795,10 @@ ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j, const char *name,
 
 
 void
-ngx_http_openclaw_json_escaped(ngx_http_openclaw_json_t *j, const char *name,
-    u_char *value, size_t len)
+ngx_http_openclaw_json_escaped_n(ngx_http_openclaw_json_t *j, const char *name,
+    size_t n, u_char *value, size_t len)
 {
-    if (ngx_http_openclaw_json_name(j, name, len + 2) != NGX_OK) {
+    if (ngx_http_openclaw_json_name(j, name, n, len + 2) != NGX_OK) {
         return;
     }
 
@@ -809,10 +809,10 @@ ngx_http_openclaw_json_escaped(ngx_http_openclaw_json_t *j, const char *name,
 
 
 void
-ngx_http_openclaw_json_raw(ngx_http_openclaw_json_t *j, const char *name,
-    u_char *value, size_t len)
+ngx_http_openclaw_json_raw_n(ngx_http_openclaw_json_t *j, const char *name,
+    size_t n, u_char *value, size_t len)
 {
-    if (ngx_http_openclaw_json_name(j, name, len) != NGX_OK) {
+    if (ngx_http_openclaw_json_name(j, name, n, len) != NGX_OK) {
         return;
     }
 
@@ -824,12 +824,8 @@ ngx_http_openclaw_json_raw(ngx_http_openclaw_json_t *j, const char *name,
 
 static ngx_int_t
 ngx_http_openclaw_json_name(ngx_http_openclaw_json_t *j, const char *name,
-    size_t more)
+    size_t n, size_t more)
 {
-    size_t  n;
-
-    n = ngx_strlen(name);
-
     if (ngx_http_openclaw_json_reserve(j, n + more + 4) != NGX_OK) {
         return NGX_ERROR;
     }

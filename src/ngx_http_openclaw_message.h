@@ -121,14 +121,43 @@ typedef struct {
 
 void ngx_http_openclaw_json_begin(ngx_http_openclaw_json_t *j,
     const char *type);
-void ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j,
-    const char *name, u_char *value, size_t len);
-void ngx_http_openclaw_json_raw(ngx_http_openclaw_json_t *j,
-    const char *name, u_char *value, size_t len);
 
-/* a string whose content is already escaped JSON */
-void ngx_http_openclaw_json_escaped(ngx_http_openclaw_json_t *j,
-    const char *name, u_char *value, size_t len);
+/*
+ * Members, named by "name" of "n" bytes: a string to escape, raw JSON, or
+ * a string whose content is already escaped JSON.  The inline forms take
+ * a C string, whose length folds away when it is a literal.
+ */
+void ngx_http_openclaw_json_string_n(ngx_http_openclaw_json_t *j,
+    const char *name, size_t n, u_char *value, size_t len);
+void ngx_http_openclaw_json_raw_n(ngx_http_openclaw_json_t *j,
+    const char *name, size_t n, u_char *value, size_t len);
+void ngx_http_openclaw_json_escaped_n(ngx_http_openclaw_json_t *j,
+    const char *name, size_t n, u_char *value, size_t len);
+
+
+static ngx_inline void
+ngx_http_openclaw_json_string(ngx_http_openclaw_json_t *j, const char *name,
+    u_char *value, size_t len)
+{
+    ngx_http_openclaw_json_string_n(j, name, ngx_strlen(name), value, len);
+}
+
+
+static ngx_inline void
+ngx_http_openclaw_json_raw(ngx_http_openclaw_json_t *j, const char *name,
+    u_char *value, size_t len)
+{
+    ngx_http_openclaw_json_raw_n(j, name, ngx_strlen(name), value, len);
+}
+
+
+static ngx_inline void
+ngx_http_openclaw_json_escaped(ngx_http_openclaw_json_t *j, const char *name,
+    u_char *value, size_t len)
+{
+    ngx_http_openclaw_json_escaped_n(j, name, ngx_strlen(name), value, len);
+}
+
 ngx_int_t ngx_http_openclaw_json_end(ngx_http_openclaw_json_t *j,
     ngx_str_t *out);
 

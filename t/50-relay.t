@@ -16,6 +16,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use Digest::SHA qw(sha256_hex);
 use Mojo::JSON qw(decode_json encode_json);
 use Time::HiRes qw(sleep time);
 
@@ -334,6 +335,12 @@ sub check_stream {
        'no id: a fresh idempotencyKey each time');
     like($_, qr/^wh-[0-9a-f]{32}$/, "key $_ is wh-<32 hex>")
         for grep { defined } @k{'idem 1', 'idem 2', 'idem 3', 'noid 1', 'noid 2'};
+
+    # the key must not change between versions of the module: a message
+    # sent again after an upgrade still finds its run
+    my ($s1) = grep { $_->{params}{message} eq 'idem 1' } $gw->requests('chat.send');
+    is($k{'idem 1'}, 'wh-' . substr(sha256_hex("$s1->{params}{sessionKey}\0k1"), 0, 32),
+       'the key is the first 128 bits of SHA-256 of the session key, a zero byte and the id');
 
     $_->close for $a, $b, $c;
 }

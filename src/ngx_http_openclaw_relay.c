@@ -37,6 +37,19 @@
 #define NGX_HTTP_OPENCLAW_STRAYS        16
 #define NGX_HTTP_OPENCLAW_STRAY_TTL     30000
 
+/*
+ * A run and its strings mostly fit in a block of a fixed size, and the
+ * blocks of runs that ended are kept for the next ones, a few dozen at
+ * most, so that a message costs no malloc() and free().  Under ASan every
+ * run is freed, so that a use after free is still seen.
+ */
+#define NGX_HTTP_OPENCLAW_RUN_BLOCK     1024
+#if (defined __SANITIZE_ADDRESS__)
+#define NGX_HTTP_OPENCLAW_RUN_CACHE     0
+#else
+#define NGX_HTTP_OPENCLAW_RUN_CACHE     64
+#endif
+
 
 typedef enum {
     NGX_HTTP_OPENCLAW_RUN_WAITING = 0,
@@ -87,6 +100,7 @@ typedef struct {
     size_t                          text_size;
 
     unsigned                        seen_text:1;
+    unsigned                        block:1;
 
     u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
 } ngx_http_openclaw_run_t;
@@ -125,6 +139,8 @@ typedef struct {
     ngx_uint_t                      connections;
     ngx_uint_t                      adopting;
     ngx_http_openclaw_lane_t        lanes[2];   /* request, run timeout */
+    void                           *blocks;     /* of runs that ended */
+    ngx_uint_t                      nblocks;
     ngx_http_openclaw_relay_stats_t *stats;
     ngx_http_openclaw_stray_t       strays[NGX_HTTP_OPENCLAW_STRAYS];
 } ngx_http_openclaw_relay_t;
@@ -187,6 +203,8 @@ static void ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
     const char *fmt, ...);
 static void ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run,
     ngx_str_t *error);
+static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_alloc(size_t size,
+    ngx_log_t *log);
 static void ngx_http_openclaw_relay_closing(ngx_http_openclaw_client_t *cl,
     const char *reason);
 static void ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl);
@@ -560,7 +578,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     size = sizeof(ngx_http_openclaw_run_t) + session.len + in->id_json.len
            + params.len;
 
-    run = ngx_calloc(size, cl->connection->log);
+    run = ngx_http_openclaw_relay_alloc(size, cl->connection->log);
     if (run == NULL) {
         ngx_str_set(&error, "out of memory");
 
@@ -1983,7 +2001,52 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
         ngx_http_openclaw_relay_settle(&run->session);
     }
 
+#if (NGX_HTTP_OPENCLAW_RUN_CACHE)
+
+    if (run->block && rl->nblocks < NGX_HTTP_OPENCLAW_RUN_CACHE) {
+        *(void **) run = rl->blocks;
+        rl->blocks = run;
+        rl->nblocks++;
+        return;
+    }
+
+#endif
+
     ngx_free(run);
+}
+
+
+/* a zeroed run, with "size" bytes in all for it and its strings */
+
+static ngx_http_openclaw_run_t *
+ngx_http_openclaw_relay_alloc(size_t size, ngx_log_t *log)
+{
+    void                       *p;
+    ngx_uint_t                  block;
+    ngx_http_openclaw_run_t    *run;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    block = (size <= NGX_HTTP_OPENCLAW_RUN_BLOCK);
+
+    if (block && rl->blocks) {
+        p = rl->blocks;
+        rl->blocks = *(void **) p;
+        rl->nblocks--;
+
+    } else {
+        p = ngx_alloc(block ? NGX_HTTP_OPENCLAW_RUN_BLOCK : size, log);
+        if (p == NULL) {
+            return NULL;
+        }
+    }
+
+    run = p;
+    ngx_memzero(run, sizeof(ngx_http_openclaw_run_t));
+    run->block = block;
+
+    return run;
 }
 
 

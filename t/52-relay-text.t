@@ -29,6 +29,8 @@ my %sent = (
     escapes => "quote \" back \\ slash / nl \n cr \r tab \t",
     control => "ctl \x01\x1f end",
     unicode => "é € 中文 😀 𝄞",
+    # more than a run's block of memory: its own allocation
+    long    => join('', map { "line $_ é \"q\" 😀\n" } 1 .. 200),
 );
 
 # the same characters, spelled with \u escapes and \/ by the client

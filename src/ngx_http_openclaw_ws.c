@@ -474,14 +474,18 @@ ngx_http_openclaw_ws_mask(uint8_t *data, size_t len, const uint8_t *key,
     size_t offset)
 {
     size_t    i;
-    uint8_t   k[8];
+    uint8_t   k[4];
+    uint32_t  half;
     uint64_t  word, kw;
 
-    for (i = 0; i < 8; i++) {
+    for (i = 0; i < 4; i++) {
         k[i] = key[(offset + i) & 3];
     }
 
-    memcpy(&kw, k, 8);
+    /* the key twice over: the same word in either byte order */
+
+    memcpy(&half, k, 4);
+    kw = ((uint64_t) half << 32) | half;
 
     /* whole words keep the key phase, since 8 is a multiple of 4 */
 
@@ -492,7 +496,7 @@ ngx_http_openclaw_ws_mask(uint8_t *data, size_t len, const uint8_t *key,
     }
 
     for ( /* void */ ; i < len; i++) {
-        data[i] ^= k[i & 7];
+        data[i] ^= k[i & 3];
     }
 }
 

@@ -33,6 +33,37 @@
 #endif
 
 
+/*
+ * The top bit set in the first byte of "w" that a string cannot hold as
+ * it is (a control byte, a quote, a backslash), and maybe in later ones.
+ */
+#define jv_special8(w)                                                       \
+    (jv_has_less((w), 0x20) | jv_has_zero((w) ^ JV_BYTES(0x22))              \
+     | jv_has_zero((w) ^ JV_BYTES(0x5c)))
+
+#if (defined __SSE2__ && defined __GNUC__)
+
+/*
+ * A bit for each of the 16 bytes at "p" that a string cannot hold as it
+ * is; a byte below 0x20 is one that 0x1f is the maximum of.
+ */
+
+static inline int
+jv_special16(const uint8_t *p)
+{
+    __m128i  x, control;
+
+    x = _mm_loadu_si128((const __m128i *) p);
+    control = _mm_set1_epi8(0x1f);
+
+    return _mm_movemask_epi8(_mm_or_si128(
+               _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                            _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+               _mm_cmpeq_epi8(_mm_max_epu8(x, control), control)));
+}
+
+#endif
+
 #if (defined __GNUC__)
 #define jv_lowest(m)         __builtin_ctz(m)
 #else
@@ -431,16 +462,9 @@ jv_check_string(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
     const uint8_t  *q;
 #if (defined __SSE2__ && defined __GNUC__)
     int             k;
-    __m128i         x;
 
     if (end - p > 16) {
-        x = _mm_loadu_si128((const __m128i *) (p + 1));
-
-        k = _mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
-                _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1f)),
-                               _mm_set1_epi8(0x1f))));
+        k = jv_special16(p + 1);
 
         if (k) {
             q = p + 1 + __builtin_ctz(k);
@@ -459,8 +483,7 @@ jv_check_string(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
     if (end - p > 8) {
         memcpy(&w, p + 1, 8);
 
-        m = jv_has_less(w, 0x20) | jv_has_zero(w ^ JV_BYTES(0x22))
-            | jv_has_zero(w ^ JV_BYTES(0x5c));
+        m = jv_special8(w);
 
         if (m) {
             q = p + 1 + (__builtin_ctzll(m) >> 3);
@@ -488,11 +511,6 @@ jv_check_string_long(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
     const uint8_t  *open;
 #if (defined __SSE2__ && defined __GNUC__)
     int             k;
-    __m128i         x, quote, backslash, control;
-
-    quote = _mm_set1_epi8('"');
-    backslash = _mm_set1_epi8('\\');
-    control = _mm_set1_epi8(0x1f);
 #endif
 
     open = p;
@@ -510,14 +528,7 @@ jv_check_string_long(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 #if (defined __SSE2__ && defined __GNUC__)
 
         while (end - p > 16) {
-            x = _mm_loadu_si128((const __m128i *) p);
-
-            /* a byte below 0x20 is one that 0x1f is the maximum of */
-
-            k = _mm_movemask_epi8(_mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(x, quote),
-                                 _mm_cmpeq_epi8(x, backslash)),
-                    _mm_cmpeq_epi8(_mm_max_epu8(x, control), control)));
+            k = jv_special16(p);
 
             if (k) {
                 p += __builtin_ctz(k);
@@ -532,8 +543,7 @@ jv_check_string_long(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
         while (end - p > 8) {
             memcpy(&w, p, 8);
 
-            m = jv_has_less(w, 0x20) | jv_has_zero(w ^ JV_BYTES(0x22))
-                | jv_has_zero(w ^ JV_BYTES(0x5c));
+            m = jv_special8(w);
 
             if (m) {
 #if (JV_LITTLE_ENDIAN)
@@ -1292,7 +1302,6 @@ ngx_http_openclaw_jv_plain(const uint8_t *p, size_t len)
     const uint8_t  *start, *end;
 #if (defined __SSE2__ && defined __GNUC__)
     int             k;
-    __m128i         x;
 #endif
 
     start = p;
@@ -1301,13 +1310,7 @@ ngx_http_openclaw_jv_plain(const uint8_t *p, size_t len)
 #if (defined __SSE2__ && defined __GNUC__)
 
     while (end - p >= 16) {
-        x = _mm_loadu_si128((const __m128i *) p);
-
-        k = _mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
-                _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1f)),
-                               _mm_set1_epi8(0x1f))));
+        k = jv_special16(p);
 
         if (k) {
             return p - start + __builtin_ctz(k);
@@ -1321,8 +1324,7 @@ ngx_http_openclaw_jv_plain(const uint8_t *p, size_t len)
     while (end - p >= 8) {
         memcpy(&w, p, 8);
 
-        m = jv_has_less(w, 0x20) | jv_has_zero(w ^ JV_BYTES(0x22))
-            | jv_has_zero(w ^ JV_BYTES(0x5c));
+        m = jv_special8(w);
 
         if (m) {
             break;

@@ -2502,6 +2502,28 @@ test_utf8_fail_fast(void)
 }
 
 
+/* the codec and the RFC 3629 reference agree on "s", shown if not */
+
+static int
+utf8_agrees(const uint8_t *s, size_t len)
+{
+    int       rc, partial;
+    size_t    ref;
+    uint32_t  state;
+
+    state = 0;
+    rc = ngx_http_openclaw_utf8_validate(&state, s, len);
+    ref = ref_utf8(s, len, &partial);
+
+    if ((rc == -1) != (ref < len) || (rc == 0 && (state != 0) != partial)) {
+        hexdump("disagree on", s, len);
+        return 0;
+    }
+
+    return 1;
+}
+
+
 /*
  * ASCII is skipped many bytes at a time: a byte that is not ASCII, valid
  * or not, at every position of texts 1 to 40 bytes long is still seen.
@@ -2510,10 +2532,9 @@ test_utf8_fail_fast(void)
 static void
 test_utf8_positions(void)
 {
-    int       rc, partial, bad;
-    size_t    len, at, k, ref;
-    uint8_t   s[48];
-    uint32_t  state;
+    int      bad;
+    size_t   len, at, k;
+    uint8_t  s[48];
 
     static const char  *seqs[] = {
         "\xff", "\x80", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
@@ -2533,16 +2554,7 @@ test_utf8_positions(void)
 
                 memcpy(s + at, seqs[k], strlen(seqs[k]));
 
-                state = 0;
-                rc = ngx_http_openclaw_utf8_validate(&state, s, len);
-                ref = ref_utf8(s, len, &partial);
-
-                if ((rc == -1) != (ref < len)
-                    || (rc == 0 && (state != 0) != partial))
-                {
-                    hexdump("disagree on", s, len);
-                    bad = 1;
-                }
+                bad = !utf8_agrees(s, len);
             }
         }
     }
@@ -2557,8 +2569,8 @@ test_utf8_positions(void)
 static void
 test_utf8_exhaustive(void)
 {
-    int       rc, partial, bad;
-    size_t    len, ref;
+    int       rc, bad;
+    size_t    len;
     uint8_t   s[4];
     uint32_t  i, state, n;
 
@@ -2575,16 +2587,7 @@ test_utf8_exhaustive(void)
                 s[n] = (uint8_t) (i >> (8 * n));
             }
 
-            state = 0;
-            rc = ngx_http_openclaw_utf8_validate(&state, s, len);
-            ref = ref_utf8(s, len, &partial);
-
-            if ((rc == -1) != (ref < len)
-                || (rc == 0 && (state != 0) != partial))
-            {
-                hexdump("disagree on", s, len);
-                bad = 1;
-            }
+            bad = !utf8_agrees(s, len);
         }
     }
 
@@ -2596,14 +2599,7 @@ test_utf8_exhaustive(void)
         s[2] = tails[(i >> 16) % 15];
         s[3] = tails[(i >> 16) / 15];
 
-        state = 0;
-        rc = ngx_http_openclaw_utf8_validate(&state, s, 4);
-        ref = ref_utf8(s, 4, &partial);
-
-        if ((rc == -1) != (ref < 4) || (rc == 0 && (state != 0) != partial)) {
-            hexdump("disagree on", s, 4);
-            bad = 1;
-        }
+        bad = !utf8_agrees(s, 4);
     }
 
     ok(!bad, "utf8_validate agrees with an RFC 3629 decoder on every "

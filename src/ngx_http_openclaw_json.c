@@ -127,6 +127,8 @@ static inline const uint8_t *jv_skip(ngx_http_openclaw_jv_t *v,
     const uint8_t *p, const uint8_t *end);
 static inline void jv_record(jv_ctx_t *ctx, uint32_t n, const uint8_t *open,
     const uint8_t *last, uint32_t next, uint32_t escaped);
+static inline const uint8_t *jv_leaf(jv_ctx_t *ctx, const uint8_t *open,
+    const uint8_t *last, uint32_t escaped);
 static inline const uint8_t *jv_check(jv_ctx_t *ctx, const uint8_t *p,
     const uint8_t *end, int depth);
 static const uint8_t *jv_check_scalar(jv_ctx_t *ctx, const uint8_t *p,
@@ -196,7 +198,8 @@ jv_ws_seen(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 static const uint8_t *
 jv_ws_skip(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    while (p < end
+           && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
     {
         ctx->spaced = 1;
         p++;
@@ -312,6 +315,21 @@ jv_record(jv_ctx_t *ctx, uint32_t n, const uint8_t *open, const uint8_t *last,
 }
 
 
+/* a string or a scalar, which holds no other node, ends at "last" */
+
+static inline const uint8_t *
+jv_leaf(jv_ctx_t *ctx, const uint8_t *open, const uint8_t *last,
+    uint32_t escaped)
+{
+    uint32_t  n;
+
+    n = ctx->count++;
+    jv_record(ctx, n, open, last, n + 1, escaped);
+
+    return last;
+}
+
+
 /*
  * Validates one value at "p"; returns the byte after it, or NULL.  Inline,
  * so that a string, the most common value, costs no call.
@@ -342,7 +360,6 @@ jv_check(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end, int depth)
 static const uint8_t *
 jv_check_scalar(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 {
-    uint32_t        n;
     const uint8_t  *q;
 
     switch (*p) {
@@ -364,14 +381,7 @@ jv_check_scalar(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
         break;
     }
 
-    if (q == NULL) {
-        return NULL;
-    }
-
-    n = ctx->count++;
-    jv_record(ctx, n, p, q, n + 1, 0);
-
-    return q;
+    return (q == NULL) ? NULL : jv_leaf(ctx, p, q, 0);
 }
 
 
@@ -458,45 +468,41 @@ done:
 static inline const uint8_t *
 jv_check_string(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 {
-    uint32_t        n;
     const uint8_t  *q;
 #if (defined __SSE2__ && defined __GNUC__)
     int             k;
+#elif (JV_LITTLE_ENDIAN)
+    uint64_t        w, m;
+#endif
+
+    q = NULL;
+
+#if (defined __SSE2__ && defined __GNUC__)
 
     if (end - p > 16) {
         k = jv_special16(p + 1);
 
         if (k) {
             q = p + 1 + __builtin_ctz(k);
-
-            if (*q == '"') {
-                n = ctx->count++;
-                jv_record(ctx, n, p, q + 1, n + 1, 0);
-                return q + 1;
-            }
         }
     }
 
 #elif (JV_LITTLE_ENDIAN)
-    uint64_t        w, m;
 
     if (end - p > 8) {
         memcpy(&w, p + 1, 8);
-
         m = jv_special8(w);
 
         if (m) {
             q = p + 1 + (__builtin_ctzll(m) >> 3);
-
-            if (*q == '"') {
-                n = ctx->count++;
-                jv_record(ctx, n, p, q + 1, n + 1, 0);
-                return q + 1;
-            }
         }
     }
 
 #endif
+
+    if (q != NULL && *q == '"') {
+        return jv_leaf(ctx, p, q + 1, 0);
+    }
 
     return jv_check_string_long(ctx, p, end);
 }
@@ -505,7 +511,7 @@ jv_check_string(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 static const uint8_t *
 jv_check_string_long(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
 {
-    uint32_t        cp, n;
+    uint32_t        cp;
     uint64_t        w, m;
     unsigned        escaped;
     const uint8_t  *open;
@@ -569,11 +575,7 @@ jv_check_string_long(jv_ctx_t *ctx, const uint8_t *p, const uint8_t *end)
     special:
 
         if (*p == '"') {
-            p++;
-            n = ctx->count++;
-            jv_record(ctx, n, open, p, n + 1, escaped);
-
-            return p;
+            return jv_leaf(ctx, open, p + 1, escaped);
         }
 
         if (*p < 0x20) {

@@ -929,8 +929,6 @@ ngx_http_openclaw_jv_members(ngx_http_openclaw_jv_t *obj, const char **names,
 /*
  * The names by their first byte and length (folded to 64 slots): a member
  * is compared with the few names that can be it, not with every name.
- * Names longer than 255 bytes are never found, as no member is asked for
- * by such a name.
  */
 
 static void
@@ -945,12 +943,7 @@ jv_names_prepare(ngx_http_openclaw_jv_names_t *set)
     for (i = 0; i < set->n; i++) {
         len = strlen(set->names[i]);
 
-        if (len > 255) {
-            set->len[i] = 0;
-            continue;
-        }
-
-        set->len[i] = (uint8_t) len;
+        set->len[i] = len;
         set->slot[jv_slot((const uint8_t *) set->names[i], len)]
             |= (uint16_t) (1 << i);
 

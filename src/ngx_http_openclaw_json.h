@@ -117,7 +117,7 @@ typedef struct {
     const char                    **names;
     int                             n;
     int                             ready;
-    uint8_t                         len[16];
+    size_t                          len[16];
     uint16_t                        slot[64];
     uint64_t                        word[16];  /* the first 8 bytes */
     uint64_t                        mask[16];

@@ -987,6 +987,35 @@ test_lookup(void)
        "are told apart");
 
     free(t);
+
+    /* a name of any length, found with and without an index */
+
+    {
+        char                          long_name[301], text[340];
+        const char                   *one[1] = { long_name };
+        ngx_http_openclaw_jv_names_t  long_set;
+
+        memset(long_name, 'n', 300);
+        long_name[300] = '\0';
+        snprintf(text, sizeof(text), "{\"%s\":7}", long_name);
+
+        for (indexed = 0; indexed < 2; indexed++) {
+            t = dup(text, strlen(text));
+            (void) ngx_http_openclaw_jv_parse(t, strlen(text), &obj,
+                                              indexed ? &ix : NULL);
+
+            long_set.names = one;
+            long_set.n = 1;
+            long_set.ready = 0;
+
+            rc = ngx_http_openclaw_jv_lookup(&obj, &long_set, out);
+
+            ok(rc == 1 && out[0].type == J_NUMBER && out[0].start[0] == '7',
+               "lookup: a 300-byte name, %s", indexed ? "indexed" : "plain");
+
+            free(t);
+        }
+    }
 }
 
 

@@ -2,23 +2,14 @@
 
 # Copyright (C) The ngx_http_openclaw_bridge_module authors
 
-# Unit tests of the RFC 6455 frame codec: t/unit/ws_codec_test.c prints
-# its own TAP, passed through as is.  The Makefile builds the binary
-# before prove runs, so a missing one is a broken build, never a skip.
+# Unit tests of the RFC 6455 frame codec (t/unit/ws_codec_test.c).
 
 use strict;
 use warnings;
 
 use FindBin;
+use lib "$FindBin::Bin/lib";
 
-my $bin = "$FindBin::Bin/../build/ws_codec_test";
+use UnitTest;
 
-unless (-f $bin && -x _) {
-    print "Bail out! build/ws_codec_test not built (run make unit)\n";
-    exit 255;
-}
-
-exec { $bin } $bin
-    or print "Bail out! cannot run build/ws_codec_test: $!\n";
-
-exit 255;
+UnitTest::run('ws_codec_test');

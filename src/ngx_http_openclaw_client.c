@@ -43,6 +43,7 @@ static void ngx_http_openclaw_client_message(ngx_http_openclaw_client_t *cl,
     ngx_http_openclaw_ws_event_t *ev);
 static void ngx_http_openclaw_client_control(ngx_http_openclaw_client_t *cl,
     ngx_http_openclaw_ws_event_t *ev);
+static void ngx_http_openclaw_client_advance(ngx_http_openclaw_client_t *cl);
 static ngx_int_t ngx_http_openclaw_client_frame(
     ngx_http_openclaw_client_t *cl, ngx_uint_t opcode, u_char *data,
     size_t len);
@@ -624,6 +625,11 @@ ngx_http_openclaw_client_write_handler(ngx_event_t *wev)
         return;
     }
 
+    if (cl->overflow && cl->state == NGX_HTTP_OPENCLAW_OPEN) {
+        ngx_http_openclaw_client_close(cl, NGX_HTTP_OPENCLAW_WS_POLICY,
+                                       "client too slow, send buffer full");
+    }
+
     if (ngx_http_openclaw_client_flush(cl) != NGX_OK) {
         return;
     }
@@ -879,7 +885,7 @@ static ngx_int_t
 ngx_http_openclaw_client_frame(ngx_http_openclaw_client_t *cl,
     ngx_uint_t opcode, u_char *data, size_t len)
 {
-    size_t   need, size, used;
+    size_t   need, size, used, head;
     u_char  *out;
 
     need = NGX_HTTP_OPENCLAW_WS_MAX_HEADER + len;
@@ -887,6 +893,7 @@ ngx_http_openclaw_client_frame(ngx_http_openclaw_client_t *cl,
     if ((size_t) (cl->out + cl->out_size - cl->out_last) < need) {
 
         used = cl->out_last - cl->out_pos;
+        head = cl->out_head - cl->out_pos;
 
         if (cl->out && cl->out_pos != cl->out
             && cl->out_size - used >= need)
@@ -911,6 +918,7 @@ ngx_http_openclaw_client_frame(ngx_http_openclaw_client_t *cl,
         }
 
         cl->out_pos = cl->out;
+        cl->out_head = cl->out + head;
         cl->out_last = cl->out + used;
     }
 
@@ -921,7 +929,46 @@ ngx_http_openclaw_client_frame(ngx_http_openclaw_client_t *cl,
         cl->out_last = ngx_cpymem(cl->out_last, data, len);
     }
 
+    if (cl->out_head == cl->out_pos) {
+        cl->out_head = cl->out_last;
+    }
+
     return NGX_OK;
+}
+
+
+/*
+ * The frame being written is done: "out_head" moves to the end of the
+ * frame that "out_pos" is in, read from its header (ours: unmasked).
+ */
+
+static void
+ngx_http_openclaw_client_advance(ngx_http_openclaw_client_t *cl)
+{
+    u_char    *p;
+    uint64_t   len;
+
+    while (cl->out_head <= cl->out_pos && cl->out_head < cl->out_last) {
+        p = cl->out_head;
+        len = p[1] & 0x7f;
+
+        if (len == 126) {
+            len = ((uint64_t) p[2] << 8) | p[3];
+            p += 4;
+
+        } else if (len == 127) {
+            len = ((uint64_t) p[2] << 56) | ((uint64_t) p[3] << 48)
+                  | ((uint64_t) p[4] << 40) | ((uint64_t) p[5] << 32)
+                  | ((uint64_t) p[6] << 24) | ((uint64_t) p[7] << 16)
+                  | ((uint64_t) p[8] << 8) | p[9];
+            p += 10;
+
+        } else {
+            p += 2;
+        }
+
+        cl->out_head = p + len;
+    }
 }
 
 
@@ -929,20 +976,32 @@ ngx_int_t
 ngx_http_openclaw_client_send(ngx_http_openclaw_client_t *cl,
     ngx_uint_t opcode, u_char *data, size_t len)
 {
-    size_t  queued;
+    size_t  behind;
 
     if (cl->state != NGX_HTTP_OPENCLAW_OPEN) {
         return NGX_DECLINED;
     }
 
-    queued = cl->out_last - cl->out_pos;
+    if (cl->overflow) {
+        return NGX_ERROR;
+    }
 
-    if (queued >= cl->conf->send_buffer) {
+    /*
+     * The frame being written does not count: however large one reply
+     * is, a client that reads gets it and the next one.  The close is
+     * left to the write handler, because the caller may be inside a run
+     * or a request that closing would end under it.
+     */
+
+    behind = cl->out_head < cl->out_last ? cl->out_last - cl->out_head : 0;
+
+    if (behind >= cl->conf->send_buffer) {
         ngx_log_error(NGX_LOG_INFO, cl->connection->log, 0,
                       "client is not reading: %uz bytes of WebSocket "
-                      "messages queued, closing", queued);
-        ngx_http_openclaw_client_close(cl, NGX_HTTP_OPENCLAW_WS_POLICY,
-                                       "client too slow, send buffer full");
+                      "messages queued, closing",
+                      (size_t) (cl->out_last - cl->out_pos));
+        cl->overflow = 1;
+        ngx_post_event(cl->connection->write, &ngx_posted_events);
         return NGX_ERROR;
     }
 
@@ -1108,18 +1167,22 @@ ngx_http_openclaw_client_flush(ngx_http_openclaw_client_t *cl)
 
         cl->out_pos += n;
 
+        ngx_http_openclaw_client_advance(cl);
+
         if (wev->timer_set) {
             ngx_del_timer(wev);
         }
     }
 
     cl->out_pos = cl->out;
+    cl->out_head = cl->out;
     cl->out_last = cl->out;
 
     if (cl->out_size > NGX_HTTP_OPENCLAW_KEEP_SIZE) {
         ngx_free(cl->out);
         cl->out = NULL;
         cl->out_pos = NULL;
+        cl->out_head = NULL;
         cl->out_last = NULL;
         cl->out_size = 0;
     }

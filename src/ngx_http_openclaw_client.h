@@ -62,9 +62,13 @@ struct ngx_http_openclaw_client_s {
     size_t                          msg_len;
     size_t                          msg_size;
 
-    /* framed output not yet accepted by the socket */
+    /*
+     * Framed output not yet accepted by the socket; "out_head" is the end
+     * of the frame being written, so that what waits behind it is known.
+     */
     u_char                         *out;
     u_char                         *out_pos;
+    u_char                         *out_head;
     u_char                         *out_last;
     size_t                          out_size;
 
@@ -78,6 +82,7 @@ struct ngx_http_openclaw_client_s {
 
     unsigned                        reading:1;
     unsigned                        awaiting_pong:1;
+    unsigned                        overflow:1;
 };
 
 
@@ -86,8 +91,10 @@ ngx_int_t ngx_http_openclaw_client_handler(ngx_http_request_t *r,
 
 /*
  * Queues one message.  NGX_DECLINED: the connection is closing and the
- * message was dropped; NGX_ERROR: the client fell too far behind and is
- * being closed.
+ * message was dropped; NGX_ERROR: the client fell too far behind, the
+ * message was dropped, and the connection will be closed.  Sending never
+ * closes the connection or calls back before it returns, so a caller may
+ * send from inside anything it holds.
  */
 ngx_int_t ngx_http_openclaw_client_send(ngx_http_openclaw_client_t *cl,
     ngx_uint_t opcode, u_char *data, size_t len);

@@ -864,6 +864,9 @@ ngx_http_openclaw_control_gone(ngx_http_openclaw_peer_t *peer)
         q = ngx_queue_head(&peer->controls);
         ctl = ngx_queue_data(q, ngx_http_openclaw_control_t, queue);
 
+        /* it ended, unanswered: nobody is left to answer */
+
+        ngx_http_openclaw_relay_count_out();
         ngx_http_openclaw_control_free(ctl);
     }
 }

@@ -2155,6 +2155,9 @@ ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl)
         run->peer = NULL;
         peer->nruns--;
 
+        /* the message ended, unanswered: nobody is left to answer */
+
+        ngx_http_openclaw_relay.stats->messages_out++;
         ngx_http_openclaw_relay_free(run, &gone);
     }
 

@@ -26,6 +26,9 @@
 #define NGX_HTTP_OPENCLAW_CONTROL_OWN        1
 #define NGX_HTTP_OPENCLAW_CONTROL_ALL        2
 
+#define NGX_HTTP_OPENCLAW_NAMESPACE_WEBHOOK  0
+#define NGX_HTTP_OPENCLAW_NAMESPACE_AGENT    1
+
 
 typedef struct {
     ngx_str_t                   url;
@@ -66,8 +69,12 @@ typedef struct {
     ngx_uint_t                  mode;
     ngx_flag_t                  abort_on_disconnect;
     ngx_uint_t                  max_in_flight;
+    ngx_uint_t                  max_sessions;
     ngx_uint_t                  scope;
     ngx_uint_t                  control;
+    ngx_uint_t                  namespace;
+    u_char                     *namespace_file;    /* for a late error */
+    ngx_uint_t                  namespace_line;
     ngx_http_complex_value_t   *agent;
     ngx_http_complex_value_t   *uid;
     ngx_http_complex_value_t   *sender;

@@ -84,6 +84,17 @@ static ngx_conf_enum_t  ngx_http_openclaw_controls[] = {
 };
 
 
+static ngx_conf_enum_t  ngx_http_openclaw_namespaces[] = {
+    { ngx_string("webhook"), NGX_HTTP_OPENCLAW_NAMESPACE_WEBHOOK },
+    { ngx_string("agent"), NGX_HTTP_OPENCLAW_NAMESPACE_AGENT },
+    { ngx_null_string, 0 }
+};
+
+
+static char *ngx_http_openclaw_session_namespace(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+
+
 static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
 
     { ngx_string("openclaw_bridge"),
@@ -163,6 +174,13 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       offsetof(ngx_http_openclaw_loc_conf_t, max_in_flight),
       &ngx_http_openclaw_positive_num_p },
 
+    { ngx_string("openclaw_bridge_max_sessions_in_flight"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, max_sessions),
+      &ngx_http_openclaw_positive_num_p },
+
     { ngx_string("openclaw_bridge_uid"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_set_complex_value_slot,
@@ -190,6 +208,13 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_openclaw_loc_conf_t, control),
       &ngx_http_openclaw_controls },
+
+    { ngx_string("openclaw_bridge_session_namespace"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_openclaw_session_namespace,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, namespace),
+      &ngx_http_openclaw_namespaces },
 
     { ngx_string("openclaw_bridge_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -499,12 +524,14 @@ ngx_http_openclaw_create_loc_conf(ngx_conf_t *cf)
     conf->origins = NGX_CONF_UNSET_PTR;
     conf->abort_on_disconnect = NGX_CONF_UNSET;
     conf->max_in_flight = NGX_CONF_UNSET_UINT;
+    conf->max_sessions = NGX_CONF_UNSET_UINT;
     conf->agent = NGX_CONF_UNSET_PTR;
     conf->uid = NGX_CONF_UNSET_PTR;
     conf->sender = NGX_CONF_UNSET_PTR;
     conf->zone = NGX_CONF_UNSET_PTR;
     conf->scope = NGX_CONF_UNSET_UINT;
     conf->control = NGX_CONF_UNSET_UINT;
+    conf->namespace = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -530,6 +557,7 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->abort_on_disconnect,
                          prev->abort_on_disconnect, 1);
     ngx_conf_merge_uint_value(conf->max_in_flight, prev->max_in_flight, 64);
+    ngx_conf_merge_uint_value(conf->max_sessions, prev->max_sessions, 16);
     ngx_conf_merge_ptr_value(conf->agent, prev->agent, NULL);
     ngx_conf_merge_ptr_value(conf->uid, prev->uid, NULL);
     ngx_conf_merge_ptr_value(conf->sender, prev->sender, NULL);
@@ -538,6 +566,28 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_OPENCLAW_SCOPE_PER_SENDER);
     ngx_conf_merge_uint_value(conf->control, prev->control,
                               NGX_HTTP_OPENCLAW_CONTROL_OWN);
+    if (conf->namespace == NGX_CONF_UNSET_UINT) {
+        conf->namespace_file = prev->namespace_file;
+        conf->namespace_line = prev->namespace_line;
+    }
+
+    ngx_conf_merge_uint_value(conf->namespace, prev->namespace,
+                              NGX_HTTP_OPENCLAW_NAMESPACE_WEBHOOK);
+
+    /*
+     * A uid's sessions stay under its own part of the webhook namespace.
+     * Either may be inherited, so this is known only here: the error
+     * names the namespace directive's line.
+     */
+
+    if (conf->namespace == NGX_HTTP_OPENCLAW_NAMESPACE_AGENT && conf->uid) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"openclaw_bridge_session_namespace agent\" cannot "
+                      "be used with openclaw_bridge_uid: the sessions of a "
+                      "uid stay under agent:<agent>:webhook:uid:<uid> in "
+                      "%s:%ui", conf->namespace_file, conf->namespace_line);
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }
@@ -572,6 +622,27 @@ ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* an enum, and where it was set, for the check against a uid at merge */
+
+static char *
+ngx_http_openclaw_session_namespace(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_openclaw_loc_conf_t *olcf = conf;
+
+    char  *rv;
+
+    rv = ngx_conf_set_enum_slot(cf, cmd, conf);
+
+    if (rv == NGX_CONF_OK) {
+        olcf->namespace_file = cf->conf_file->file.name.data;
+        olcf->namespace_line = cf->conf_file->line;
+    }
+
+    return rv;
 }
 
 

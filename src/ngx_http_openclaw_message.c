@@ -369,7 +369,10 @@ ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
         goto fixed;
 
     case NGX_HTTP_OPENCLAW_SCOPE_PER_MESSAGE:
-        len = sc->prefix.len + sizeof(":msg:") - 1
+
+        /* per sender too: two senders' message 1 are two sessions */
+
+        len = sc->prefix.len + 1 + sc->fallback.len + sizeof(":msg:") - 1
               + (in->id.len ? in->id.len : 2 * sizeof(rnd));
 
         if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
@@ -377,6 +380,8 @@ ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
         }
 
         p = ngx_cpymem(p, sc->prefix.data, sc->prefix.len);
+        *p++ = ':';
+        p = ngx_cpymem(p, sc->fallback.data, sc->fallback.len);
         p = ngx_cpymem(p, ":msg:", 5);
 
         if (in->id.len) {
@@ -482,7 +487,7 @@ done:
     key->data = buf;
     key->len = p - buf;
 
-    return NGX_OK;
+    return ngx_http_openclaw_message_check(sc, key, err);
 
 too_long:
 
@@ -495,13 +500,19 @@ ngx_int_t
 ngx_http_openclaw_message_key(ngx_http_openclaw_scope_t *sc, ngx_str_t *raw,
     u_char *buf, ngx_str_t *key, const char **err)
 {
-    u_char  *p;
-    size_t   len, alen;
+    u_char      *p;
+    size_t       len, alen;
+    ngx_uint_t   wide;
 
     if (raw->len == 0) {
         *err = "the session key is empty";
         return NGX_ERROR;
     }
+
+    /* the agent's whole namespace only where a directive says so */
+
+    wide = sc->namespace == NGX_HTTP_OPENCLAW_NAMESPACE_AGENT
+           && sc->uid.len == 0;
 
     alen = sizeof("agent::") - 1 + sc->agent.len;
 
@@ -516,39 +527,50 @@ ngx_http_openclaw_message_key(ngx_http_openclaw_scope_t *sc, ngx_str_t *raw,
 
         p = ngx_http_openclaw_lower(p, raw->data, raw->len);
 
-        /* a full key must lie in the namespace of this location */
-
-        if (sc->uid.len) {
+        if (!wide) {
             if (raw->len <= sc->prefix.len + 1
                 || ngx_strncmp(buf, sc->prefix.data, sc->prefix.len) != 0
                 || buf[sc->prefix.len] != ':')
             {
-                *err = "the session key lies outside this connection's uid";
+                *err = sc->uid.len
+                       ? "the session key lies outside this connection's "
+                         "uid: it must start with "
+                         "agent:<agent>:webhook:uid:<uid>:"
+                       : "the session key lies outside this location's "
+                         "namespace: it must start with "
+                         "agent:<agent>:webhook:";
                 return NGX_ERROR;
             }
 
-        } else {
-            if (raw->len <= alen
-                || ngx_strncmp(buf + 6, sc->agent.data, sc->agent.len) != 0
-                || buf[alen - 1] != ':')
-            {
-                *err = "the session key names another agent than this "
-                       "location's";
-                return NGX_ERROR;
+            if (sc->uid.len == 0) {
+                goto no_uid;
             }
 
-            if (raw->len - alen >= sizeof("webhook:uid:") - 1
-                && ngx_strncmp(buf + alen, "webhook:uid:",
-                               sizeof("webhook:uid:") - 1) == 0)
-            {
-                goto reserved;
-            }
+            goto done;
+        }
+
+        if (raw->len <= alen
+            || ngx_strncmp(buf + 6, sc->agent.data, sc->agent.len) != 0
+            || buf[alen - 1] != ':')
+        {
+            *err = "the session key names another agent than this "
+                   "location's";
+            return NGX_ERROR;
+        }
+
+    no_uid:
+
+        if (raw->len - alen >= sizeof("webhook:uid:") - 1
+            && ngx_strncmp(buf + alen, "webhook:uid:",
+                           sizeof("webhook:uid:") - 1) == 0)
+        {
+            goto reserved;
         }
 
         goto done;
     }
 
-    if (sc->uid.len) {
+    if (!wide) {
         len = sc->prefix.len + sizeof(":session:") - 1 + raw->len;
 
         if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
@@ -585,7 +607,7 @@ done:
     key->data = buf;
     key->len = p - buf;
 
-    return NGX_OK;
+    return ngx_http_openclaw_message_check(sc, key, err);
 
 reserved:
 
@@ -599,9 +621,88 @@ too_long:
 }
 
 
+ngx_int_t
+ngx_http_openclaw_message_check(ngx_http_openclaw_scope_t *sc,
+    ngx_str_t *key, const char **err)
+{
+    u_char  *p, *last, *part;
+    size_t   n, own;
+
+    p = key->data;
+    last = p + key->len;
+    part = p;
+
+    for ( ;; ) {
+
+        if (p < last && *p != ':') {
+            if (*p < 0x20 || *p == 0x7f) {
+                *err = "the session key has a control character";
+                return NGX_ERROR;
+            }
+
+            p++;
+            continue;
+        }
+
+        n = p - part;
+
+        if (n == 0) {
+            *err = "the session key has an empty part (\"::\", or \":\" "
+                   "at an end)";
+            return NGX_ERROR;
+        }
+
+        if (part[0] == '.' && (n == 1 || (n == 2 && part[1] == '.'))) {
+            *err = "the session key has a \".\" or \"..\" part";
+            return NGX_ERROR;
+        }
+
+        if (p == last) {
+            break;
+        }
+
+        part = ++p;
+    }
+
+    /*
+     * <prefix>:sender:<s>... and <prefix>:conn:<id>... are the own parts
+     * of senders: only the sender whose part it is may name it.
+     */
+
+    if (sc->shared
+        || key->len <= sc->prefix.len + 1
+        || ngx_strncmp(key->data, sc->prefix.data, sc->prefix.len) != 0
+        || key->data[sc->prefix.len] != ':')
+    {
+        return NGX_OK;
+    }
+
+    p = key->data + sc->prefix.len + 1;
+    n = last - p;
+
+    if (!((n > 7 && ngx_strncmp(p, "sender:", 7) == 0)
+          || (n > 5 && ngx_strncmp(p, "conn:", 5) == 0)))
+    {
+        return NGX_OK;
+    }
+
+    own = sc->fallback.len;
+
+    if (n >= own && ngx_strncmp(p, sc->fallback.data, own) == 0
+        && (n == own || p[own] == ':'))
+    {
+        return NGX_OK;
+    }
+
+    *err = "the session key is another sender's own: keys under "
+           ":sender:<s> and :conn:<id> belong to that sender";
+    return NGX_ERROR;
+}
+
+
 void
-ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
-    u_char *buf)
+ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *sender,
+    ngx_str_t *id, u_char *buf)
 {
     int         ok;
     u_char      md[SHA256_DIGEST_LENGTH];
@@ -621,11 +722,16 @@ ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
          * EVP_DigestInit_ex() through EVP_DigestFinal_ex() cost three
          * times as much (200 ns against 60 ns here), once per message.
          *
-         * The zero byte keeps "a" + "b:c" apart from "a:b" + "c".
+         * The zero bytes keep "a" + "b:c" apart from "a:b" + "c".  The
+         * sender is part of it: a message is a sender's, and another
+         * sender's message with the same id in a shared session is
+         * another message, never an answer to be taken from the first.
          */
 
         ok = SHA256_Init(&sha) == 1
              && SHA256_Update(&sha, session->data, session->len) == 1
+             && SHA256_Update(&sha, "", 1) == 1
+             && SHA256_Update(&sha, sender->data, sender->len) == 1
              && SHA256_Update(&sha, "", 1) == 1
              && SHA256_Update(&sha, id->data, id->len) == 1
              && SHA256_Final(md, &sha) == 1;

@@ -64,6 +64,8 @@ ngx_int_t ngx_http_openclaw_message_parse(u_char *data, size_t len,
 
 typedef struct {
     ngx_uint_t                      scope;
+    ngx_uint_t                      namespace;
+    ngx_uint_t                      shared;     /* control "all" */
     ngx_str_t                       agent;
     ngx_str_t                       uid;
     ngx_str_t                       prefix;
@@ -76,8 +78,10 @@ typedef struct {
  * are lowercase and canonical: "prefix" (agent:<agent>:webhook, plus
  * :uid:<uid> when a uid is set) followed by the peer part, as the Go
  * bridge made them (:<kind>:<peer>[:topic:<t>|:thread:<t>]), or by
- * :sender:<s>, :conn:<id>, :global or :msg:<id>; an explicit "session"
- * goes through ngx_http_openclaw_message_key().  Writes into "buf" (at
+ * the sender's own part (:sender:<s> or :conn:<id>, and below it
+ * :msg:<id> for per-message sessions), or by :global; an explicit
+ * "session" goes through ngx_http_openclaw_message_key().  Every key is
+ * checked by ngx_http_openclaw_message_check().  Writes into "buf" (at
  * least SESSION_MAX bytes); NGX_ERROR with "*err" set otherwise.
  */
 ngx_int_t ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
@@ -86,19 +90,31 @@ ngx_int_t ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
 
 /*
  * A key a client names (the "session" field, or the key of a control
- * message): a bare key is put under the location's agent (and uid); a
- * full key must lie in the location's namespace.
+ * message): a bare key is put under the location's namespace as
+ * <prefix>:session:<key> (or, with the "agent" namespace, under the agent
+ * as the gateway would put it); a full key must lie in the namespace.
  */
 ngx_int_t ngx_http_openclaw_message_key(ngx_http_openclaw_scope_t *sc,
     ngx_str_t *raw, u_char *buf, ngx_str_t *key, const char **err);
 
 /*
- * The idempotency key (and so the gateway's run id) of a message: stable
- * for the same session and client id, so that a retry is recognised;
- * random without an id.  Writes RUN_ID_LEN bytes.
+ * What every session key must be: no control characters, no empty, "."
+ * or ".." parts, and, under the location's prefix, no other sender's own
+ * part (:sender:<s> or :conn:<id>): a sender's default sessions are its
+ * own, whoever names them first, unless the location shares its
+ * namespace among its senders ("shared").
  */
-void ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *id,
-    u_char *buf);
+ngx_int_t ngx_http_openclaw_message_check(ngx_http_openclaw_scope_t *sc,
+    ngx_str_t *key, const char **err);
+
+/*
+ * The idempotency key (and so the gateway's run id) of a message: stable
+ * for the same session, sender and client id, so that a sender's retry
+ * is recognised and another sender's message with the same id is another
+ * message; random without an id.  Writes RUN_ID_LEN bytes.
+ */
+void ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *sender,
+    ngx_str_t *id, u_char *buf);
 
 /*
  * The text of a gateway message object, still escaped: its string

@@ -148,6 +148,8 @@ typedef struct {
 
 static ngx_uint_t ngx_http_openclaw_relay_bad_name(ngx_str_t *name,
     size_t max);
+static ngx_uint_t ngx_http_openclaw_relay_sessions(
+    ngx_http_openclaw_peer_t *peer, ngx_str_t *session);
 static u_char *ngx_http_openclaw_relay_lower(u_char *dst, ngx_str_t *src);
 static ngx_int_t ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_inbound_t *in);
@@ -381,6 +383,8 @@ ngx_http_openclaw_relay_handler(ngx_http_request_t *r)
     ngx_queue_init(&peer->controls);
 
     peer->scope.scope = conf->scope;
+    peer->scope.namespace = conf->namespace;
+    peer->scope.shared = (conf->control == NGX_HTTP_OPENCLAW_CONTROL_ALL);
 
     p = ngx_pnalloc(r->pool, 2 * agent.len + 2 * uid.len + sender.len + 128);
     if (p == NULL) {
@@ -466,6 +470,56 @@ ngx_http_openclaw_relay_bad_name(ngx_str_t *name, size_t max)
 }
 
 
+/*
+ * The sessions a connection's runs are in, or 0 when "session" is one of
+ * them already: a message there pins nothing new.
+ */
+
+static ngx_uint_t
+ngx_http_openclaw_relay_sessions(ngx_http_openclaw_peer_t *peer,
+    ngx_str_t *session)
+{
+    ngx_uint_t                n;
+    ngx_queue_t              *q, *p;
+    ngx_http_openclaw_run_t  *run, *prev;
+
+    n = 0;
+
+    for (q = ngx_queue_head(&peer->runs);
+         q != ngx_queue_sentinel(&peer->runs);
+         q = ngx_queue_next(q))
+    {
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, peer_link);
+
+        if (run->session.len == session->len
+            && ngx_strncmp(run->session.data, session->data, session->len)
+               == 0)
+        {
+            return 0;
+        }
+
+        /* counted once: at its first run */
+
+        for (p = ngx_queue_head(&peer->runs); p != q; p = ngx_queue_next(p)) {
+            prev = ngx_queue_data(p, ngx_http_openclaw_run_t, peer_link);
+
+            if (prev->session.len == run->session.len
+                && ngx_strncmp(prev->session.data, run->session.data,
+                               run->session.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (p == q) {
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
 static u_char *
 ngx_http_openclaw_relay_lower(u_char *dst, ngx_str_t *src)
 {
@@ -520,7 +574,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
                                              NULL, &in->id_json);
     }
 
-    ngx_http_openclaw_message_run_id(&session, &in->id, rid);
+    ngx_http_openclaw_message_run_id(&session, &peer->sender, &in->id, rid);
 
     run_id.data = rid;
     run_id.len = NGX_HTTP_OPENCLAW_RUN_ID_LEN;
@@ -541,9 +595,37 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     }
 
     if (conf->zone) {
+
+        /*
+         * A session with a message in flight is never evicted from the
+         * zone: the sessions one connection holds so are bounded, so that
+         * no client can fill the zone with hung runs.
+         */
+
+        if (peer->nruns >= conf->max_sessions
+            && ngx_http_openclaw_relay_sessions(peer, &session)
+               >= conf->max_sessions)
+        {
+            rl->stats->errors_input++;
+            ngx_str_set(&error, "too many sessions with messages in flight "
+                                "on this connection: wait for their replies");
+            return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL,
+                                                 &error, &session,
+                                                 &in->id_json);
+        }
+
+        /*
+         * A session is its first sender's; "all" shares the namespace
+         * among the location's senders, and "global" is one session for
+         * all of them on purpose.
+         */
+
         rc = ngx_http_openclaw_sessions_start(conf->zone, &session,
-                                              &peer->scope.agent,
-                                              &peer->scope.uid, &peer->sender);
+                                 &peer->scope.agent, &peer->scope.uid,
+                                 &peer->sender,
+                                 conf->control != NGX_HTTP_OPENCLAW_CONTROL_ALL
+                                 && conf->scope
+                                    != NGX_HTTP_OPENCLAW_SCOPE_GLOBAL);
 
         if (rc != NGX_OK) {
             rl->stats->errors_input++;
@@ -551,6 +633,10 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
             if (rc == NGX_DECLINED) {
                 ngx_str_set(&error, "no room for the session: every session "
                                     "of the zone has messages in flight");
+
+            } else if (rc == NGX_BUSY) {
+                ngx_str_set(&error, "the session belongs to another sender");
+
             } else {
                 ngx_str_set(&error, "the session belongs to another uid");
             }

@@ -375,7 +375,7 @@ ngx_http_openclaw_sessions_evict(ngx_http_openclaw_sessions_ctx_t *ctx,
 
 ngx_int_t
 ngx_http_openclaw_sessions_start(ngx_shm_zone_t *zone, ngx_str_t *key,
-    ngx_str_t *agent, ngx_str_t *uid, ngx_str_t *sender)
+    ngx_str_t *agent, ngx_str_t *uid, ngx_str_t *sender, ngx_uint_t owned)
 {
     u_char                            *p;
     size_t                             size, n;
@@ -402,6 +402,16 @@ ngx_http_openclaw_sessions_start(ngx_shm_zone_t *zone, ngx_str_t *key,
         {
             ngx_shmtx_unlock(&ctx->shpool->mutex);
             return NGX_ERROR;
+        }
+
+        if (owned
+            && (sn->sender_len != ngx_min(sender->len, 65535)
+                || ngx_memcmp(sn->data + sn->key_len + sn->agent_len
+                              + sn->uid_len, sender->data, sn->sender_len)
+                   != 0))
+        {
+            ngx_shmtx_unlock(&ctx->shpool->mutex);
+            return NGX_BUSY;
         }
 
         ngx_queue_remove(&sn->queue);

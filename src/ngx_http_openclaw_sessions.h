@@ -49,12 +49,14 @@ char *ngx_http_openclaw_sessions_use(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 /*
- * A message of "key" was accepted: the record is made if new, and counts
- * it in flight.  NGX_DECLINED: the zone is full of sessions with messages
- * in flight; NGX_ERROR: the record belongs to another uid.
+ * A message of "key" was accepted: the record is made if new, its sender
+ * the owner, and counts it in flight.  NGX_DECLINED: the zone is full of
+ * sessions with messages in flight; NGX_ERROR: the record belongs to
+ * another uid; NGX_BUSY: with "owned", to another sender.
  */
 ngx_int_t ngx_http_openclaw_sessions_start(ngx_shm_zone_t *zone,
-    ngx_str_t *key, ngx_str_t *agent, ngx_str_t *uid, ngx_str_t *sender);
+    ngx_str_t *key, ngx_str_t *agent, ngx_str_t *uid, ngx_str_t *sender,
+    ngx_uint_t owned);
 
 /* the message ended; "error" is empty for a complete */
 void ngx_http_openclaw_sessions_end(ngx_shm_zone_t *zone, ngx_str_t *key,

@@ -234,6 +234,21 @@ bad_conf('max_in_flight 0',
     marker => 'openclaw_bridge_max_in_flight 0;',
     like => [ qr/"openclaw_bridge_max_in_flight" directive must be greater than zero/ ]);
 
+bad_conf('session_namespace with a bad value',
+    http => gw_server('') . "server {\n    listen 127.0.0.1:%%PORT%%;\n    location /x {\n        openclaw_bridge;\n        openclaw_bridge_session_namespace everything;\n    }\n}\n",
+    marker => 'openclaw_bridge_session_namespace everything;',
+    like => [ qr/invalid value "everything"/ ]);
+
+bad_conf('session_namespace agent with a uid',
+    http => gw_server('') . "server {\n    listen 127.0.0.1:%%PORT%%;\n    location /x {\n        openclaw_bridge;\n        openclaw_bridge_uid \$arg_uid;\n        openclaw_bridge_session_namespace agent;\n    }\n}\n",
+    marker => 'openclaw_bridge_session_namespace agent;',
+    like => [ qr/"openclaw_bridge_session_namespace agent" cannot be used with openclaw_bridge_uid/ ]);
+
+bad_conf('session_namespace agent inherited by a location with a uid',
+    http => gw_server('') . "openclaw_bridge_session_namespace agent;\nserver {\n    listen 127.0.0.1:%%PORT%%;\n    location /x {\n        openclaw_bridge;\n        openclaw_bridge_uid u1;\n    }\n}\n",
+    marker => 'openclaw_bridge_session_namespace agent;',
+    like => [ qr/cannot be used with openclaw_bridge_uid/ ]);
+
 {
     local $ENV{OPENCLAW_GATEWAY_TOKEN};
     my $o = OCB->new(no_start => 1, http => gw_server(''));

@@ -48,6 +48,18 @@ server {
         openclaw_bridge;
         openclaw_bridge_agent_id Ops;
     }
+
+    # the Go bridge's keys: the agent's whole namespace, on purpose
+    location /gb {
+        openclaw_bridge;
+        openclaw_bridge_agent_id Ops;
+        openclaw_bridge_session_namespace agent;
+    }
+
+    location /s {
+        openclaw_bridge;
+        openclaw_bridge_sender \$arg_sender;
+    }
 }
 EOF
 
@@ -221,14 +233,21 @@ sub check_stream {
 {
     my $root = RelayClient->new($ngx);
     my $ops = RelayClient->new($ngx, path => '/ops');
+    my $gb = RelayClient->new($ngx, path => '/gb');
 
     my @root_cases = (
-        [{ id => 's1', session => '  My-Key  ' }, 'agent:main:my-key'],
-        [{ id => 's2', session => 'Agent:Main:Foo' }, 'agent:main:foo'],
-        # a full key outside the location's namespace is refused
-        [{ id => 's5', session => 'agent:ops:foo' }, 'ERROR', qr/session|agent/],
+        # a bare key lies under the location's namespace
+        [{ id => 's1', session => '  My-Key  ' }, 'agent:main:webhook:session:my-key'],
+        [{ id => 's2', session => 'Agent:Main:Webhook:Foo' }, 'agent:main:webhook:foo'],
+        # a full key outside the location's namespace is refused: another
+        # agent, or the agent's other channels and its main session
+        [{ id => 's5', session => 'agent:ops:foo' }, 'ERROR', qr/outside this location's namespace/],
+        [{ id => 's6', session => 'agent:main:telegram:dm:42' }, 'ERROR',
+         qr/outside this location's namespace/],
+        [{ id => 's7', session => 'agent:main:main' }, 'ERROR',
+         qr/outside this location's namespace/],
         [{ id => 's3', peerId => 'U-1' }, 'agent:main:webhook:dm:u-1'],
-        [{ id => 's4', session => 'S1', peerId => 'X' }, 'agent:main:s1'],
+        [{ id => 's4', session => 'S1', peerId => 'X' }, 'agent:main:webhook:session:s1'],
     );
     my @ops_cases = (
         [{ id => 'm2', peerKind => 'Group', peerId => 'G-1', threadId => '7' },
@@ -243,17 +262,27 @@ sub check_stream {
            threadId => 'X' }, 'agent:ops:webhook:channel:c:topic:t1'],
         [{ id => 'm8', chatType => 'GROUP', chatId => 'G2', topicId => 'T' },
          'agent:ops:webhook:group:g2:topic:t'],
-        [{ id => 'm4', session => '  My-Key  ' }, 'agent:ops:my-key'],
-        [{ id => 'm4b', session => 'agent:ops:Key2' }, 'agent:ops:key2'],
+        [{ id => 'm4', session => '  My-Key  ' }, 'agent:ops:webhook:session:my-key'],
+        [{ id => 'm4b', session => 'agent:ops:Key2' }, 'ERROR',
+         qr/outside this location's namespace/],
         # "direct" is not a webhook peer kind: refused, naming the field
         [{ id => 'm9', peerKind => 'direct', peerId => 'Q' }, 'ERROR', qr/peerKind/],
         [{ id => 'm10' }, 'FALLBACK'],
         [{ id => 'm11', content => 'sk-m11' }, 'FALLBACK'],
     );
+    # "openclaw_bridge_session_namespace agent": the Go bridge's table
+    my @gb_cases = (
+        [{ id => 'g4', session => '  My-Key  ' }, 'agent:ops:my-key'],
+        [{ id => 'g4b', session => 'agent:ops:Key2' }, 'agent:ops:key2'],
+        [{ id => 'g5', session => 'agent:main:key3' }, 'ERROR', qr/another agent/],
+        [{ id => 'g6', session => 'agent:ops:webhook:uid:u1:x' }, 'ERROR',
+         qr/uid-routed/],
+        [{ id => 'g3', chatId => 'U-9', threadId => '5' },
+         'agent:ops:webhook:dm:u-9:thread:5'],
+    );
 
-
-
-    for my $case ([$root, \@root_cases], [$ops, \@ops_cases]) {
+    for my $case ([$root, \@root_cases], [$ops, \@ops_cases],
+                  [$gb, \@gb_cases]) {
         my ($c, $list) = @$case;
         $c->send_json({ %{ $_->[0] }, content => "sk-$_->[0]{id}" }) for @$list;
         my @frames = $c->until_terminal([ map { $_->[0]{id} } @$list ], 10);
@@ -289,14 +318,15 @@ sub check_stream {
         }
     }
 
-    $_->close for $root, $ops;
+    $_->close for $root, $ops, $gb;
 }
 
 ###########################################################################
 # idempotency keys: the same for the same session and id, else different
 
 {
-    my ($a, $b) = (RelayClient->new($ngx), RelayClient->new($ngx));
+    my ($a, $b) = (RelayClient->new($ngx, path => '/s?sender=ann'),
+                   RelayClient->new($ngx, path => '/s?sender=ann'));
 
     $a->send_json({ id => 'k1', session => 'idem-a', content => 'idem 1' });
     $a->until_terminal(['k1'], 5);
@@ -305,8 +335,8 @@ sub check_stream {
     $a->until_terminal(['k2'], 5);
     $b->until_terminal(['k1'], 5);
 
-    # the same message again, from another connection
-    my $c = RelayClient->new($ngx);
+    # the same message again, from another connection of the same sender
+    my $c = RelayClient->new($ngx, path => '/s?sender=ann');
     $c->send_json({ id => 'k1', session => 'idem-a', content => 'idem 4' });
     my @f = $c->until_terminal(['k1'], 5);
     my ($t) = grep { $_->{json} && $_->{json}{type} =~ /^(complete|error)$/ } @f;
@@ -328,7 +358,7 @@ sub check_stream {
     my %k = map { $_->{params}{message} => $_->{params}{idempotencyKey} }
             $gw->requests('chat.send');
     ok($k{'idem 1'} && $k{'idem 4'} && $k{'idem 1'} eq $k{'idem 4'},
-       'same session and id: same idempotencyKey');
+       'same session, sender and id: same idempotencyKey');
     isnt($k{'idem 1'}, $k{'idem 2'}, 'another id: another idempotencyKey');
     isnt($k{'idem 1'}, $k{'idem 3'}, 'another session: another idempotencyKey');
     ok($k{'noid 1'} && $k{'noid 2'} && $k{'noid 1'} ne $k{'noid 2'},
@@ -339,10 +369,25 @@ sub check_stream {
     # the key must not change between versions of the module: a message
     # sent again after an upgrade still finds its run
     my ($s1) = grep { $_->{params}{message} eq 'idem 1' } $gw->requests('chat.send');
-    is($k{'idem 1'}, 'wh-' . substr(sha256_hex("$s1->{params}{sessionKey}\0k1"), 0, 32),
-       'the key is the first 128 bits of SHA-256 of the session key, a zero byte and the id');
+    is($k{'idem 1'}, 'wh-' . substr(sha256_hex(
+           "$s1->{params}{sessionKey}\0sender:ann\0k1"), 0, 32),
+       'the key is the first 128 bits of SHA-256 of the session key, the '
+       . 'sender, and the id, each after a zero byte');
 
-    $_->close for $a, $b, $c;
+    # another sender in the same session with the same id: its own message
+    my $d = RelayClient->new($ngx, path => '/s?sender=bob');
+    $d->send_json({ id => 'k1', session => 'idem-a', content => 'idem 5' });
+    my ($e) = grep { $_->{json} && $_->{json}{type} =~ /^(complete|error)$/ }
+              $d->until_terminal(['k1'], 5);
+    is($e && $e->{json}{type}, 'complete', 'another sender, same session and id: completed')
+        or diag encode_json($e && $e->{json});
+    is($e && $e->{json}{content}, 'echo: idem 5', '... with the reply to its own message');
+    %k = map { $_->{params}{message} => $_->{params}{idempotencyKey} }
+         $gw->requests('chat.send');
+    ok($k{'idem 5'} && $k{'idem 5'} ne $k{'idem 1'},
+       'another sender, same session and id: another idempotencyKey');
+
+    $_->close for $a, $b, $c, $d;
 }
 
 ###########################################################################

@@ -57,7 +57,7 @@ ok(pump_all(time + 150, sub { $warm->done('warm-1') }),
    'warm-up: answered within 150 s');
 note sprintf 'warm-up turn took %.1f s', time - $t;
 check($warm, 'warm-1', 'warm-up: progress, then one complete with the echo',
-      session => 'agent:main:t60-warm',
+      session => 'agent:main:webhook:session:t60-warm',
       content => reply_for('warm-up message'));
 
 ###########################################################################
@@ -128,7 +128,7 @@ for my $key (@keys) {
         my $id = $p->{ids}[$i];
         my @seen = $texts[$i] =~ /#history/ ? @texts[0 .. $i] : ();
         check($c, $id, "interleaved: $id gets its own streamed reply",
-              session => "agent:main:$key",
+              session => "agent:main:webhook:session:$key",
               content => reply_for($texts[$i], @seen));
         $progress += grep { ($_->{type} // '') eq 'progress' }
                           $c->events($id);
@@ -160,7 +160,7 @@ for my $cmd (['/status', 't60-c1-s1'], ['/new', 't60-c1-s2']) {
     ok(pump_all(time + 60, sub { $c1->done($id) }),
        "$text: answered within 60 s");
     check($c1, $id, "$text: one reply, complete or error",
-          session => "agent:main:$key", type => qr/^(complete|error)$/);
+          session => "agent:main:webhook:session:$key", type => qr/^(complete|error)$/);
     my ($term) = $c1->terminals($id);
     next unless $term;
     my $said = $term->{type} eq 'complete' ? $term->{content}
@@ -179,12 +179,12 @@ for my $cmd (['/status', 't60-c1-s1'], ['/new', 't60-c1-s2']) {
             $_->{t} >= $since
                 && ($_->{frame}{payload}{state} // '')
                    =~ /^(final|error|aborted)$/
-        } $gw->spy_chat("agent:main:$key");
+        } $gw->spy_chat("agent:main:webhook:session:$key");
         pump_all(time + 0.2, sub { 0 }) unless @ends;
     }
     ok(@ends, "$text: the gateway answered it (a terminal chat event in "
               . "its session)")
-        or diag show($c1, $id, "agent:main:$key");
+        or diag show($c1, $id, "agent:main:webhook:session:$key");
 }
 
 ###########################################################################
@@ -216,7 +216,7 @@ sub gateway_finals {
 
 sub busy_session {
     my ($c, $key, $mode) = @_;
-    my $session = "agent:main:$key";
+    my $session = "agent:main:webhook:session:$key";
     my ($id1, $id2) = ("$key-1", "$key-2");
     my ($text1, $text2) = ("$mode first #slow=300", "$mode second");
 

@@ -67,7 +67,7 @@ ok(pump([$alice, $bob], time + 240, sub { $alice->done('warm-1') }),
    'warm-up: answered within 240 s');
 note sprintf 'warm-up turn took %.1f s', time - $t;
 check($alice, 'warm-1', 'warm-up: progress, then one complete with the echo',
-      session => 'agent:main:t61-a',
+      session => 'agent:main:webhook:session:t61-a',
       content => reply_for('warm-up message'));
 
 ###########################################################################
@@ -106,18 +106,18 @@ pump([$alice, $bob], time + 3, sub { 0 });
 
 check($alice, 'a-1', 'alpha one, sent as the warm-up run ended: its real '
                      . 'reply, with the session\'s memory, as one complete',
-      session => 'agent:main:t61-a',
+      session => 'agent:main:webhook:session:t61-a',
       content => reply_for($texts{'a-1'}, 'warm-up message', $texts{'a-1'}));
 check($bob, 'b-1', 'beta one: progress, then one complete with the echo',
-      session => 'agent:main:t61-b', content => reply_for($texts{'b-1'}));
+      session => 'agent:main:webhook:session:t61-b', content => reply_for($texts{'b-1'}));
 check($bob, 'b-2', 'beta fails: one error reply, for bob',
-      session => 'agent:main:t61-b', type => 'error');
+      session => 'agent:main:webhook:session:t61-b', type => 'error');
 
 # what the gateway did, for the record: empty finals are the hand-over
 for my $key ('t61-a', 't61-b') {
     my @finals = grep { ($_->{frame}{payload}{state} // '') =~ /^(final|error)$/
                         && $_->{t} >= $since }
-                 $gw->spy_chat("agent:main:$key");
+                 $gw->spy_chat("agent:main:webhook:session:$key");
     note sprintf '%s: gateway terminal events since phase 2: %s', $key,
         join ', ', map {
             my $p = $_->{frame}{payload};

@@ -144,7 +144,7 @@ sub ctl {
 
 sub check { $gw->check($T0, @_) }
 
-my $KEY = 'agent:main:t63-s';
+my $KEY = 'agent:main:webhook:session:t63-s';
 my $c = OCGateway::Client->new($ngx, path => '/ws?sender=t63', name => 'c');
 is($c->status, 101, 'client upgraded');
 

@@ -200,15 +200,16 @@ sub client { RelayClient->new($ngx, path => $_[0]) }
 
 {
     my $c = client('/ps');
-    key_is($c, { session => '  My-Key  ' }, 'agent:main:my-key',
+    key_is($c, { session => '  My-Key  ' }, 'agent:main:webhook:session:my-key',
            'per-sender, a bare session');
-    key_is($c, { session => 'agent:main:Full-Key' }, 'agent:main:full-key',
-           'per-sender, a full session key of the agent');
+    key_is($c, { session => 'agent:main:webhook:Full-Key' },
+           'agent:main:webhook:full-key',
+           'per-sender, a full session key of the namespace');
     key_is($c, { peerKind => 'group', peerId => 'G-7', topicId => 'T' },
            'agent:main:webhook:group:g-7:topic:t', 'per-sender, group peer with topic');
     key_is($c, { peerId => 'U-1', threadId => 3 },
            'agent:main:webhook:dm:u-1:thread:3', 'per-sender, dm peer with integer thread');
-    key_is($c, { session => 'S1', peerId => 'X' }, 'agent:main:s1',
+    key_is($c, { session => 'S1', peerId => 'X' }, 'agent:main:webhook:session:s1',
            'per-sender, the session wins over the peer fields');
 
     # the README's table, with openclaw_bridge_agent_id Ops
@@ -220,7 +221,7 @@ sub client { RelayClient->new($ngx, path => $_[0]) }
     key_is($ops, { id => 'm3b', senderId => 'S-1' },
            'agent:ops:webhook:dm:s-1', 'README m3b');
     key_is($ops, { id => 'm4', session => '  My-Key  ' },
-           'agent:ops:my-key', 'README m4');
+           'agent:ops:webhook:session:my-key', 'README m4');
 
     # the per-connection fallback: one key for a connection, another for
     # another connection
@@ -260,19 +261,31 @@ sub client { RelayClient->new($ngx, path => $_[0]) }
            'global, peer fields, another connection');
 
     my $e = client('/explicit');
-    key_is($e, { session => 'Ex-1' }, 'agent:main:ex-1', 'explicit, a session');
+    key_is($e, { session => 'Ex-1' }, 'agent:main:webhook:session:ex-1',
+           'explicit, a session');
     key_is($e, { chatId => 'C-3' }, 'agent:main:webhook:dm:c-3', 'explicit, peer fields');
     refused($e, {}, qr/session.*required|required.*session/,
             'explicit, neither session nor peer fields');
     refused($e, { topicId => 'T' }, qr/session.*required|required.*session/,
             'explicit, only a topic');
 
+    # per sender: under the sender's own part (here the connection's)
     my $m = client('/permsg');
-    key_is($m, { id => 'M-1' }, 'agent:main:webhook:msg:m-1', 'per-message, string id');
+    my $own = key_is($m, { id => 'M-1' },
+                     qr/^agent:main:webhook:conn:[^:]+:msg:m-1$/,
+                     'per-message, string id');
+    $own =~ s/:msg:m-1$//;
     key_is($m, { id => 42, session => 'ignored', peerId => 'P' },
-           'agent:main:webhook:msg:42', 'per-message, integer id, other fields ignored');
-    key_is($m, { id => 'M-2' }, 'agent:main:webhook:msg:m-2',
+           "$own:msg:42", 'per-message, integer id, other fields ignored');
+    key_is($m, { id => 'M-2' }, "$own:msg:m-2",
            'per-message, the next message, a fresh key');
+    my $m2 = client('/permsg');
+    my $other = key_is($m2, { id => 'M-1' },
+                       qr/^agent:main:webhook:conn:[^:]+:msg:m-1$/,
+                       'per-message, another connection');
+    isnt($other, "$own:msg:m-1",
+         'per-message: the same id on another connection, another session');
+    $m2->close;
     my @fresh;
     for my $i (1, 2) {
         my $content = "per-message without id $i $$";
@@ -283,7 +296,7 @@ sub client { RelayClient->new($ngx, path => $_[0]) }
             if (($j->{type} // '') =~ /^(complete|error)$/) { $r = $j; last }
         }
         is($r && $r->{type}, 'complete', "per-message without id $i: completed");
-        like($r && $r->{session}, qr/^agent:main:webhook:msg:[0-9a-f]{32}$/,
+        like($r && $r->{session}, qr/^\Q$own\E:msg:[0-9a-f]{32}$/,
              "per-message without id $i: a random key");
         is(gw_key($content), $r && $r->{session},
            "per-message without id $i: the gateway got the same sessionKey");
@@ -329,15 +342,16 @@ sub client { RelayClient->new($ngx, path => $_[0]) }
            'map: a regex entry selects agent sales');
 
     my $root = client('/ps');
-    refused($root, { session => 'agent:ops:foo' }, qr/agent/,
+    refused($root, { session => 'agent:ops:foo' }, qr/outside this location's namespace/,
             'no uid, a full key of another agent');
     refused($root, { session => 'agent:main:webhook:uid:u7:x' }, qr/uid/,
             'no uid, a full key in the uid-routed namespace');
-    refused($root, { session => 'webhook:uid:u7:x' }, qr/uid/,
-            'no uid, a bare key in the uid-routed namespace');
+    key_is($root, { session => 'webhook:uid:u7:x' },
+           'agent:main:webhook:session:webhook:uid:u7:x',
+           'no uid, a bare key that looks uid-routed stays a bare key');
 
     my $ag = client('/agent?agent=Team.A_1-x');
-    key_is($ag, { session => 'k' }, 'agent:team.a_1-x:k',
+    key_is($ag, { session => 'k' }, 'agent:team.a_1-x:webhook:session:k',
            'agent id from a variable: letters, digits, ".", "_" and "-"');
 
     for my $case (['/agent?agent=a:b', 'an agent id with ":"'],
@@ -521,7 +535,8 @@ sub new_client_on {
     # all without a uid: never the uid-routed sessions
     my $nou = client('/all?sender=nobody');
     my @nl = list_keys($nou);
-    ok(!grep({ /:uid:/ } @nl), 'all without uid: no uid-routed session listed')
+    ok(!grep({ /^agent:main:webhook:uid:/ } @nl),
+       'all without uid: no uid-routed session listed')
         or diag "@nl";
     ok(has(\@nl, $ka), 'all without uid: the sessions of other senders are listed');
     ok(!grep({ !/^agent:main:/ } @nl), 'all without uid: only agent main\'s sessions')
@@ -545,7 +560,7 @@ sub new_client_on {
 
 {
     my $c = client('/snd?sender=erin');
-    my $key = key_is($c, { session => 'Erin-K' }, 'agent:main:erin-k', 'erin\'s session');
+    my $key = key_is($c, { session => 'Erin-K' }, 'agent:main:webhook:session:erin-k', 'erin\'s session');
 
     my ($l, $raw) = ctl($c, { type => 'session.list', id => 7 });
     is($l && $l->{type}, 'session.list', 'list: type');
@@ -633,7 +648,7 @@ sub new_client_on {
     # drops the zone's record without asking the gateway
     my $m = chat($c, id => 'ae', session => 'erin-refused', content => "{{ack_error}} erin $$");
     is($m && $m->{type}, 'error', 'a message the gateway refuses');
-    my $rk = 'agent:main:erin-refused';
+    my $rk = 'agent:main:webhook:session:erin-refused';
     ok(!$gw->session($rk), 'the gateway has no such session');
     ($g) = ctl($c, { type => 'session.get', key => $rk });
     is($g && $g->{data}{key}, $rk, 'the zone has it');
@@ -652,7 +667,7 @@ sub new_client_on {
     is($zcount->(), $zs - 1, 'the zone counts one session less');
 
     # the key works again afterwards: a new session
-    key_is($c, { session => 'Erin-K' }, 'agent:main:erin-k', 'a message after the delete');
+    key_is($c, { session => 'Erin-K' }, 'agent:main:webhook:session:erin-k', 'a message after the delete');
     ok($gw->session($key), 'the gateway has a session again');
     ($g) = ctl($c, { type => 'session.get', key => $key });
     is($g && $g->{data}{messagesIn}, 1, 'a fresh zone record');
@@ -773,6 +788,7 @@ server {
         openclaw_bridge;
         openclaw_bridge_session_zone tiny;
         openclaw_bridge_max_in_flight 1000;
+        openclaw_bridge_max_sessions_in_flight 1000;
     }
     location = /status { openclaw_bridge_status; }
 }
@@ -785,7 +801,7 @@ EOF
     is($zone->()->{size}, 32768, 'tiny: a zone of 32k');
 
     my $c = RelayClient->new($tiny, path => '/t');
-    my $k = sub { sprintf 'agent:main:tk-%03d', $_[0] };
+    my $k = sub { sprintf 'agent:main:webhook:session:tk-%03d', $_[0] };
     my @hung;
 
     # the least recently used session has a message in flight
@@ -839,7 +855,7 @@ EOF
     my @live = grep { $_ ne $k->(0) } @zk;
     my $i = 0;
     for my $key (@live) {
-        (my $bare = $key) =~ s/^agent:main://;
+        (my $bare = $key) =~ s/^agent:main:webhook:session://;
         $c->send_json({ id => 'h' . ++$i, session => $bare, content => "{{hang}} $bare $$" });
     }
     ok($gw->wait_until(sub { $i <= grep { $_->{params}{message} =~ /^\{\{hang\}\} tk-/ }
@@ -906,7 +922,7 @@ EOF
     my $c = RelayClient->new($na, path => '/snd?sender=frank');
     my $m = chat($c, id => 'na1', session => 'frank-k', content => "frank $$");
     is($m && $m->{type}, 'complete', 'no admin: a session');
-    my $key = 'agent:main:frank-k';
+    my $key = 'agent:main:webhook:session:frank-k';
     my $sid = $gw->session($key)->{sessionId};
 
     for my $type (qw(session.reset session.delete)) {

@@ -821,7 +821,7 @@ sub foreign_events {
         }
         my $want = $session{$id};
         next unless defined $want;
-        $want = "agent:main:$want" unless $want =~ /^agent:/;
+        $want = "agent:main:webhook:session:$want" unless $want =~ /^agent:/;
         push @bad, $e if ($e->{session} // '') ne lc $want;
     }
     return @bad;

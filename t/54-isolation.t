@@ -148,7 +148,7 @@ sub same_worker {
 # sends messages whose replies are about 3.9k each (one delta, then the
 # final at once), a session.list now and then, and never reads
 sub slow_reader {
-    my ($path) = @_;
+    my ($path, $must_fill) = @_;
     my $sock = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
     setsockopt($sock, SOL_SOCKET, SO_RCVBUF, 1024) or die "SO_RCVBUF: $!";
     connect($sock, pack_sockaddr_in($ngx->port, inet_aton('127.0.0.1')))
@@ -182,13 +182,19 @@ sub slow_reader {
         select(undef, my $w = '', undef, 0.05);
     }
     $sock->blocking(1);
-    ok($gw->wait_until(sub { $full->() > $before }, 10),
-       "$path: its send buffer filled up") or diag "sent $i messages";
+    if ($must_fill) {
+        ok($gw->wait_until(sub { $full->() > $before }, 10),
+           "$path: its send buffer filled up") or diag "sent $i messages";
+    } else {
+        note "$path: sent $i messages, the buffer "
+             . ($full->() > $before ? 'filled up' : 'did not fill up');
+    }
     return ($raw, $i);
 }
 
 {
-    # as reported: two runs in flight, an 8k send buffer; the client
+    # as reported: two runs in flight, an 8k send buffer (whether that
+    # fills it now depends on how much the kernel takes); the client
     # resets the connection, its replies unread
     my ($raw, $n) = slow_reader('/slow');
     my $c = RelayClient->new($ngx, path => '/big');
@@ -198,7 +204,7 @@ sub slow_reader {
     $raw->close;
 
     # more runs in flight: the buffer fills, the client is closed
-    ($raw, $n) = slow_reader('/slow64');
+    ($raw, $n) = slow_reader('/slow64', 1);
 
     # with 1008 once it reads what was queued before
     my ($code, $reason) = $raw->read_close(10);

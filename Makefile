@@ -94,7 +94,16 @@ $(BUILD_ASAN)/$(MODULE): $(BUILD_ASAN)/Makefile $(SRCS)
 
 module: deps $(BUILD)/$(MODULE)
 
-module-asan: deps $(BUILD_ASAN)/$(MODULE)
+# The ASan suite preloads nodlclose.so with the ASan runtime so that the
+# module is still mapped when LeakSanitizer reports at exit, and its frames
+# are symbolized (t/asan/nodlclose.c).
+ASAN_HELPERS := $(BUILD_ASAN)/nodlclose.so
+
+$(BUILD_ASAN)/nodlclose.so: t/asan/nodlclose.c
+	mkdir -p $(BUILD_ASAN)
+	cc -std=gnu99 -O1 -W -Wall -Wextra -Werror -shared -fPIC $< -o $@
+
+module-asan: deps $(BUILD_ASAN)/$(MODULE) $(ASAN_HELPERS)
 
 $(BUILD)/ws_codec_test: src/ngx_http_openclaw_ws.c src/ngx_http_openclaw_ws.h \
                         t/unit/ws_codec_test.c t/unit/tap.h

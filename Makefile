@@ -164,8 +164,8 @@ demo: module gateways
 	perl t/gateway/demo.pl
 
 # The stock nginx binary is not instrumented, so the ASan runtime is
-# preloaded for it; leaks are checked by the tests through LSan reports
-# (see t/lib/OCB.pm).
+# preloaded for it, with nodlclose.so; leaks are checked by the tests
+# through LSan reports (see t/lib/OCB.pm).
 # The real-gateway tests run last and one at a time: each keeps a
 # gateway busy for minutes, which would upset the timing of the others.
 test: module unit module-asan gateways

@@ -94,7 +94,26 @@ $(BUILD_ASAN)/$(MODULE): $(BUILD_ASAN)/Makefile $(SRCS)
 
 module: deps $(BUILD)/$(MODULE)
 
-module-asan: deps $(BUILD_ASAN)/$(MODULE)
+# The ASan suite preloads nodlclose.so with the ASan runtime so that the
+# module is still mapped when LeakSanitizer reports at exit, and its frames
+# are symbolized (t/asan/nodlclose.c); the leaking module is only for the
+# test that proves it (t/17-asan-leaks.t).
+ASAN_HELPERS := $(BUILD_ASAN)/nodlclose.so \
+                $(BUILD_ASAN)/ngx_openclaw_asan_leak_module.so
+
+$(BUILD_ASAN)/nodlclose.so: t/asan/nodlclose.c
+	mkdir -p $(BUILD_ASAN)
+	cc -std=gnu99 -O1 -W -Wall -Wextra -Werror -shared -fPIC $< -o $@
+
+# against the headers configure wrote for the ASan module, so that nginx
+# takes it as binary compatible
+$(BUILD_ASAN)/ngx_openclaw_asan_leak_module.so: t/asan/leak_module.c \
+                                                $(BUILD_ASAN)/Makefile
+	cc -O1 -g -W -Wall -Wno-unused-parameter -Werror -fno-omit-frame-pointer \
+	    -shared -fPIC $(addprefix -I$(NGINX_SRC)/src/,core event \
+	    event/modules os/unix) -I$(BUILD_ASAN) $< -o $@
+
+module-asan: deps $(BUILD_ASAN)/$(MODULE) $(ASAN_HELPERS)
 
 $(BUILD)/ws_codec_test: src/ngx_http_openclaw_ws.c src/ngx_http_openclaw_ws.h \
                         t/unit/ws_codec_test.c t/unit/tap.h
@@ -145,8 +164,8 @@ demo: module gateways
 	perl t/gateway/demo.pl
 
 # The stock nginx binary is not instrumented, so the ASan runtime is
-# preloaded for it; leaks are checked by the tests through LSan reports
-# (see t/lib/OCB.pm).
+# preloaded for it, with nodlclose.so; leaks are checked by the tests
+# through LSan reports (see t/lib/OCB.pm).
 # The real-gateway tests run last and one at a time: each keeps a
 # gateway busy for minutes, which would upset the timing of the others.
 test: module unit module-asan gateways

@@ -221,7 +221,22 @@ ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle)
         rpc->id = 0;
     }
 
+    /*
+     * The buffers outlive the links (closing one keeps them for the
+     * next), and gw itself goes with the cycle's pool: nothing else
+     * would free them.
+     */
+
     ngx_free(gw->in);
+
+    if (gw->out) {
+        ngx_free(gw->out);
+    }
+
+    if (gw->msg) {
+        ngx_free(gw->msg);
+    }
+
     ngx_http_openclaw_gw = NULL;
 }
 

@@ -4,7 +4,9 @@ package OCB;
 # port, "daemon off" as a direct child, and, when it stops, a check that
 # error.log has no [alert] or [emerg] and that no sanitizer report was
 # written.  OCB_MODULE names the module to load; OCB_ASAN=1 preloads the
-# ASan runtime into the stock (uninstrumented) nginx binary.
+# ASan runtime into the stock (uninstrumented) nginx binary, and with it
+# build-asan/nodlclose.so (OCB_ASAN_DIR), so that LeakSanitizer can still
+# name the module's frames at exit.
 
 use strict;
 use warnings;
@@ -29,6 +31,9 @@ sub module {
 
 sub asan { return ($ENV{OCB_ASAN} // '') eq '1' }
 
+# where `make module-asan` puts nodlclose.so and the test helpers
+sub asan_dir { return $ENV{OCB_ASAN_DIR} // "$TOP/build-asan" }
+
 sub free_port {
     my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                                   Proto => 'tcp', Listen => 1, ReuseAddr => 1)
@@ -40,7 +45,9 @@ sub free_port {
 
 # new(http => '...%%PORT%%...', main => '...', workers => N,
 #     location => '...' (shortcut: one server, "location /" with this body),
-#     no_start => 1)
+#     no_start => 1,
+#     dlclose => 1 (under ASan: nginx unmaps its modules before the leak
+#                   report, as without the suite; only t/17-asan-leaks.t))
 sub new {
     my ($class, %o) = @_;
     my $self = bless {%o}, $class;
@@ -111,7 +118,17 @@ sub env_for_nginx {
     my %env;
     if (asan()) {
         my $asan = `gcc -print-file-name=libasan.so`; chomp $asan;
-        $env{LD_PRELOAD} = $asan;
+        # nginx dlclose()s the module before LeakSanitizer reports at exit,
+        # which would leave the module's frames unnamed and its leaks unseen
+        # by sanitizer_reports: nodlclose.so keeps it mapped.  The runtime
+        # must come first.
+        my @preload = ($asan);
+        if (!$self->{dlclose}) {
+            my $keep = asan_dir() . '/nodlclose.so';
+            die "$keep is missing: make module-asan\n" unless -f $keep;
+            push @preload, $keep;
+        }
+        $env{LD_PRELOAD} = join ':', @preload;
         # full malloc stacks: the stock binary has no frame pointers, and
         # check_logs needs to see which leaks come from the module
         $env{ASAN_OPTIONS} = join ':', 'detect_leaks=1', 'abort_on_error=0',

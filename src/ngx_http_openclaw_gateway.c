@@ -119,6 +119,8 @@ static ngx_int_t ngx_http_openclaw_gateway_flush(
 static void ngx_http_openclaw_gateway_watchdog(ngx_event_t *ev);
 static void ngx_http_openclaw_gateway_fail(ngx_http_openclaw_gateway_t *gw,
     ngx_uint_t level, const char *fmt, ...);
+static void ngx_http_openclaw_gateway_set_error(
+    ngx_http_openclaw_gateway_t *gw, u_char *text, size_t len);
 static void ngx_http_openclaw_gateway_close(ngx_http_openclaw_gateway_t *gw,
     ngx_uint_t code);
 static void ngx_http_openclaw_gateway_schedule(
@@ -1512,13 +1514,13 @@ ngx_http_openclaw_gateway_fail(ngx_http_openclaw_gateway_t *gw,
     u_char      *p;
     va_list      args;
     ngx_uint_t   was_ready;
+    u_char       text[NGX_MAX_ERROR_STR];
 
     va_start(args, fmt);
-    p = ngx_vslprintf(gw->info->last_error,
-                      gw->info->last_error + sizeof(gw->info->last_error) - 1,
-                      fmt, args);
+    p = ngx_vslprintf(text, text + sizeof(text), fmt, args);
     va_end(args);
-    *p = '\0';
+
+    ngx_http_openclaw_gateway_set_error(gw, text, p - text);
 
     was_ready = (gw->info->state == NGX_HTTP_OPENCLAW_LINK_READY);
 
@@ -1613,6 +1615,50 @@ ngx_http_openclaw_gateway_close(ngx_http_openclaw_gateway_t *gw,
 
     gw->info->state = NGX_HTTP_OPENCLAW_LINK_DOWN;
     gw->info->since = ngx_time();
+}
+
+
+/*
+ * Keeps "text" as the link's last error, whole when it fits; a longer one
+ * (a gateway's own words quoted in it) loses its end after a whole word,
+ * marked "...", so that no reader takes half a word for the reason.
+ */
+
+static void
+ngx_http_openclaw_gateway_set_error(ngx_http_openclaw_gateway_t *gw,
+    u_char *text, size_t len)
+{
+    u_char  *p, *cut, *last_error;
+    size_t   max;
+
+    last_error = gw->info->last_error;
+    max = sizeof(gw->info->last_error) - 1;
+
+    if (len <= max) {
+        ngx_memcpy(last_error, text, len);
+        last_error[len] = '\0';
+        return;
+    }
+
+    cut = text + max - (sizeof("...") - 1);
+
+    for (p = cut; p > text && *p != ' '; p--) { /* void */ }
+
+    if (p > text + max / 2) {
+        cut = p;
+
+    } else {
+
+        /* one long word: cut it, but not inside a UTF-8 sequence */
+
+        while (cut > text && (*cut & 0xc0) == 0x80) {
+            cut--;
+        }
+    }
+
+    p = ngx_cpymem(last_error, text, cut - text);
+    p = ngx_cpymem(p, "...", sizeof("...") - 1);
+    *p = '\0';
 }
 
 

@@ -333,6 +333,9 @@ subtest 'refused connects' => sub {
         is($end{$k} && $end{$k}{type}, 'error', "$k: the message gets an error");
         diag "$k: " . encode_json($end{$k});
     }
+    like($end{scopes} && $end{scopes}{error},
+         qr/a gateway that is not reached over loopback needs a paired device identity\)$/,
+         'no scopes: the reason reaches the client whole');
 
     my %attempts = (token => scalar $gwt->connects, protocol => scalar $gwp->connects,
                     scopes => scalar $gws->connects);

@@ -327,6 +327,37 @@ EOF
 }
 
 ###########################################################################
+# an error longer than the status keeps: cut after a whole word, marked
+
+{
+    my $words = join ' ', map { "word$_ \"quoted\"\tand\\more" } 1 .. 40;
+    my $g = FakeGateway->new(token => $TOKEN, unavailable => -1,
+                             retry_after_ms => 200,
+                             unavailable_message => $words);
+    my $n = OCB->new(http => <<"EOF");
+openclaw_gateway ws://127.0.0.1:@{[ $g->port ]};
+openclaw_gateway_token $TOKEN;
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location / { openclaw_bridge; }
+    location = /status { openclaw_bridge_status; }
+}
+EOF
+    $st = wait_status(sub { ($_[0]{workers}[0]{link}{last_error} // '') ne '' },
+                      10, $n);
+    my $e = $st && $st->{workers}[0]{link}{last_error} // '';
+    my $full = "gateway refused connect: UNAVAILABLE $words";
+    cmp_ok(length $e, '<=', 383, 'a long error: within the bound');
+    like($e, qr/\.\.\.$/, 'a long error: marked as cut');
+    (my $kept = $e) =~ s/\.\.\.$//;
+    is(substr($full, 0, length $kept), $kept, 'a long error: its beginning kept');
+    is(substr($full, length $kept, 1), ' ', 'a long error: cut after a whole word')
+        or diag $e;
+    $n->stop;
+    $g->stop;
+}
+
+###########################################################################
 # a status location without any openclaw_bridge location
 
 {

@@ -51,6 +51,7 @@ package FakeGateway;
 #   unavailable     0       the next N connects are answered UNAVAILABLE
 #                           with retryAfterMs (-1: all of them)
 #   retry_after_ms  1500    retryAfterMs of those answers
+#   unavailable_message  "gateway is starting"  their error message
 #   tick_ms         30000   policy.tickIntervalMs, and how often tick events
 #                           are sent
 #   send_ticks      1       0: announce tick_ms but never send a tick
@@ -186,6 +187,7 @@ my %DEFAULTS = (
     scopes => undef,
     unavailable => 0,
     retry_after_ms => 1500,
+    unavailable_message => 'gateway is starting',
     tick_ms => 30000,
     send_ticks => 1,
     max_payload => 26214400,
@@ -698,7 +700,7 @@ sub hello {
     if ($CFG->{unavailable}) {
         $CFG->{unavailable}-- if $CFG->{unavailable} > 0;
         return $refuse->({ code => 'UNAVAILABLE',
-                           message => 'gateway is starting',
+                           message => $CFG->{unavailable_message},
                            retryable => true,
                            retryAfterMs => 0 + $CFG->{retry_after_ms},
                            details => { reason => 'startup-sidecars' } });

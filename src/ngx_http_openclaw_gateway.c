@@ -1262,6 +1262,10 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
 
     gw->info->state = NGX_HTTP_OPENCLAW_LINK_READY;
     gw->info->since = ngx_time();
+
+    /* an error of an earlier attempt no longer says anything of the link */
+
+    gw->info->last_error[0] = '\0';
     gw->ready_at = ngx_current_msec;
     gw->retry_after = 0;
     gw->log.action = "relaying to the OpenClaw gateway";

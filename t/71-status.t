@@ -4,9 +4,9 @@
 # one entry per worker with its link and counters, the sessions zones,
 # counters that match the traffic (messages in and out, completed, input
 # errors, runs in flight), the link going down when the gateway stops
-# (last_error, reconnects), only GET and HEAD, the workers of a new
-# generation after a reload, and a status location in a configuration
-# without any openclaw_bridge location.
+# (last_error, reconnects) and coming back (last_error cleared), only GET
+# and HEAD, the workers of a new generation after a reload, and a status
+# location in a configuration without any openclaw_bridge location.
 
 use strict;
 use warnings;
@@ -259,6 +259,10 @@ $gw->start;
 $st = wait_status(sub { !grep { $_->{link}{state} ne 'ready' } @{ $_[0]{workers} } }, 40);
 is(scalar(grep { $_->{link}{state} eq 'ready' } @{ $st->{workers} }), 2,
    'the links are ready again once the gateway is back');
+for my $x (@{ $st->{workers} }) {
+    is($x->{link}{last_error}, '',
+       "worker $x->{pid}: ready again, the old error is gone");
+}
 
 ###########################################################################
 # a reload: the new generation's workers, once the old ones are gone

@@ -1245,8 +1245,10 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
         gw->info->tick_interval = (ngx_msec_t) item->valuedouble;
     }
 
+    /* any limit is taken: the gateway closes the link on a larger frame */
+
     item = cJSON_GetObjectItemCaseSensitive(policy, "maxPayload");
-    if (cJSON_IsNumber(item) && item->valuedouble >= 65536
+    if (cJSON_IsNumber(item) && item->valuedouble >= 1
         && item->valuedouble < NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX)
     {
         gw->info->max_payload = (size_t) item->valuedouble;
@@ -1280,6 +1282,43 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
     ngx_http_openclaw_relay_link_up(gw->info->protocol);
 
     return NGX_OK;
+}
+
+
+size_t
+ngx_http_openclaw_gateway_max_params(const char *method)
+{
+    size_t                        envelope;
+    ngx_http_openclaw_gateway_t  *gw;
+
+    gw = ngx_http_openclaw_gw;
+
+    if (gw == NULL || gw->info->state != NGX_HTTP_OPENCLAW_LINK_READY) {
+        return NGX_MAX_SIZE_T_VALUE;
+    }
+
+    /* what ngx_http_openclaw_gateway_call() adds, with the longest id */
+
+    envelope = sizeof("{\"type\":\"req\",\"id\":\"ocb-\",\"method\":\"\","
+                      "\"params\":}") - 1
+               + NGX_INT_T_LEN + ngx_strlen(method);
+
+    if (gw->info->max_payload <= envelope) {
+        return 0;
+    }
+
+    return gw->info->max_payload - envelope;
+}
+
+
+size_t
+ngx_http_openclaw_gateway_max_payload(void)
+{
+    if (ngx_http_openclaw_gw == NULL) {
+        return 0;
+    }
+
+    return ngx_http_openclaw_gw->info->max_payload;
 }
 
 

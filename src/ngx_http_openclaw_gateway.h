@@ -77,6 +77,17 @@ void ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
     const char *method, u_char *params, size_t len);
 
+/*
+ * The largest params a request of "method" may carry, so that its frame
+ * stays within the gateway's policy.maxPayload: a larger frame makes the
+ * gateway close the link.  NGX_MAX_SIZE_T_VALUE while the link is not
+ * ready, and the limit not known.
+ */
+size_t ngx_http_openclaw_gateway_max_params(const char *method);
+
+/* the gateway's policy.maxPayload, for errors that name it */
+size_t ngx_http_openclaw_gateway_max_payload(void);
+
 /* forgets a pending request: its response, if any, will be dropped */
 void ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc);
 

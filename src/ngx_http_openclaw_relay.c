@@ -656,10 +656,31 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 static void
 ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
 {
+    size_t                      max;
     ngx_int_t                   rc;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
+
+    /*
+     * Over the gateway's maxPayload, the request would make the gateway
+     * close the link, and go again after every reconnect.  The limit is
+     * known once the link is up: a run that waited is checked then.
+     */
+
+    max = ngx_http_openclaw_gateway_max_params("chat.send");
+
+    if (run->params.len > max) {
+        rl->stats->errors_input++;
+        ngx_http_openclaw_relay_fail(run, "message too large for the "
+                                     "gateway: %uz bytes of chat.send "
+                                     "params, where its maxPayload of %uz "
+                                     "bytes leaves room for %uz",
+                                     run->params.len,
+                                     ngx_http_openclaw_gateway_max_payload(),
+                                     max);
+        return;
+    }
 
     rc = ngx_http_openclaw_gateway_call(&run->rpc, "chat.send",
                                         run->params.data, run->params.len);

@@ -55,7 +55,10 @@ package FakeGateway;
 #   tick_ms         30000   policy.tickIntervalMs, and how often tick events
 #                           are sent
 #   send_ticks      1       0: announce tick_ms but never send a tick
-#   max_payload     26214400  policy.maxPayload
+#   max_payload     26214400  policy.maxPayload; a longer frame after
+#                           hello-ok closes its connection with 1009, as
+#                           the gateway's WebSocket library does (record
+#                           "too_big")
 #   unresponsive    0       1: new connections get the 101 and then nothing
 #                           at all (no challenge, no answers, no ticks)
 #   deltas          3       deltas per run (the reply is cut in this many
@@ -160,6 +163,7 @@ package FakeGateway;
 #   closed    code, reason: a connection ended (code the peer's close
 #             code, if it sent one)
 #   bad       raw: a frame that was not a JSON object
+#   too_big   size: a frame over max_payload (the connection is closed)
 #   session   action (created, reset, deleted, seeded), key, sessionId,
 #             by ("chat.send", "sessions.reset", "sessions.delete" or
 #             "seed"): what happened to the fake's sessions (the requests
@@ -593,6 +597,12 @@ sub close_conn {
 
 sub frame_in {
     my ($conn, $bytes) = @_;
+
+    if ($conn->{ready} && length($bytes) > $CFG->{max_payload}) {
+        record(kind => 'too_big', conn => $conn->{n}, size => length $bytes);
+        close_conn($conn, 1009, 'Max payload size exceeded');
+        return;
+    }
 
     my $f = eval { decode_json($bytes) };
     if (ref $f ne 'HASH') {

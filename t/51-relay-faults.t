@@ -6,7 +6,8 @@
 # (wrong token, protocol mismatch, UNAVAILABLE with retryAfterMs, no
 # scopes), a repeated message answered from chat.history, chat.abort when
 # a client leaves, graceful quit, run timeout, max in flight, double
-# error events, and a message over the gateway's maxPayload.  The rule
+# error events, a message over the gateway's maxPayload, and a message
+# that makes the gateway close the link each time it is sent.  The rule
 # everywhere: an accepted message ends in exactly one complete or error,
 # never in silence.
 
@@ -680,6 +681,50 @@ subtest 'message over the gateway maxPayload' => sub {
     is(count_log($ngx, qr/link lost/), 1, 'the link went down only when the gateway stopped');
 
     $c->close;
+    $ngx->stop;
+    $gw->stop;
+};
+
+###########################################################################
+# a message in flight each time the link drops is given up after three
+# times, with an error that says so; the other clients' messages, sent
+# again with it, complete
+
+subtest 'message that makes the gateway close the link' => sub {
+    my ($gw, $ngx) = setup(http => 'openclaw_gateway_request_timeout 30s;');
+    ok(wait_up($ngx), 'link up');
+
+    my $poison = RelayClient->new($ngx);
+    my $other = RelayClient->new($ngx);
+    my $t0 = time;
+
+    $poison->send_json({ id => 'p', content => '{{close_link}} poison' });
+    sleep 0.05 while count_log($ngx, qr/link lost/) < 1 && time - $t0 < 5;
+    $other->send_json({ id => 'o1', content => 'other one' });
+
+    my $end = one_end_each('poison', $poison, ['p'], 20);
+    my $took = time - $t0;
+    is($end->{p} && $end->{p}{type}, 'error', 'the message gets an error');
+    like($end->{p} && $end->{p}{error},
+         qr/link went down 3 times while this message was in flight; not sent again/,
+         'the error says why it was given up')
+        or diag encode_json($end->{p});
+    cmp_ok($took, '<', 20, 'long before the request timeout');
+
+    my @sends = grep { $_->{params}{message} =~ /poison/ } $gw->requests('chat.send');
+    is(scalar @sends, 3, 'the message was sent 3 times');
+
+    $other->send_json({ id => 'o2', content => 'other two' });
+    my $oend = one_end_each('others', $other, ['o1', 'o2'], 10);
+    is($oend->{o1} && $oend->{o1}{type}, 'complete',
+       'a message sent while it was retried completes');
+    is($oend->{o2} && $oend->{o2}{type}, 'complete', 'a message sent after it completes');
+
+    sleep 0.5;
+    @sends = grep { $_->{params}{message} =~ /poison/ } $gw->requests('chat.send');
+    is(scalar @sends, 3, 'and it is not sent again');
+
+    $_->close for $poison, $other;
     $ngx->stop;
     $gw->stop;
 };

@@ -100,6 +100,10 @@ package FakeGateway;
 #   {{ack_error}}       chat.send answered ok:false UNAVAILABLE
 #   {{ack_status WORD}} chat.send answered ok with status WORD, no run
 #   {{noack}}           chat.send never answered, no run
+#   {{close_link}}      chat.send not answered: the connection it came on
+#                       is closed with 1011 at once, as a gateway that
+#                       cannot take a message may do (every time it is
+#                       sent)
 #   {{empty_final}}     no deltas, a final without a message
 #   {{handover}}        protocol 3's quirk (gateway-protocol.md 13.9): a
 #                       final without text for the run, then the reply
@@ -813,6 +817,10 @@ sub chat_send {
     my $session = canonical($p->{sessionKey});
 
     return if $msg =~ /\{\{noack\}\}/;
+
+    if ($msg =~ /\{\{close_link\}\}/) {
+        return close_conn($conn, 1011, 'cannot take this message');
+    }
 
     if ($msg =~ /\{\{ack_error\}\}/) {
         return res($conn, $req, 0, { code => 'UNAVAILABLE',

@@ -36,6 +36,14 @@
 
 #define NGX_HTTP_OPENCLAW_GW_VERSION        "0.1.0"
 
+/*
+ * Masking keys are taken from a pool that RAND_bytes() fills a thousand
+ * frames at a time: a call costs about a microsecond whatever its size
+ * (it calls getpid() each time, among others), 7% of a worker's time
+ * under load when made for each frame.
+ */
+#define NGX_HTTP_OPENCLAW_GW_RANDOM         4096
+
 
 typedef struct {
     ngx_http_openclaw_main_conf_t  *conf;
@@ -62,7 +70,7 @@ typedef struct {
     u_char                         *out_last;
     size_t                          out_size;
 
-    u_char                          random[256];
+    u_char                          random[NGX_HTTP_OPENCLAW_GW_RANDOM];
     size_t                          random_pos;
 
     ngx_queue_t                     rpcs;       /* in flight, oldest
@@ -119,14 +127,16 @@ static ngx_int_t ngx_http_openclaw_gateway_flush(
 static void ngx_http_openclaw_gateway_watchdog(ngx_event_t *ev);
 static void ngx_http_openclaw_gateway_fail(ngx_http_openclaw_gateway_t *gw,
     ngx_uint_t level, const char *fmt, ...);
+static void ngx_http_openclaw_gateway_set_error(
+    ngx_http_openclaw_gateway_t *gw, u_char *text, size_t len);
 static void ngx_http_openclaw_gateway_close(ngx_http_openclaw_gateway_t *gw,
     ngx_uint_t code);
 static void ngx_http_openclaw_gateway_schedule(
     ngx_http_openclaw_gateway_t *gw);
 static void ngx_http_openclaw_gateway_drop_rpcs(
     ngx_http_openclaw_gateway_t *gw);
-static void ngx_http_openclaw_gateway_random(ngx_http_openclaw_gateway_t *gw,
-    u_char *buf, size_t n);
+static ngx_int_t ngx_http_openclaw_gateway_random(
+    ngx_http_openclaw_gateway_t *gw, u_char *buf, size_t n);
 static u_char *ngx_http_openclaw_gateway_log_error(ngx_log_t *log,
     u_char *buf, size_t len);
 
@@ -487,7 +497,12 @@ ngx_http_openclaw_gateway_upgrade(ngx_http_openclaw_gateway_t *gw)
     gw->log.action = "upgrading the connection to the OpenClaw gateway";
     gw->info->state = NGX_HTTP_OPENCLAW_LINK_UPGRADING;
 
-    ngx_http_openclaw_gateway_random(gw, raw, sizeof(raw));
+    if (ngx_http_openclaw_gateway_random(gw, raw, sizeof(raw)) != NGX_OK) {
+        ngx_http_openclaw_gateway_fail(gw, NGX_LOG_ALERT,
+                                       "no random bytes for the WebSocket "
+                                       "key");
+        return;
+    }
 
     src.data = raw;
     src.len = sizeof(raw);
@@ -826,7 +841,7 @@ ngx_http_openclaw_gateway_frames(ngx_http_openclaw_gateway_t *gw,
                     != NGX_OK)
                 {
                     ngx_http_openclaw_gateway_fail(gw, NGX_LOG_ERR,
-                                                   "out of memory");
+                                                   "cannot answer a ping");
                     return NGX_ERROR;
                 }
 
@@ -1258,8 +1273,10 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
         gw->info->tick_interval = (ngx_msec_t) item->valuedouble;
     }
 
+    /* any limit is taken: the gateway closes the link on a larger frame */
+
     item = cJSON_GetObjectItemCaseSensitive(policy, "maxPayload");
-    if (cJSON_IsNumber(item) && item->valuedouble >= 65536
+    if (cJSON_IsNumber(item) && item->valuedouble >= 1
         && item->valuedouble < NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX)
     {
         gw->info->max_payload = (size_t) item->valuedouble;
@@ -1275,6 +1292,10 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
 
     gw->info->state = NGX_HTTP_OPENCLAW_LINK_READY;
     gw->info->since = ngx_time();
+
+    /* an error of an earlier attempt no longer says anything of the link */
+
+    gw->info->last_error[0] = '\0';
     gw->ready_at = ngx_current_msec;
     gw->retry_after = 0;
     gw->log.action = "relaying to the OpenClaw gateway";
@@ -1289,6 +1310,43 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
     ngx_http_openclaw_relay_link_up(gw->info->protocol);
 
     return NGX_OK;
+}
+
+
+size_t
+ngx_http_openclaw_gateway_max_params(const char *method)
+{
+    size_t                        envelope;
+    ngx_http_openclaw_gateway_t  *gw;
+
+    gw = ngx_http_openclaw_gw;
+
+    if (gw == NULL || gw->info->state != NGX_HTTP_OPENCLAW_LINK_READY) {
+        return NGX_MAX_SIZE_T_VALUE;
+    }
+
+    /* what ngx_http_openclaw_gateway_call() adds, with the longest id */
+
+    envelope = sizeof("{\"type\":\"req\",\"id\":\"ocb-\",\"method\":\"\","
+                      "\"params\":}") - 1
+               + NGX_INT_T_LEN + ngx_strlen(method);
+
+    if (gw->info->max_payload <= envelope) {
+        return 0;
+    }
+
+    return gw->info->max_payload - envelope;
+}
+
+
+size_t
+ngx_http_openclaw_gateway_max_payload(void)
+{
+    if (ngx_http_openclaw_gw == NULL) {
+        return 0;
+    }
+
+    return ngx_http_openclaw_gw->info->max_payload;
 }
 
 
@@ -1410,7 +1468,9 @@ ngx_http_openclaw_gateway_frame(ngx_http_openclaw_gateway_t *gw,
         return NGX_OK;
     }
 
-    ngx_http_openclaw_gateway_random(gw, key, 4);
+    if (ngx_http_openclaw_gateway_random(gw, key, 4) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     gw->out_last += ngx_http_openclaw_ws_frame_header(gw->out_last, opcode,
                                                       1, total, key);
@@ -1527,13 +1587,13 @@ ngx_http_openclaw_gateway_fail(ngx_http_openclaw_gateway_t *gw,
     u_char      *p;
     va_list      args;
     ngx_uint_t   was_ready;
+    u_char       text[NGX_MAX_ERROR_STR];
 
     va_start(args, fmt);
-    p = ngx_vslprintf(gw->info->last_error,
-                      gw->info->last_error + sizeof(gw->info->last_error) - 1,
-                      fmt, args);
+    p = ngx_vslprintf(text, text + sizeof(text), fmt, args);
     va_end(args);
-    *p = '\0';
+
+    ngx_http_openclaw_gateway_set_error(gw, text, p - text);
 
     was_ready = (gw->info->state == NGX_HTTP_OPENCLAW_LINK_READY);
 
@@ -1631,6 +1691,50 @@ ngx_http_openclaw_gateway_close(ngx_http_openclaw_gateway_t *gw,
 }
 
 
+/*
+ * Keeps "text" as the link's last error, whole when it fits; a longer one
+ * (a gateway's own words quoted in it) loses its end after a whole word,
+ * marked "...", so that no reader takes half a word for the reason.
+ */
+
+static void
+ngx_http_openclaw_gateway_set_error(ngx_http_openclaw_gateway_t *gw,
+    u_char *text, size_t len)
+{
+    u_char  *p, *cut, *last_error;
+    size_t   max;
+
+    last_error = gw->info->last_error;
+    max = sizeof(gw->info->last_error) - 1;
+
+    if (len <= max) {
+        ngx_memcpy(last_error, text, len);
+        last_error[len] = '\0';
+        return;
+    }
+
+    cut = text + max - (sizeof("...") - 1);
+
+    for (p = cut; p > text && *p != ' '; p--) { /* void */ }
+
+    if (p > text + max / 2) {
+        cut = p;
+
+    } else {
+
+        /* one long word: cut it, but not inside a UTF-8 sequence */
+
+        while (cut > text && (*cut & 0xc0) == 0x80) {
+            cut--;
+        }
+    }
+
+    p = ngx_cpymem(last_error, text, cut - text);
+    p = ngx_cpymem(p, "...", sizeof("...") - 1);
+    *p = '\0';
+}
+
+
 static void
 ngx_http_openclaw_gateway_schedule(ngx_http_openclaw_gateway_t *gw)
 {
@@ -1678,15 +1782,19 @@ ngx_http_openclaw_gateway_drop_rpcs(ngx_http_openclaw_gateway_t *gw)
 }
 
 
-/* masking keys must be unpredictable (RFC 6455 10.3): not ngx_random() */
+/*
+ * Masking keys must be unpredictable (RFC 6455 10.3): not ngx_random(),
+ * and no byte of the pool is used twice, even when RAND_bytes() fails.
+ */
 
-static void
+static ngx_int_t
 ngx_http_openclaw_gateway_random(ngx_http_openclaw_gateway_t *gw, u_char *buf,
     size_t n)
 {
     if (gw->random_pos + n > sizeof(gw->random)) {
         if (RAND_bytes(gw->random, sizeof(gw->random)) != 1) {
             ngx_log_error(NGX_LOG_ALERT, &gw->log, 0, "RAND_bytes() failed");
+            return NGX_ERROR;
         }
 
         gw->random_pos = 0;
@@ -1694,6 +1802,8 @@ ngx_http_openclaw_gateway_random(ngx_http_openclaw_gateway_t *gw, u_char *buf,
 
     ngx_memcpy(buf, gw->random + gw->random_pos, n);
     gw->random_pos += n;
+
+    return NGX_OK;
 }
 
 

@@ -43,6 +43,15 @@ typedef enum {
 } ngx_http_openclaw_link_state_e;
 
 
+/*
+ * Room for the longest reason the module writes (a TLS name mismatch
+ * names the configured host) with a gateway's refusal quoted in it; a
+ * longer one is cut after a whole word.  The relay quotes it in errors
+ * of its own of at most 512 bytes, with about 50 of text around it.
+ */
+#define NGX_HTTP_OPENCLAW_LINK_ERRLEN  384
+
+
 /* the link's state, kept where the status endpoint can read it */
 
 typedef struct {
@@ -52,7 +61,7 @@ typedef struct {
     size_t                          max_payload;
     time_t                          since;
     ngx_uint_t                      reconnects;
-    u_char                          last_error[128];
+    u_char                          last_error[NGX_HTTP_OPENCLAW_LINK_ERRLEN];
 } ngx_http_openclaw_link_info_t;
 
 
@@ -67,6 +76,17 @@ void ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle);
  */
 ngx_int_t ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
     const char *method, u_char *params, size_t len);
+
+/*
+ * The largest params a request of "method" may carry, so that its frame
+ * stays within the gateway's policy.maxPayload: a larger frame makes the
+ * gateway close the link.  NGX_MAX_SIZE_T_VALUE while the link is not
+ * ready, and the limit not known.
+ */
+size_t ngx_http_openclaw_gateway_max_params(const char *method);
+
+/* the gateway's policy.maxPayload, for errors that name it */
+size_t ngx_http_openclaw_gateway_max_payload(void);
 
 /* forgets a pending request: its response, if any, will be dropped */
 void ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc);

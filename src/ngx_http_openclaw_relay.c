@@ -110,6 +110,9 @@ typedef struct {
     unsigned                        block:1;
 
     u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
+
+    ngx_uint_t                      drops;      /* links lost while it was
+                                                   in flight */
 } ngx_http_openclaw_run_t;
 
 
@@ -749,10 +752,31 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 static void
 ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
 {
+    size_t                      max;
     ngx_int_t                   rc;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
+
+    /*
+     * Over the gateway's maxPayload, the request would make the gateway
+     * close the link, and go again after every reconnect.  The limit is
+     * known once the link is up: a run that waited is checked then.
+     */
+
+    max = ngx_http_openclaw_gateway_max_params("chat.send");
+
+    if (run->params.len > max) {
+        rl->stats->errors_input++;
+        ngx_http_openclaw_relay_fail(run, "message too large for the "
+                                     "gateway: %uz bytes of chat.send "
+                                     "params, where its maxPayload of %uz "
+                                     "bytes leaves room for %uz",
+                                     run->params.len,
+                                     ngx_http_openclaw_gateway_max_payload(),
+                                     max);
+        return;
+    }
 
     rc = ngx_http_openclaw_gateway_call(&run->rpc, "chat.send",
                                         run->params.data, run->params.len);
@@ -1037,15 +1061,21 @@ ngx_http_openclaw_relay_link_up(ngx_uint_t protocol)
 }
 
 
+/* a run in flight at this many losses of the link is not sent again */
+#define NGX_HTTP_OPENCLAW_RUN_DROPS     3
+
+
 void
 ngx_http_openclaw_relay_link_down(void)
 {
-    ngx_queue_t                *q, *next;
+    ngx_queue_t                *q, *next, given_up;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
     rl->protocol = 0;
+
+    ngx_queue_init(&given_up);
 
     for (q = ngx_queue_head(&rl->sent);
          q != ngx_queue_sentinel(&rl->sent);
@@ -1064,14 +1094,41 @@ ngx_http_openclaw_relay_link_down(void)
         run->rpc.handler = ngx_http_openclaw_relay_acked;
 
         ngx_queue_remove(&run->link);
-        ngx_queue_insert_tail(&rl->waiting, &run->link);
         rl->stats->waiting++;
 
         run->state = NGX_HTTP_OPENCLAW_RUN_WAITING;
 
+        /*
+         * A message in flight at every loss of the link may be what the
+         * gateway cannot take: sent again each time, it would take the
+         * runs of every client here down with it.
+         */
+
+        if (++run->drops >= NGX_HTTP_OPENCLAW_RUN_DROPS) {
+            ngx_queue_insert_tail(&given_up, &run->link);
+            continue;
+        }
+
+        ngx_queue_insert_tail(&rl->waiting, &run->link);
+
         /* the link has this long to come back before the client hears */
 
         ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
+    }
+
+    /*
+     * Their errors come after the walk: answering may close a client,
+     * and free its other runs.
+     */
+
+    while (!ngx_queue_empty(&given_up)) {
+        q = ngx_queue_head(&given_up);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+
+        rl->stats->errors_link++;
+        ngx_http_openclaw_relay_fail(run, "the gateway link went down %ui "
+                                     "times while this message was in "
+                                     "flight; not sent again", run->drops);
     }
 }
 

@@ -15,6 +15,14 @@
 /* old and new workers overlap during a reload: room for both */
 #define NGX_HTTP_OPENCLAW_STATUS_SLOTS  256
 
+/*
+ * A worker's entry: its figures take about 600 bytes at most, and its
+ * last error up to six times its size once escaped (a control byte is
+ * written as \u00XX).
+ */
+#define NGX_HTTP_OPENCLAW_STATUS_WORKER                                       \
+    (1024 + 6 * NGX_HTTP_OPENCLAW_LINK_ERRLEN)
+
 
 typedef struct {
     ngx_uint_t                          nslots;
@@ -159,7 +167,7 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     size_t                              size;
     ngx_int_t                           rc;
     ngx_buf_t                          *b;
-    ngx_uint_t                          i, first;
+    ngx_uint_t                          i, first, live;
     ngx_chain_t                         out;
     ngx_list_part_t                    *part;
     ngx_shm_zone_t                     *zone;
@@ -182,12 +190,22 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     omcf = ngx_http_get_module_main_conf(r, ngx_http_openclaw_bridge_module);
 
     sh = NULL;
+    live = 0;
     size = sizeof("{\"workers\":[],\"zones\":[]}\n");
 
     if (omcf->status) {
         shpool = (ngx_slab_pool_t *) omcf->status->shm.addr;
         sh = shpool->data;
-        size += sh->nslots * 1024;
+
+        /* room for the slots in use now, not for all of them */
+
+        for (i = 0; i < sh->nslots; i++) {
+            if (sh->slots[i].pid) {
+                live++;
+            }
+        }
+
+        size += live * NGX_HTTP_OPENCLAW_STATUS_WORKER;
     }
 
     part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
@@ -206,7 +224,7 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     p = ngx_cpymem(b->last, "{\"workers\":[", 12);
     first = 1;
 
-    for (i = 0; sh && i < sh->nslots; i++) {
+    for (i = 0; sh && i < sh->nslots && live; i++) {
 
         /* a plain copy: the owner may be writing, a torn figure is fine */
 
@@ -226,6 +244,10 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
 
         first = 0;
         p = ngx_http_openclaw_status_worker(p, &ws);
+
+        /* a worker that started since the count is in the next answer */
+
+        live--;
     }
 
     p = ngx_cpymem(p, "],\"zones\":[", 11);

@@ -5,9 +5,11 @@
 # restart, gateway down at start, unresponsive gateway, refused connects
 # (wrong token, protocol mismatch, UNAVAILABLE with retryAfterMs, no
 # scopes), a repeated message answered from chat.history, chat.abort when
-# a client leaves, graceful quit, run timeout, max in flight, and double
-# error events.  The rule everywhere: an accepted message ends in exactly
-# one complete or error, never in silence.
+# a client leaves, graceful quit, run timeout, max in flight, double
+# error events, a message over the gateway's maxPayload, and a message
+# that makes the gateway close the link each time it is sent.  The rule
+# everywhere: an accepted message ends in exactly one complete or error,
+# never in silence.
 
 use strict;
 use warnings;
@@ -333,6 +335,9 @@ subtest 'refused connects' => sub {
         is($end{$k} && $end{$k}{type}, 'error', "$k: the message gets an error");
         diag "$k: " . encode_json($end{$k});
     }
+    like($end{scopes} && $end{scopes}{error},
+         qr/a gateway that is not reached over loopback needs a paired device identity\)$/,
+         'no scopes: the reason reaches the client whole');
 
     my %attempts = (token => scalar $gwt->connects, protocol => scalar $gwp->connects,
                     scopes => scalar $gws->connects);
@@ -629,6 +634,97 @@ subtest 'staggered run timeouts' => sub {
     is(scalar @late, 0, 'nothing else ends');
 
     $c->close;
+    $ngx->stop;
+    $gw->stop;
+};
+
+###########################################################################
+# a message over the gateway's maxPayload is refused here, never sent: the
+# gateway would close the link, and the message would go again after every
+# reconnect.  One that waited for the link is checked when it comes up.
+
+subtest 'message over the gateway maxPayload' => sub {
+    my ($gw, $ngx) = setup(fake => { max_payload => 2048 },
+                           http => 'openclaw_gateway_request_timeout 10s;');
+    ok(wait_up($ngx), 'link up');
+
+    my $c = RelayClient->new($ngx);
+    my $big = 'big ' . ('x' x 3000);
+    $c->send_json({ id => 'big', content => $big });
+    $c->send_json({ id => 'small', content => 'small one' });
+    my $end = one_end_each('maxPayload', $c, ['big', 'small'], 5);
+
+    is($end->{big} && $end->{big}{type}, 'error', 'the large message gets an error');
+    like($end->{big} && $end->{big}{error},
+         qr/too large for the gateway: \d+ bytes .* maxPayload of 2048 bytes/,
+         'the error names its size and the limit')
+        or diag encode_json($end->{big});
+    is($end->{small} && $end->{small}{type}, 'complete', 'a small one still completes');
+    ok(!grep({ ($_->{params}{message} // '') =~ /^big / } $gw->requests('chat.send')),
+       'the large message never reached the gateway');
+    is(scalar $gw->records(kind => 'too_big'), 0, 'no frame over the limit');
+
+    # one that waits for the link: the limit is known only when it is back
+    $gw->stop;
+    my $t0 = time;
+    sleep 0.05 while count_log($ngx, qr/link lost/) < 1 && time - $t0 < 5;
+    $c->send_json({ id => 'big2', content => $big });
+    $c->send_json({ id => 'small2', content => 'small two' });
+    sleep 0.3;
+    $gw->start;
+    $end = one_end_each('maxPayload after a wait', $c, ['big2', 'small2'], 10);
+    is($end->{big2} && $end->{big2}{type}, 'error', 'a large message that waited gets an error');
+    like($end->{big2} && $end->{big2}{error}, qr/maxPayload of 2048 bytes/,
+         'the same error');
+    is($end->{small2} && $end->{small2}{type}, 'complete', 'the small one that waited completes');
+    is(scalar $gw->records(kind => 'too_big'), 0, 'still no frame over the limit');
+    is(count_log($ngx, qr/link lost/), 1, 'the link went down only when the gateway stopped');
+
+    $c->close;
+    $ngx->stop;
+    $gw->stop;
+};
+
+###########################################################################
+# a message in flight each time the link drops is given up after three
+# times, with an error that says so; the other clients' messages, sent
+# again with it, complete
+
+subtest 'message that makes the gateway close the link' => sub {
+    my ($gw, $ngx) = setup(http => 'openclaw_gateway_request_timeout 30s;');
+    ok(wait_up($ngx), 'link up');
+
+    my $poison = RelayClient->new($ngx);
+    my $other = RelayClient->new($ngx);
+    my $t0 = time;
+
+    $poison->send_json({ id => 'p', content => '{{close_link}} poison' });
+    sleep 0.05 while count_log($ngx, qr/link lost/) < 1 && time - $t0 < 5;
+    $other->send_json({ id => 'o1', content => 'other one' });
+
+    my $end = one_end_each('poison', $poison, ['p'], 20);
+    my $took = time - $t0;
+    is($end->{p} && $end->{p}{type}, 'error', 'the message gets an error');
+    like($end->{p} && $end->{p}{error},
+         qr/link went down 3 times while this message was in flight; not sent again/,
+         'the error says why it was given up')
+        or diag encode_json($end->{p});
+    cmp_ok($took, '<', 20, 'long before the request timeout');
+
+    my @sends = grep { $_->{params}{message} =~ /poison/ } $gw->requests('chat.send');
+    is(scalar @sends, 3, 'the message was sent 3 times');
+
+    $other->send_json({ id => 'o2', content => 'other two' });
+    my $oend = one_end_each('others', $other, ['o1', 'o2'], 10);
+    is($oend->{o1} && $oend->{o1}{type}, 'complete',
+       'a message sent while it was retried completes');
+    is($oend->{o2} && $oend->{o2}{type}, 'complete', 'a message sent after it completes');
+
+    sleep 0.5;
+    @sends = grep { $_->{params}{message} =~ /poison/ } $gw->requests('chat.send');
+    is(scalar @sends, 3, 'and it is not sent again');
+
+    $_->close for $poison, $other;
     $ngx->stop;
     $gw->stop;
 };

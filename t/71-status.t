@@ -4,9 +4,9 @@
 # one entry per worker with its link and counters, the sessions zones,
 # counters that match the traffic (messages in and out, completed, input
 # errors, runs in flight), the link going down when the gateway stops
-# (last_error, reconnects), only GET and HEAD, the workers of a new
-# generation after a reload, and a status location in a configuration
-# without any openclaw_bridge location.
+# (last_error, reconnects) and coming back (last_error cleared), only GET
+# and HEAD, the workers of a new generation after a reload, and a status
+# location in a configuration without any openclaw_bridge location.
 
 use strict;
 use warnings;
@@ -259,6 +259,10 @@ $gw->start;
 $st = wait_status(sub { !grep { $_->{link}{state} ne 'ready' } @{ $_[0]{workers} } }, 40);
 is(scalar(grep { $_->{link}{state} eq 'ready' } @{ $st->{workers} }), 2,
    'the links are ready again once the gateway is back');
+for my $x (@{ $st->{workers} }) {
+    is($x->{link}{last_error}, '',
+       "worker $x->{pid}: ready again, the old error is gone");
+}
 
 ###########################################################################
 # a reload: the new generation's workers, once the old ones are gone
@@ -324,6 +328,37 @@ EOF
     $reports .= join '', OCB::sanitizer_reports($n->read_log($_))
         for 'stderr.log', 'error.log';
     ok($reports eq '', 'no sanitizer report') or diag $reports;
+}
+
+###########################################################################
+# an error longer than the status keeps: cut after a whole word, marked
+
+{
+    my $words = join ' ', map { "word$_ \"quoted\"\tand\\more" } 1 .. 40;
+    my $g = FakeGateway->new(token => $TOKEN, unavailable => -1,
+                             retry_after_ms => 200,
+                             unavailable_message => $words);
+    my $n = OCB->new(http => <<"EOF");
+openclaw_gateway ws://127.0.0.1:@{[ $g->port ]};
+openclaw_gateway_token $TOKEN;
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location / { openclaw_bridge; }
+    location = /status { openclaw_bridge_status; }
+}
+EOF
+    $st = wait_status(sub { ($_[0]{workers}[0]{link}{last_error} // '') ne '' },
+                      10, $n);
+    my $e = $st && $st->{workers}[0]{link}{last_error} // '';
+    my $full = "gateway refused connect: UNAVAILABLE $words";
+    cmp_ok(length $e, '<=', 383, 'a long error: within the bound');
+    like($e, qr/\.\.\.$/, 'a long error: marked as cut');
+    (my $kept = $e) =~ s/\.\.\.$//;
+    is(substr($full, 0, length $kept), $kept, 'a long error: its beginning kept');
+    is(substr($full, length $kept, 1), ' ', 'a long error: cut after a whole word')
+        or diag $e;
+    $n->stop;
+    $g->stop;
 }
 
 ###########################################################################

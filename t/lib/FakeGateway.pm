@@ -51,10 +51,14 @@ package FakeGateway;
 #   unavailable     0       the next N connects are answered UNAVAILABLE
 #                           with retryAfterMs (-1: all of them)
 #   retry_after_ms  1500    retryAfterMs of those answers
+#   unavailable_message  "gateway is starting"  their error message
 #   tick_ms         30000   policy.tickIntervalMs, and how often tick events
 #                           are sent
 #   send_ticks      1       0: announce tick_ms but never send a tick
-#   max_payload     26214400  policy.maxPayload
+#   max_payload     26214400  policy.maxPayload; a longer frame after
+#                           hello-ok closes its connection with 1009, as
+#                           the gateway's WebSocket library does (record
+#                           "too_big")
 #   unresponsive    0       1: new connections get the 101 and then nothing
 #                           at all (no challenge, no answers, no ticks)
 #   deltas          3       deltas per run (the reply is cut in this many
@@ -96,6 +100,10 @@ package FakeGateway;
 #   {{ack_error}}       chat.send answered ok:false UNAVAILABLE
 #   {{ack_status WORD}} chat.send answered ok with status WORD, no run
 #   {{noack}}           chat.send never answered, no run
+#   {{close_link}}      chat.send not answered: the connection it came on
+#                       is closed with 1011 at once, as a gateway that
+#                       cannot take a message may do (every time it is
+#                       sent)
 #   {{empty_final}}     no deltas, a final without a message
 #   {{handover}}        protocol 3's quirk (gateway-protocol.md 13.9): a
 #                       final without text for the run, then the reply
@@ -159,6 +167,7 @@ package FakeGateway;
 #   closed    code, reason: a connection ended (code the peer's close
 #             code, if it sent one)
 #   bad       raw: a frame that was not a JSON object
+#   too_big   size: a frame over max_payload (the connection is closed)
 #   session   action (created, reset, deleted, seeded), key, sessionId,
 #             by ("chat.send", "sessions.reset", "sessions.delete" or
 #             "seed"): what happened to the fake's sessions (the requests
@@ -186,6 +195,7 @@ my %DEFAULTS = (
     scopes => undef,
     unavailable => 0,
     retry_after_ms => 1500,
+    unavailable_message => 'gateway is starting',
     tick_ms => 30000,
     send_ticks => 1,
     max_payload => 26214400,
@@ -592,6 +602,12 @@ sub close_conn {
 sub frame_in {
     my ($conn, $bytes) = @_;
 
+    if ($conn->{ready} && length($bytes) > $CFG->{max_payload}) {
+        record(kind => 'too_big', conn => $conn->{n}, size => length $bytes);
+        close_conn($conn, 1009, 'Max payload size exceeded');
+        return;
+    }
+
     my $f = eval { decode_json($bytes) };
     if (ref $f ne 'HASH') {
         record(kind => 'bad', conn => $conn->{n}, raw => substr($bytes, 0, 200));
@@ -698,7 +714,7 @@ sub hello {
     if ($CFG->{unavailable}) {
         $CFG->{unavailable}-- if $CFG->{unavailable} > 0;
         return $refuse->({ code => 'UNAVAILABLE',
-                           message => 'gateway is starting',
+                           message => $CFG->{unavailable_message},
                            retryable => true,
                            retryAfterMs => 0 + $CFG->{retry_after_ms},
                            details => { reason => 'startup-sidecars' } });
@@ -801,6 +817,10 @@ sub chat_send {
     my $session = canonical($p->{sessionKey});
 
     return if $msg =~ /\{\{noack\}\}/;
+
+    if ($msg =~ /\{\{close_link\}\}/) {
+        return close_conn($conn, 1011, 'cannot take this message');
+    }
 
     if ($msg =~ /\{\{ack_error\}\}/) {
         return res($conn, $req, 0, { code => 'UNAVAILABLE',

@@ -107,7 +107,7 @@ sub chat {
     my ($c, %m) = @_;
     $m{content} //= 'msg ' . ++$N . " $$";
     $c->send_json(\%m);
-    my $deadline = time + 10;
+    my $deadline = time + 30;
     while (my $f = $c->next_frame($deadline - time)) {
         my $j = $f->{json} or next;
         next unless ($j->{type} // '') =~ /^(complete|error)$/;
@@ -217,7 +217,9 @@ sub slow_reader {
        'slow reader, 64 in flight: another client still gets its reply')
         or diag 'sent to the gateway: ' . sent("after the slow reader 64 $$")
                 . ', reply: ' . encode_json($r) . ', frames: '
-                . join(' ', map { $_->{payload} } ($c->frames)[-3 .. -1]);
+                . join(' ', map { $_->{payload} } ($c->frames)[-3 .. -1])
+                . "\n" . join("\n", grep { /gateway|link/ }
+                                     split /\n/, $ngx->error_log);
     same_worker('slow reader, 64 in flight');
 
     # nothing is left in flight and every message in had its end

@@ -404,7 +404,7 @@ sub check_stream {
     for my $state ('delta', 'final', 'error', 'aborted') {
         $gw->action('emit', frame => {
             type => 'event', event => 'chat',
-            payload => { runId => $fake, sessionKey => 'agent:main:fx',
+            payload => { runId => $fake, sessionKey => 'agent:main:webhook:session:fx',
                          state => $state, seq => 1, deltaText => 'FOREIGN',
                          errorMessage => 'FOREIGN error',
                          message => { role => 'assistant',
@@ -413,7 +413,7 @@ sub check_stream {
     }
     $gw->action('emit', frame => {
         type => 'event', event => 'chat',
-        payload => { sessionKey => 'agent:main:fx', state => 'final',
+        payload => { sessionKey => 'agent:main:webhook:session:fx', state => 'final',
                      message => { role => 'assistant',
                                   content => [{ type => 'text', text => 'FOREIGN no run id' }] } } });
 

@@ -609,9 +609,9 @@ sub new_client_on {
     # would create it)
     my $r = ctl($c, { type => 'session.reset', key => 'never-made', id => 'r0' });
     is($r && $r->{error}, 'Session not found', 'reset of an unknown session: not found');
-    ok(!grep({ $_->{params}{key} eq 'agent:main:never-made' } $gw->requests('sessions.reset')),
+    ok(!grep({ $_->{params}{key} eq 'agent:main:webhook:session:never-made' } $gw->requests('sessions.reset')),
        'reset of an unknown session: nothing sent to the gateway');
-    ok(!$gw->session('agent:main:never-made'), 'and the gateway did not make it');
+    ok(!$gw->session('agent:main:webhook:session:never-made'), 'and the gateway did not make it');
 
     # reset with admin
     my $old = $gwrow->{sessionId};

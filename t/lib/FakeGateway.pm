@@ -104,6 +104,9 @@ package FakeGateway;
 #   {{handover_early}}  the same, but the other run starts before the
 #                       empty final
 #
+# The events of a run always come out in this order, however late the
+# fake's loop is: each is scheduled by the one before it.
+#
 # Sessions (gateway-protocol.md 10.1, 13.9): the fake keeps a row for every
 # session it has seen through chat.send (the canonical sessionKey), plus
 # those a test seeds with ->seed_sessions; they live in the child, like the
@@ -918,7 +921,7 @@ sub start_run {
 
     my $run = $RUNS{$key} = {
         key => $key, session => $session, conn => $conn, text => $text,
-        sent => '', state => 'running', seq => 0, timers => [],
+        sent => '', state => 'running', seq => 0,
         foreign => $o{foreign},
     };
 
@@ -965,7 +968,7 @@ sub start_run {
             start_run($conn, 'gw-run-' . ++$NRUN, $session, 'plain', $text);
         };
         if ($mode eq 'handover') {
-            # finish_run stops this run's timers: the other run is started
+            # finish_run ends this run's chain: the other run is started
             # by a timer of its own
             push @steps, sub {
                 finish_run($run, undef);
@@ -990,23 +993,31 @@ sub start_run {
         }
     }
 
-    my $t = 0;
-    for my $step (@steps) {
-        $t += $spacing / 1000;
-        push @{ $run->{timers} }, Mojo::IOLoop->timer($t => sub {
-            # the error steps run after the run has ended, on purpose
-            return if $run->{state} eq 'aborted' || $run->{dropped};
-            $step->();
-        });
-    }
+    chain($run, $spacing / 1000, @steps);
 
     return $run;
 }
 
+# The steps of a run, one after the other, each scheduled by the one
+# before: a loop that is late delays a run but never reorders it, where
+# timers of their own, due together, would fire in any order.
+sub chain {
+    my ($run, $spacing, @steps) = @_;
+    return unless @steps;
+    my $step = shift @steps;
+    $run->{timer} = Mojo::IOLoop->timer($spacing => sub {
+        delete $run->{timer};
+        # the error steps run after the run has ended, on purpose
+        return if $run->{state} eq 'aborted' || $run->{dropped};
+        $step->();
+        chain($run, $spacing, @steps) unless $run->{stopped};
+    });
+}
+
 sub stop_timers {
     my ($run) = @_;
-    Mojo::IOLoop->remove($_) for @{ $run->{timers} };
-    $run->{timers} = [];
+    Mojo::IOLoop->remove(delete $run->{timer}) if $run->{timer};
+    $run->{stopped} = 1;
 }
 
 sub finish_run {

@@ -94,16 +94,11 @@ sub one_end_each {
         $end{$id} = $t[0]{json} if @t;
 
         # content is always the whole text so far; delta extends it, or
-        # replaces it when the progress says replace (the text was rewritten)
-        my ($acc, $bad) = ('', 0);
+        # replaces it when the reply says replace (the text was rewritten)
         my @mine = grep { $_->{json} && ($_->{json}{id} // '') eq $id } $c->frames;
-        for my $p (grep { ($_->{json}{type} // '') eq 'progress' } @mine) {
-            my $j = $p->{json};
-            $acc = $j->{replace} ? ($j->{delta} // '') : $acc . ($j->{delta} // '');
-            $bad++ unless defined $j->{content} && $j->{content} eq $acc;
-        }
-        ok(!$bad, "$name: message $id: progress content and deltas agree")
-            or diag join "\n", map { $_->{payload} } @mine;
+        my @bad = RelayClient::delta_problems(map { $_->{json} } @mine);
+        ok(!@bad, "$name: message $id: content and deltas agree")
+            or diag join "\n", @bad, map { $_->{payload} } @mine;
     }
     return \%end;
 }

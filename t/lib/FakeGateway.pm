@@ -103,6 +103,10 @@ package FakeGateway;
 #                       ("gw-run-N") on the same session
 #   {{handover_early}}  the same, but the other run starts before the
 #                       empty final
+#   {{final_early}}     the final (with the whole text) comes before the
+#                       last delta, as a real gateway's coalescing allows
+#   {{rewrite}}         the deltas stream "DRAFT " and the text, the final
+#                       has the text alone: it rewrites what streamed
 #
 # The events of a run always come out in this order, however late the
 # fake's loop is: each is scheduled by the one before it.
@@ -937,6 +941,8 @@ sub start_run {
              : $msg =~ /\{\{empty_final\}\}/ ? 'empty_final'
              : $msg =~ /\{\{handover_early\}\}/ ? 'handover_early'
              : $msg =~ /\{\{handover\}\}/ ? 'handover'
+             : $msg =~ /\{\{final_early\}\}/ ? 'final_early'
+             : $msg =~ /\{\{rewrite\}\}/ ? 'rewrite'
              : 'normal';
 
     my @steps;
@@ -949,7 +955,10 @@ sub start_run {
 
     my @parts = $mode =~ /^(hang|empty_final|handover)/ ? ()
               : $mode =~ /error/ ? ((pieces($text, 2))[0])
+              : $mode eq 'rewrite' ? pieces("DRAFT $text", $deltas)
               : pieces($text, $deltas);
+    # the last delta comes after the final
+    my $late = $mode eq 'final_early' && @parts > 1 ? pop @parts : undef;
     for my $part (@parts) {
         push @steps, sub {
             $run->{sent} .= $part;
@@ -959,8 +968,16 @@ sub start_run {
         };
     }
 
-    if ($mode eq 'normal') {
+    if ($mode eq 'normal' || $mode eq 'rewrite') {
         push @steps, sub { finish_run($run, $text) };
+    } elsif ($mode eq 'final_early') {
+        push @steps, sub {
+            finish_run($run, $text);
+            return unless defined $late;
+            chat_event($run, state => 'delta',
+                       ($v4 ? (deltaText => $late) : ()),
+                       message => assistant($text));
+        };
     } elsif ($mode eq 'empty_final') {
         push @steps, sub { finish_run($run, undef) };
     } elsif ($mode =~ /^handover/) {

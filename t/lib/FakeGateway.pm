@@ -166,6 +166,7 @@ package FakeGateway;
 #   closed    code, reason: a connection ended (code the peer's close
 #             code, if it sent one)
 #   bad       raw: a frame that was not a JSON object
+#   tick      a tick event sent
 #   session   action (created, reset, deleted, seeded), key, sessionId,
 #             by ("chat.send", "sessions.reset", "sessions.delete" or
 #             "seed"): what happened to the fake's sessions (the requests
@@ -772,8 +773,9 @@ sub hello {
     my $every = ($CFG->{tick_ms} || 30000) / 1000;
     $conn->{tick} = Mojo::IOLoop->recurring($every => sub {
         return unless $CFG->{send_ticks};
-        out($conn, { type => 'event', event => 'tick',
-                     payload => { ts => int(time * 1000) } });
+        record(kind => 'tick', conn => $conn->{n})
+            if out($conn, { type => 'event', event => 'tick',
+                            payload => { ts => int(time * 1000) } });
     });
 }
 

@@ -176,11 +176,13 @@ static void ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
     ngx_http_openclaw_jv_t *ev);
 static ngx_int_t ngx_http_openclaw_relay_progress(
     ngx_http_openclaw_run_t *run, ngx_http_openclaw_jv_t *ev);
-static ngx_int_t ngx_http_openclaw_relay_progress_reply(
-    ngx_http_openclaw_run_t *run, ngx_str_t *content, ngx_str_t *delta,
-    ngx_uint_t replaced);
+static ngx_int_t ngx_http_openclaw_relay_text_reply(
+    ngx_http_openclaw_run_t *run, const char *type, ngx_str_t *content,
+    ngx_str_t *delta, ngx_uint_t replaced);
 static ngx_int_t ngx_http_openclaw_relay_retext(
     ngx_http_openclaw_run_t *run, ngx_str_t *text, ngx_uint_t replaced);
+static ngx_uint_t ngx_http_openclaw_relay_extends(
+    ngx_http_openclaw_run_t *run, ngx_str_t *text);
 static ngx_int_t ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run,
     ngx_str_t *added, ngx_uint_t replaced);
 static ngx_int_t ngx_http_openclaw_relay_set_text(
@@ -1362,9 +1364,7 @@ ngx_http_openclaw_relay_retext(ngx_http_openclaw_run_t *run, ngx_str_t *text,
 
     old = run->text_len;
 
-    if (!replaced && text->len >= old
-        && (old == 0 || ngx_memcmp(text->data, run->text, old) == 0))
-    {
+    if (!replaced && ngx_http_openclaw_relay_extends(run, text)) {
         if (text->len == old) {
             return NGX_OK;
         }
@@ -1389,6 +1389,17 @@ ngx_http_openclaw_relay_retext(ngx_http_openclaw_run_t *run, ngx_str_t *text,
 }
 
 
+/* "text" is the text the client has, maybe followed by more */
+
+static ngx_uint_t
+ngx_http_openclaw_relay_extends(ngx_http_openclaw_run_t *run, ngx_str_t *text)
+{
+    return text->len >= run->text_len
+           && (run->text_len == 0
+               || ngx_memcmp(text->data, run->text, run->text_len) == 0);
+}
+
+
 /* the text the client has grew by "added" (or is all of it, replaced) */
 
 static ngx_int_t
@@ -1406,22 +1417,25 @@ ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run, ngx_str_t *added,
     content.data = run->text;
     content.len = run->text_len;
 
-    (void) ngx_http_openclaw_relay_progress_reply(run, &content, added,
-                                                  replaced);
+    (void) ngx_http_openclaw_relay_text_reply(run, "progress", &content,
+                                              added, replaced);
     return NGX_OK;
 }
 
 
+/* a progress or a complete: the text, what is new in it, and if rewritten */
+
 static ngx_int_t
-ngx_http_openclaw_relay_progress_reply(ngx_http_openclaw_run_t *run,
-    ngx_str_t *content, ngx_str_t *delta, ngx_uint_t replaced)
+ngx_http_openclaw_relay_text_reply(ngx_http_openclaw_run_t *run,
+    const char *type, ngx_str_t *content, ngx_str_t *delta,
+    ngx_uint_t replaced)
 {
     ngx_str_t                 out;
     ngx_http_openclaw_json_t  j;
 
     j.log = run->peer->client->connection->log;
 
-    ngx_http_openclaw_json_begin(&j, "progress");
+    ngx_http_openclaw_json_begin(&j, type);
     ngx_http_openclaw_json_escaped(&j, "content", content->data,
                                    content->len);
     ngx_http_openclaw_json_escaped(&j, "delta", delta->data, delta->len);
@@ -2062,16 +2076,40 @@ ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run)
 }
 
 
+/*
+ * The final text may go on from the last progress (a gateway coalesces
+ * deltas, and its final can overtake the last of them) or rewrite it, as
+ * a progress may: the complete carries what is new, possibly nothing, so
+ * that a client's deltas, started over at each "replace", always add up
+ * to the complete's content.
+ */
+
 static void
 ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
     ngx_str_t *text)
 {
-    ngx_http_openclaw_relay.stats->completed++;
+    ngx_str_t                   delta;
+    ngx_uint_t                  replaced;
+    ngx_http_openclaw_relay_t  *rl;
+
+    rl = &ngx_http_openclaw_relay;
+
+    rl->stats->completed++;
 
     if (run->peer) {
-        (void) ngx_http_openclaw_relay_reply(run->peer->client, "complete",
-                                             text, NULL, NULL, &run->session,
-                                             &run->id);
+        delta = *text;
+        replaced = !ngx_http_openclaw_relay_extends(run, text);
+
+        if (!replaced) {
+            delta.data += run->text_len;
+            delta.len -= run->text_len;
+        }
+
+        /* the reply that ends the message */
+        rl->stats->messages_out++;
+
+        (void) ngx_http_openclaw_relay_text_reply(run, "complete", text,
+                                                  &delta, replaced);
     }
 
     ngx_http_openclaw_relay_free(run, NULL);

@@ -62,6 +62,22 @@ sub no_open_socket {
         or diag join "\n", @lines;
 }
 
+# bytes client $c sent that nginx has not read yet (Recv-Q of nginx's
+# side of the connection), or undef
+sub unread {
+    my ($ngx, $c) = @_;
+    my $peer = $c->sock->sockport;
+    open my $f, '<', '/proc/net/tcp' or return undef;
+    while (my $line = <$f>) {
+        my @x = split ' ', $line;
+        next unless @x > 4 && $x[1] =~ /:([0-9A-F]{4})$/ && hex($1) == $ngx->port;
+        next unless $x[2] =~ /:([0-9A-F]{4})$/ && hex($1) == $peer;
+        my (undef, $rx) = split /:/, $x[4];
+        return hex $rx;
+    }
+    return undef;
+}
+
 sub gone {
     my (@pids) = @_;
     return !grep { -e "/proc/$_" } @pids;
@@ -179,7 +195,13 @@ sub gone {
     # half a frame: the header and part of the payload
     my $bytes = OCB::Raw::frame(1, 'x' x 100);
     $part->send_raw(substr($bytes, 0, 40));
-    sleep 0.2;
+
+    # nginx has read all of it: both are inside their message when it quits
+    my $deadline = time + 10;
+    sleep 0.02 until time > $deadline
+                     || !grep { (unread($ngx, $_) // 1) != 0 } $frag, $part;
+    ok(!grep({ (unread($ngx, $_) // 1) != 0 } $frag, $part),
+       'mid-message: nginx read what the two clients sent');
 
     my $t0 = time;
     $ngx->signal('QUIT');

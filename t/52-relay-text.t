@@ -3,7 +3,7 @@
 # Text goes through the relay without being decoded and encoded again:
 # escapes, control characters, multi-byte and astral characters, written
 # by the client in any escaping, come back as the same characters, in
-# progress messages whose deltas add up to their content.
+# progress and complete messages whose deltas add up to their content.
 
 use strict;
 use warnings;
@@ -51,16 +51,9 @@ for my $id (sort keys %sent) {
     is($end && $end->{json}{content}, "echo: $sent{$id}",
        "$id: the text comes back as the same characters");
 
-    my $acc = '';
-    my $ok = 1;
-
-    for my $p (grep { $_->{json}{type} eq 'progress' } @mine) {
-        $acc = $p->{json}{replace} ? $p->{json}{delta}
-                                   : $acc . $p->{json}{delta};
-        $ok = 0 unless $p->{json}{content} eq $acc;
-    }
-
-    ok($ok, "$id: progress deltas add up to their content");
+    my @bad = RelayClient::delta_problems(map { $_->{json} } @mine);
+    ok(!@bad, "$id: the deltas add up to every content, the complete's too")
+        or diag join "\n", @bad;
     ok(scalar(grep { $_->{json}{type} eq 'progress' } @mine) >= 2,
        "$id: streamed in several progress messages");
 }

@@ -111,6 +111,13 @@ package FakeGateway;
 #                       ("gw-run-N") on the same session
 #   {{handover_early}}  the same, but the other run starts before the
 #                       empty final
+#   {{final_early}}     the final (with the whole text) comes before the
+#                       last delta, as a real gateway's coalescing allows
+#   {{rewrite}}         the deltas stream "DRAFT " and the text, the final
+#                       has the text alone: it rewrites what streamed
+#
+# The events of a run always come out in this order, however late the
+# fake's loop is: each is scheduled by the one before it.
 #
 # Sessions (gateway-protocol.md 10.1, 13.9): the fake keeps a row for every
 # session it has seen through chat.send (the canonical sessionKey), plus
@@ -168,6 +175,7 @@ package FakeGateway;
 #             code, if it sent one)
 #   bad       raw: a frame that was not a JSON object
 #   too_big   size: a frame over max_payload (the connection is closed)
+#   tick      a tick event sent
 #   session   action (created, reset, deleted, seeded), key, sessionId,
 #             by ("chat.send", "sessions.reset", "sessions.delete" or
 #             "seed"): what happened to the fake's sessions (the requests
@@ -781,8 +789,9 @@ sub hello {
     my $every = ($CFG->{tick_ms} || 30000) / 1000;
     $conn->{tick} = Mojo::IOLoop->recurring($every => sub {
         return unless $CFG->{send_ticks};
-        out($conn, { type => 'event', event => 'tick',
-                     payload => { ts => int(time * 1000) } });
+        record(kind => 'tick', conn => $conn->{n})
+            if out($conn, { type => 'event', event => 'tick',
+                            payload => { ts => int(time * 1000) } });
     });
 }
 
@@ -938,7 +947,7 @@ sub start_run {
 
     my $run = $RUNS{$key} = {
         key => $key, session => $session, conn => $conn, text => $text,
-        sent => '', state => 'running', seq => 0, timers => [],
+        sent => '', state => 'running', seq => 0,
         foreign => $o{foreign},
     };
 
@@ -954,6 +963,8 @@ sub start_run {
              : $msg =~ /\{\{empty_final\}\}/ ? 'empty_final'
              : $msg =~ /\{\{handover_early\}\}/ ? 'handover_early'
              : $msg =~ /\{\{handover\}\}/ ? 'handover'
+             : $msg =~ /\{\{final_early\}\}/ ? 'final_early'
+             : $msg =~ /\{\{rewrite\}\}/ ? 'rewrite'
              : 'normal';
 
     my @steps;
@@ -966,7 +977,10 @@ sub start_run {
 
     my @parts = $mode =~ /^(hang|empty_final|handover)/ ? ()
               : $mode =~ /error/ ? ((pieces($text, 2))[0])
+              : $mode eq 'rewrite' ? pieces("DRAFT $text", $deltas)
               : pieces($text, $deltas);
+    # the last delta comes after the final
+    my $late = $mode eq 'final_early' && @parts > 1 ? pop @parts : undef;
     for my $part (@parts) {
         push @steps, sub {
             $run->{sent} .= $part;
@@ -976,8 +990,16 @@ sub start_run {
         };
     }
 
-    if ($mode eq 'normal') {
+    if ($mode eq 'normal' || $mode eq 'rewrite') {
         push @steps, sub { finish_run($run, $text) };
+    } elsif ($mode eq 'final_early') {
+        push @steps, sub {
+            finish_run($run, $text);
+            return unless defined $late;
+            chat_event($run, state => 'delta',
+                       ($v4 ? (deltaText => $late) : ()),
+                       message => assistant($text));
+        };
     } elsif ($mode eq 'empty_final') {
         push @steps, sub { finish_run($run, undef) };
     } elsif ($mode =~ /^handover/) {
@@ -985,7 +1007,7 @@ sub start_run {
             start_run($conn, 'gw-run-' . ++$NRUN, $session, 'plain', $text);
         };
         if ($mode eq 'handover') {
-            # finish_run stops this run's timers: the other run is started
+            # finish_run ends this run's chain: the other run is started
             # by a timer of its own
             push @steps, sub {
                 finish_run($run, undef);
@@ -1010,23 +1032,31 @@ sub start_run {
         }
     }
 
-    my $t = 0;
-    for my $step (@steps) {
-        $t += $spacing / 1000;
-        push @{ $run->{timers} }, Mojo::IOLoop->timer($t => sub {
-            # the error steps run after the run has ended, on purpose
-            return if $run->{state} eq 'aborted' || $run->{dropped};
-            $step->();
-        });
-    }
+    chain($run, $spacing / 1000, @steps);
 
     return $run;
 }
 
+# The steps of a run, one after the other, each scheduled by the one
+# before: a loop that is late delays a run but never reorders it, where
+# timers of their own, due together, would fire in any order.
+sub chain {
+    my ($run, $spacing, @steps) = @_;
+    return unless @steps;
+    my $step = shift @steps;
+    $run->{timer} = Mojo::IOLoop->timer($spacing => sub {
+        delete $run->{timer};
+        # the error steps run after the run has ended, on purpose
+        return if $run->{state} eq 'aborted' || $run->{dropped};
+        $step->();
+        chain($run, $spacing, @steps) unless $run->{stopped};
+    });
+}
+
 sub stop_timers {
     my ($run) = @_;
-    Mojo::IOLoop->remove($_) for @{ $run->{timers} };
-    $run->{timers} = [];
+    Mojo::IOLoop->remove(delete $run->{timer}) if $run->{timer};
+    $run->{stopped} = 1;
 }
 
 sub finish_run {

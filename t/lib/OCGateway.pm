@@ -37,6 +37,8 @@ use POSIX qw(:sys_wait_h);
 use Test::More;
 use Time::HiRes qw(sleep time);
 
+use RelayClient ();
+
 use OCB;
 
 # gateway texts (emoji in /status, for one) go to the TAP output
@@ -711,10 +713,11 @@ sub sent { @{ $_[0]{sent} } }
 
 # What is wrong with the replies to message $id, as a list of strings
 # (empty: nothing).  Right is: zero or more "progress", then exactly one
-# terminal reply, last; every progress "content" is the concatenation of
-# the deltas so far (since the last progress with "replace", whose delta
-# is its whole content); a complete's content is that concatenation at
-# the end; every reply carries $o{session}.  $o{type} is the terminal
+# terminal reply, last; every progress "content", and the complete's, is
+# the concatenation of the deltas so far (since the last reply with
+# "replace", whose delta is its whole content), the complete's delta
+# being what is new since the last progress (maybe ""); every reply
+# carries $o{session}.  $o{type} is the terminal
 # type wanted ("complete", "error", or a regexp), $o{content} the
 # complete's content (a string or a regexp), $o{error} the error's text
 # (a regexp).  $o{no_consistency}: leave out the checks that the content
@@ -736,21 +739,23 @@ sub reply_problems {
         push @p, "reply for session " . ($e->{session} // '(none)')
                  . ", not $o{session}"
             if defined $o{session} && ($e->{session} // '') ne $o{session};
-        last if $type eq 'complete' || $type eq 'error';
-        if ($type ne 'progress') {
+        last if $type eq 'error';
+        if ($type ne 'progress' && $type ne 'complete') {
             push @p, "unexpected reply type $type";
             next;
         }
         $n++;
         if (!defined $e->{delta} || !defined $e->{content}) {
-            push @p, "progress $n without delta or content";
+            push @p, "reply $n ($type) without delta or content";
+            last if $type eq 'complete';
             next;
         }
         $acc = '' if $e->{replace};
         $acc .= $e->{delta};
-        push @p, "progress $n: content " . encode_json($e->{content})
+        push @p, "reply $n ($type): content " . encode_json($e->{content})
                  . ' is not the deltas so far ' . encode_json($acc)
             if $e->{content} ne $acc && !$o{no_consistency};
+        last if $type eq 'complete';
     }
     return @p unless @term;
     my $t = $term[0];
@@ -760,9 +765,6 @@ sub reply_problems {
         unless ref $want ? $t->{type} =~ $want : $t->{type} eq $want;
     if ($t->{type} eq 'complete') {
         my $c = $t->{content} // '(none)';
-        push @p, 'complete content ' . encode_json($c)
-                 . ' is not the concatenated deltas ' . encode_json($acc)
-            if $n && $c ne $acc && !$o{no_consistency};
         if (defined $o{content}) {
             my $good = ref $o{content} ? $c =~ $o{content}
                                        : $c eq $o{content};
@@ -780,28 +782,11 @@ sub reply_problems {
 }
 
 # only the checks that every progress content, and a complete's content,
-# is the concatenation of the deltas so far
+# is the concatenation of the deltas so far (a rewritten text starts
+# over: its delta is the whole of it)
 sub consistency_problems {
     my ($self, $id) = @_;
-    my $acc = '';
-    my ($n, @p) = (0);
-    for my $e ($self->events($id)) {
-        my $type = $e->{type} // '';
-        if ($type eq 'progress') {
-            $n++;
-            # a rewritten text starts over: its delta is the whole of it
-            $acc = '' if $e->{replace};
-            $acc .= $e->{delta} // '';
-            push @p, "progress $n: content " . encode_json($e->{content})
-                     . ' is not the deltas so far ' . encode_json($acc)
-                if ($e->{content} // '') ne $acc;
-        } elsif ($type eq 'complete' && $n) {
-            push @p, 'complete content ' . encode_json($e->{content})
-                     . ' is not the concatenated deltas ' . encode_json($acc)
-                if ($e->{content} // '') ne $acc;
-        }
-    }
-    return @p;
+    return RelayClient::delta_problems($self->events($id));
 }
 
 # events this client got for ids it never sent, or for another session

@@ -105,6 +105,29 @@ sub drain {
 
 sub closed { $_[0]{closed} }
 
+# what is wrong with the replies of one message (decoded, in order): each
+# progress, and the complete, has content and delta, and the deltas,
+# started over at each "replace", add up to every content
+sub delta_problems {
+    my (@replies) = @_;
+    my ($acc, $n, @p) = ('', 0);
+    for my $j (grep { ref $_ eq 'HASH' } @replies) {
+        my $type = $j->{type} // '';
+        next unless $type eq 'progress' || $type eq 'complete';
+        $n++;
+        if (!defined $j->{delta} || !defined $j->{content}) {
+            push @p, "reply $n ($type) without delta or content";
+            next;
+        }
+        $acc = '' if $j->{replace};
+        $acc .= $j->{delta};
+        push @p, "reply $n ($type): content " . encode_json($j->{content})
+                 . ' is not the deltas so far ' . encode_json($acc)
+            if $j->{content} ne $acc;
+    }
+    return @p;
+}
+
 # a clean close: our close frame, then the server's, then EOF
 sub close {
     my ($self, $timeout) = @_;

@@ -14,6 +14,7 @@
 #include "ngx_http_openclaw_client.h"
 #include "ngx_http_openclaw_gateway.h"
 #include "ngx_http_openclaw_relay.h"
+#include "ngx_http_openclaw_inbound.h"
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_status.h"
 
@@ -614,7 +615,7 @@ ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     } else {
         olcf->mode = NGX_HTTP_OPENCLAW_MODE_BRIDGE;
-        clcf->handler = ngx_http_openclaw_relay_handler;
+        clcf->handler = ngx_http_openclaw_inbound_handler;
 
         omcf = ngx_http_conf_get_module_main_conf(cf,
                                             ngx_http_openclaw_bridge_module);

@@ -31,7 +31,7 @@ typedef struct {
     ngx_http_openclaw_rpc_t         rpc;
     ngx_event_t                     timer;
     ngx_pool_t                     *pool;
-    ngx_http_openclaw_peer_t       *peer;
+    ngx_http_openclaw_endpoint_t       *ep;
     ngx_http_openclaw_msg_type_e    type;
     const char                     *name;
 
@@ -69,7 +69,7 @@ static void ngx_http_openclaw_control_reply(ngx_http_openclaw_control_t *ctl,
 static void ngx_http_openclaw_control_error(ngx_http_openclaw_control_t *ctl,
     const char *fmt, ...);
 static ngx_int_t ngx_http_openclaw_control_send(
-    ngx_http_openclaw_client_t *cl, const char *name, cJSON *data,
+    ngx_http_openclaw_endpoint_t *ep, const char *name, cJSON *data,
     const char *error, ngx_str_t *id);
 static void ngx_http_openclaw_control_free(ngx_http_openclaw_control_t *ctl);
 
@@ -80,7 +80,7 @@ static const char  *ngx_http_openclaw_control_names[] = {
 
 
 ngx_int_t
-ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
+ngx_http_openclaw_control(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t *in)
 {
     u_char                         *p;
@@ -88,24 +88,22 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
     ngx_str_t                       key;
     ngx_pool_t                     *pool;
     const char                     *name, *err;
-    ngx_http_openclaw_client_t     *cl;
     ngx_http_openclaw_control_t    *ctl;
     ngx_http_openclaw_loc_conf_t   *conf;
     u_char                          buf[NGX_HTTP_OPENCLAW_SESSION_MAX];
 
-    cl = peer->client;
-    conf = cl->conf;
+    conf = ep->conf;
     name = ngx_http_openclaw_control_names[in->type];
 
     if (conf->control == NGX_HTTP_OPENCLAW_CONTROL_OFF) {
-        return ngx_http_openclaw_control_send(cl, name, NULL,
+        return ngx_http_openclaw_control_send(ep, name, NULL,
                                    "session control is disabled on this "
                                    "location", &in->id_json);
     }
 
     if (conf->control == NGX_HTTP_OPENCLAW_CONTROL_OWN && conf->zone == NULL)
     {
-        return ngx_http_openclaw_control_send(cl, name, NULL,
+        return ngx_http_openclaw_control_send(ep, name, NULL,
                                    "session control with the \"own\" "
                                    "permission needs "
                                    "openclaw_bridge_session_zone",
@@ -117,21 +115,21 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
     if (in->type != NGX_HTTP_OPENCLAW_MSG_SESSION_LIST) {
 
         if (in->key.len == 0) {
-            return ngx_http_openclaw_control_send(cl, name, NULL,
+            return ngx_http_openclaw_control_send(ep, name, NULL,
                                                   "missing field \"key\"",
                                                   &in->id_json);
         }
 
-        if (ngx_http_openclaw_message_key(&peer->scope, &in->key, buf, &key,
+        if (ngx_http_openclaw_message_key(&ep->scope, &in->key, buf, &key,
                                           &err)
             != NGX_OK)
         {
-            return ngx_http_openclaw_control_send(cl, name, NULL, err,
+            return ngx_http_openclaw_control_send(ep, name, NULL, err,
                                                   &in->id_json);
         }
     }
 
-    pool = ngx_create_pool(2048, cl->connection->log);
+    pool = ngx_create_pool(2048, ep->log);
     if (pool == NULL) {
         return NGX_ERROR;
     }
@@ -143,7 +141,7 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
     }
 
     ctl->pool = pool;
-    ctl->peer = peer;
+    ctl->ep = ep;
     ctl->type = in->type;
     ctl->name = name;
 
@@ -168,10 +166,10 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
 
     ctl->timer.handler = ngx_http_openclaw_control_timeout;
     ctl->timer.data = ctl;
-    ctl->timer.log = cl->connection->log;
+    ctl->timer.log = ep->log;
     ctl->timer.cancelable = 1;
 
-    ngx_queue_insert_tail(&peer->controls, &ctl->queue);
+    ngx_queue_insert_tail(&ep->controls, &ctl->queue);
 
     /* what the zone knows; "own" sees only its sender's sessions */
 
@@ -187,9 +185,9 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
 
         if (ctl->type == NGX_HTTP_OPENCLAW_MSG_SESSION_LIST) {
             rc = ngx_http_openclaw_sessions_list(conf->zone,
-                                 &peer->scope.agent, &peer->scope.uid,
+                                 &ep->scope.agent, &ep->scope.uid,
                                  conf->control == NGX_HTTP_OPENCLAW_CONTROL_OWN
-                                 ? &peer->sender : NULL,
+                                 ? &ep->sender : NULL,
                                  pool, &ctl->records);
 
         } else {
@@ -198,14 +196,14 @@ ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
 
             if (rc == NGX_OK) {
                 ctl->in_zone =
-                    ctl->record.uid.len == peer->scope.uid.len
-                    && ngx_strncmp(ctl->record.uid.data, peer->scope.uid.data,
-                                   peer->scope.uid.len) == 0
+                    ctl->record.uid.len == ep->scope.uid.len
+                    && ngx_strncmp(ctl->record.uid.data, ep->scope.uid.data,
+                                   ep->scope.uid.len) == 0
                     && (conf->control != NGX_HTTP_OPENCLAW_CONTROL_OWN
-                        || (ctl->record.sender.len == peer->sender.len
+                        || (ctl->record.sender.len == ep->sender.len
                             && ngx_strncmp(ctl->record.sender.data,
-                                           peer->sender.data,
-                                           peer->sender.len) == 0));
+                                           ep->sender.data,
+                                           ep->sender.len) == 0));
 
                 rc = NGX_OK;
 
@@ -258,8 +256,8 @@ ngx_http_openclaw_control_fetch(ngx_http_openclaw_control_t *ctl,
         return NGX_DECLINED;
     }
 
-    omcf = ngx_http_get_module_main_conf(ctl->peer->client->request,
-                                         ngx_http_openclaw_bridge_module);
+    omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                            ngx_http_openclaw_bridge_module);
 
     ngx_add_timer(&ctl->timer, omcf->request_timeout);
 
@@ -390,11 +388,11 @@ ngx_http_openclaw_control_wanted(ngx_http_openclaw_control_t *ctl,
         }
     }
 
-    if (ctl->peer->client->conf->control != NGX_HTTP_OPENCLAW_CONTROL_ALL) {
+    if (ctl->ep->conf->control != NGX_HTTP_OPENCLAW_CONTROL_ALL) {
         return 0;
     }
 
-    prefix = &ctl->peer->scope.prefix;
+    prefix = &ctl->ep->scope.prefix;
 
     if (key->len <= prefix->len + 1
         || ngx_strncmp(key->data, prefix->data, prefix->len) != 0
@@ -405,7 +403,7 @@ ngx_http_openclaw_control_wanted(ngx_http_openclaw_control_t *ctl,
 
     /* without a uid, the uid-routed part of the namespace is not ours */
 
-    return ctl->peer->scope.uid.len
+    return ctl->ep->scope.uid.len
            || key->len < prefix->len + sizeof(":uid:") - 1
            || ngx_strncmp(key->data + prefix->len, ":uid:",
                           sizeof(":uid:") - 1) != 0;
@@ -498,7 +496,7 @@ ngx_http_openclaw_control_decide(ngx_http_openclaw_control_t *ctl,
         {
             /* the agent never had it: only the zone's record goes */
 
-            ngx_http_openclaw_sessions_delete(ctl->peer->client->conf->zone,
+            ngx_http_openclaw_sessions_delete(ctl->ep->conf->zone,
                                               &ctl->key);
             data = cJSON_CreateObject();
             cJSON_AddBoolToObject(data, "success", 1);
@@ -563,8 +561,8 @@ ngx_http_openclaw_control_act(ngx_http_openclaw_control_t *ctl)
         return;
     }
 
-    omcf = ngx_http_get_module_main_conf(ctl->peer->client->request,
-                                         ngx_http_openclaw_bridge_module);
+    omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                            ngx_http_openclaw_bridge_module);
 
     ngx_add_timer(&ctl->timer, omcf->request_timeout);
 }
@@ -617,9 +615,9 @@ ngx_http_openclaw_control_acted(ngx_http_openclaw_rpc_t *rpc,
     cJSON_Delete(res);
 
     if (ctl->type == NGX_HTTP_OPENCLAW_MSG_SESSION_DELETE
-        && ctl->peer->client->conf->zone)
+        && ctl->ep->conf->zone)
     {
-        ngx_http_openclaw_sessions_delete(ctl->peer->client->conf->zone,
+        ngx_http_openclaw_sessions_delete(ctl->ep->conf->zone,
                                           &ctl->key);
     }
 
@@ -732,7 +730,7 @@ ngx_http_openclaw_control_reply(ngx_http_openclaw_control_t *ctl,
         return;
     }
 
-    (void) ngx_http_openclaw_control_send(ctl->peer->client, ctl->name, data,
+    (void) ngx_http_openclaw_control_send(ctl->ep, ctl->name, data,
                                           NULL, &ctl->id);
 
     ngx_http_openclaw_control_free(ctl);
@@ -753,7 +751,7 @@ ngx_http_openclaw_control_error(ngx_http_openclaw_control_t *ctl,
 
     *p = '\0';
 
-    (void) ngx_http_openclaw_control_send(ctl->peer->client, ctl->name, NULL,
+    (void) ngx_http_openclaw_control_send(ctl->ep, ctl->name, NULL,
                                           (char *) buf, &ctl->id);
 
     ngx_http_openclaw_control_free(ctl);
@@ -766,7 +764,7 @@ ngx_http_openclaw_control_error(ngx_http_openclaw_control_t *ctl,
  */
 
 static ngx_int_t
-ngx_http_openclaw_control_send(ngx_http_openclaw_client_t *cl,
+ngx_http_openclaw_control_send(ngx_http_openclaw_endpoint_t *ep,
     const char *name, cJSON *data, const char *error, ngx_str_t *id)
 {
     char       *text;
@@ -812,8 +810,7 @@ ngx_http_openclaw_control_send(ngx_http_openclaw_client_t *cl,
         return NGX_ERROR;
     }
 
-    rc = ngx_http_openclaw_client_send(cl, NGX_HTTP_OPENCLAW_WS_TEXT,
-                                       (u_char *) text, ngx_strlen(text));
+    rc = ep->send(ep, (u_char *) text, ngx_strlen(text));
     cJSON_free(text);
 
     return rc;
@@ -838,14 +835,14 @@ ngx_http_openclaw_control_free(ngx_http_openclaw_control_t *ctl)
 
 
 void
-ngx_http_openclaw_control_closing(ngx_http_openclaw_peer_t *peer,
+ngx_http_openclaw_control_closing(ngx_http_openclaw_endpoint_t *ep,
     const char *reason)
 {
     ngx_queue_t                  *q;
     ngx_http_openclaw_control_t  *ctl;
 
-    while (!ngx_queue_empty(&peer->controls)) {
-        q = ngx_queue_head(&peer->controls);
+    while (!ngx_queue_empty(&ep->controls)) {
+        q = ngx_queue_head(&ep->controls);
         ctl = ngx_queue_data(q, ngx_http_openclaw_control_t, queue);
 
         ngx_http_openclaw_control_error(ctl, "connection closing (%s)",
@@ -855,13 +852,13 @@ ngx_http_openclaw_control_closing(ngx_http_openclaw_peer_t *peer,
 
 
 void
-ngx_http_openclaw_control_gone(ngx_http_openclaw_peer_t *peer)
+ngx_http_openclaw_control_gone(ngx_http_openclaw_endpoint_t *ep)
 {
     ngx_queue_t                  *q;
     ngx_http_openclaw_control_t  *ctl;
 
-    while (!ngx_queue_empty(&peer->controls)) {
-        q = ngx_queue_head(&peer->controls);
+    while (!ngx_queue_empty(&ep->controls)) {
+        q = ngx_queue_head(&ep->controls);
         ctl = ngx_queue_data(q, ngx_http_openclaw_control_t, queue);
 
         /* it ended, unanswered: nobody is left to answer */

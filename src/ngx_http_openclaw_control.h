@@ -16,15 +16,15 @@
 
 
 /* session.list, session.get, session.reset and session.delete */
-ngx_int_t ngx_http_openclaw_control(ngx_http_openclaw_peer_t *peer,
+ngx_int_t ngx_http_openclaw_control(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t *in);
 
 /* the server closes the connection: pending requests get their error */
-void ngx_http_openclaw_control_closing(ngx_http_openclaw_peer_t *peer,
+void ngx_http_openclaw_control_closing(ngx_http_openclaw_endpoint_t *ep,
     const char *reason);
 
 /* the connection is gone: pending requests are dropped */
-void ngx_http_openclaw_control_gone(ngx_http_openclaw_peer_t *peer);
+void ngx_http_openclaw_control_gone(ngx_http_openclaw_endpoint_t *ep);
 
 
 #endif /* _NGX_HTTP_OPENCLAW_CONTROL_H_INCLUDED_ */

@@ -87,14 +87,14 @@ typedef struct {
     ngx_queue_t                     bucket;
     uint32_t                        hash;
     ngx_str_t                       rid;        /* run_id as a string */
-    ngx_queue_t                     peer_link;
+    ngx_queue_t                     ep_link;
     ngx_queue_t                     link;
     ngx_http_openclaw_rpc_t         rpc;
     ngx_event_t                     timer;      /* a timeout of no lane */
     ngx_http_openclaw_lane_t       *lane;       /* or the lane it is in */
     ngx_queue_t                     lane_link;
     ngx_msec_t                      expires;    /* in the lane */
-    ngx_http_openclaw_peer_t       *peer;
+    ngx_http_openclaw_endpoint_t       *ep;
     ngx_http_openclaw_run_state_e   state;
 
     ngx_str_t                       session;
@@ -159,9 +159,9 @@ typedef struct {
 static ngx_uint_t ngx_http_openclaw_relay_bad_name(ngx_str_t *name,
     size_t max);
 static ngx_uint_t ngx_http_openclaw_relay_sessions(
-    ngx_http_openclaw_peer_t *peer, ngx_str_t *session);
+    ngx_http_openclaw_endpoint_t *ep, ngx_str_t *session);
 static u_char *ngx_http_openclaw_relay_lower(u_char *dst, ngx_str_t *src);
-static ngx_int_t ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
+static ngx_int_t ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t *in);
 static void ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
@@ -219,9 +219,6 @@ static void ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run,
     ngx_str_t *error);
 static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_alloc(size_t size,
     ngx_log_t *log);
-static void ngx_http_openclaw_relay_closing(ngx_http_openclaw_client_t *cl,
-    const char *reason);
-static void ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl);
 
 
 static ngx_http_openclaw_relay_t  ngx_http_openclaw_relay;
@@ -278,38 +275,35 @@ ngx_http_openclaw_relay_set_stats(ngx_http_openclaw_relay_stats_t *stats)
 
 
 ngx_int_t
-ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
-    ngx_uint_t opcode, u_char *data, size_t len)
+ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
+    ngx_uint_t binary, u_char *data, size_t len)
 {
     ngx_int_t                     rc;
     ngx_str_t                     error;
     const char                   *err;
-    ngx_http_openclaw_peer_t     *peer;
     ngx_http_openclaw_inbound_t   in;
-
-    peer = cl->data;
 
     ngx_http_openclaw_relay.stats->messages_in++;
 
-    if (opcode != NGX_HTTP_OPENCLAW_WS_TEXT) {
+    if (binary) {
         ngx_http_openclaw_relay.stats->errors_input++;
         ngx_str_set(&error, "binary messages are not supported: send the "
                             "message as JSON text");
-        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+        return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              NULL, NULL);
     }
 
     err = NULL;
 
     if (ngx_http_openclaw_message_parse(data, len, &in, &err) != NGX_OK) {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ep->log, 0,
                        "openclaw bad message: %s", err);
 
         ngx_http_openclaw_relay.stats->errors_input++;
         error.data = (u_char *) err;
         error.len = ngx_strlen(err);
 
-        rc = ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+        rc = ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                            NULL, &in.id_json);
         return rc;
     }
@@ -317,7 +311,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
     switch (in.type) {
 
     case NGX_HTTP_OPENCLAW_MSG_IGNORED:
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ep->log, 0,
                        "openclaw ignored a \"%V\" message", &in.type_name);
 
         /* not a message in: it gets no reply either */
@@ -327,11 +321,11 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
         break;
 
     case NGX_HTTP_OPENCLAW_MSG_CHAT:
-        rc = ngx_http_openclaw_relay_chat(peer, &in);
+        rc = ngx_http_openclaw_relay_chat(ep, &in);
         break;
 
     default:
-        rc = ngx_http_openclaw_control(peer, &in);
+        rc = ngx_http_openclaw_control(ep, &in);
         break;
     }
 
@@ -339,122 +333,98 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
 }
 
 
+/* they become parts of session keys: no separators, bounded */
+
+ngx_int_t
+ngx_http_openclaw_relay_check(ngx_str_t *agent, ngx_str_t *uid,
+    ngx_str_t *sender)
+{
+    if (ngx_http_openclaw_relay_bad_name(agent, 64)
+        || ngx_http_openclaw_relay_bad_name(uid, 128)
+        || ngx_http_openclaw_relay_bad_name(sender, 200))
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
 /*
- * The content handler of openclaw_bridge locations: the connection's
- * agent, uid and sender come from the location's variables, and are
- * checked before the upgrade, so that a bad one is a plain 400.
+ * An endpoint's identity: its agent, uid and sender become parts of
+ * session keys, so they are checked here, for every transport alike.
  */
 
 ngx_int_t
-ngx_http_openclaw_relay_handler(ngx_http_request_t *r)
+ngx_http_openclaw_relay_endpoint(ngx_http_openclaw_endpoint_t *ep,
+    ngx_pool_t *pool, ngx_str_t *agent, ngx_str_t *uid, ngx_str_t *sender)
 {
     u_char                        *p;
-    ngx_int_t                      rc;
-    ngx_str_t                      agent, uid, sender;
-    ngx_http_openclaw_peer_t      *peer;
-    ngx_http_openclaw_client_t    *cl;
+    ngx_str_t                      main;
     ngx_http_openclaw_loc_conf_t  *conf;
 
-    conf = ngx_http_get_module_loc_conf(r, ngx_http_openclaw_bridge_module);
+    conf = ep->conf;
 
-    ngx_str_set(&agent, "main");
-    ngx_str_null(&uid);
-    ngx_str_null(&sender);
-
-    if ((conf->agent
-         && ngx_http_complex_value(r, conf->agent, &agent) != NGX_OK)
-        || (conf->uid && ngx_http_complex_value(r, conf->uid, &uid) != NGX_OK)
-        || (conf->sender
-            && ngx_http_complex_value(r, conf->sender, &sender) != NGX_OK))
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (agent->len == 0) {
+        ngx_str_set(&main, "main");
+        agent = &main;
     }
 
-    if (agent.len == 0) {
-        ngx_str_set(&agent, "main");
+    if (ngx_http_openclaw_relay_check(agent, uid, sender) != NGX_OK) {
+        return NGX_DECLINED;
     }
 
-    /* they become parts of session keys: no separators, bounded */
+    ngx_queue_init(&ep->runs);
+    ngx_queue_init(&ep->controls);
+    ep->nruns = 0;
 
-    if (ngx_http_openclaw_relay_bad_name(&agent, 64)
-        || ngx_http_openclaw_relay_bad_name(&uid, 128)
-        || ngx_http_openclaw_relay_bad_name(&sender, 200))
-    {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "openclaw_bridge: invalid agent id, uid or sender "
-                      "(letters, digits, \"-\", \"_\" and \".\" only)");
-        return NGX_HTTP_BAD_REQUEST;
-    }
+    ep->scope.scope = conf->scope;
+    ep->scope.namespace = conf->namespace;
+    ep->scope.shared = (conf->control == NGX_HTTP_OPENCLAW_CONTROL_ALL);
 
-    peer = ngx_pcalloc(r->pool, sizeof(ngx_http_openclaw_peer_t));
-    if (peer == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_queue_init(&peer->runs);
-    ngx_queue_init(&peer->controls);
-
-    peer->scope.scope = conf->scope;
-    peer->scope.namespace = conf->namespace;
-    peer->scope.shared = (conf->control == NGX_HTTP_OPENCLAW_CONTROL_ALL);
-
-    p = ngx_pnalloc(r->pool, 2 * agent.len + 2 * uid.len + sender.len + 128);
+    p = ngx_pnalloc(pool, 2 * agent->len + 2 * uid->len + sender->len + 128);
     if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
-    peer->scope.agent.data = p;
-    p = ngx_http_openclaw_relay_lower(p, &agent);
-    peer->scope.agent.len = p - peer->scope.agent.data;
+    ep->scope.agent.data = p;
+    p = ngx_http_openclaw_relay_lower(p, agent);
+    ep->scope.agent.len = p - ep->scope.agent.data;
 
-    peer->scope.uid.data = p;
-    p = ngx_http_openclaw_relay_lower(p, &uid);
-    peer->scope.uid.len = p - peer->scope.uid.data;
+    ep->scope.uid.data = p;
+    p = ngx_http_openclaw_relay_lower(p, uid);
+    ep->scope.uid.len = p - ep->scope.uid.data;
 
-    peer->scope.prefix.data = p;
-    p = ngx_sprintf(p, "agent:%V:webhook", &peer->scope.agent);
+    ep->scope.prefix.data = p;
+    p = ngx_sprintf(p, "agent:%V:webhook", &ep->scope.agent);
 
-    if (uid.len) {
-        p = ngx_sprintf(p, ":uid:%V", &peer->scope.uid);
+    if (uid->len) {
+        p = ngx_sprintf(p, ":uid:%V", &ep->scope.uid);
     }
 
-    peer->scope.prefix.len = p - peer->scope.prefix.data;
+    ep->scope.prefix.len = p - ep->scope.prefix.data;
 
-    /* a connection without a sender identity is a sender of its own */
+    /* an endpoint without a sender identity is a sender of its own */
 
-    peer->scope.fallback.data = p;
+    ep->scope.fallback.data = p;
 
-    if (sender.len) {
+    if (sender->len) {
         p = ngx_cpymem(p, "sender:", 7);
-        p = ngx_http_openclaw_relay_lower(p, &sender);
+        p = ngx_http_openclaw_relay_lower(p, sender);
 
     } else {
         p = ngx_sprintf(p, "conn:%P-%ui", ngx_pid,
                         ++ngx_http_openclaw_relay.connections);
     }
 
-    peer->scope.fallback.len = p - peer->scope.fallback.data;
+    ep->scope.fallback.len = p - ep->scope.fallback.data;
 
-    peer->sender.data = peer->scope.fallback.data;
-    peer->sender.len = peer->scope.fallback.len;
-
-    rc = ngx_http_openclaw_client_handler(r, ngx_http_openclaw_relay_message);
-
-    if (rc != NGX_DONE) {
-        return rc;
-    }
-
-    cl = ngx_http_get_module_ctx(r, ngx_http_openclaw_bridge_module);
-
-    peer->client = cl;
-
-    cl->data = peer;
-    cl->gone = ngx_http_openclaw_relay_gone;
-    cl->closing = ngx_http_openclaw_relay_closing;
+    ep->sender.data = ep->scope.fallback.data;
+    ep->sender.len = ep->scope.fallback.len;
 
     ngx_http_openclaw_relay.stats->clients++;
 
-    return NGX_DONE;
+    return NGX_OK;
 }
 
 
@@ -488,7 +458,7 @@ ngx_http_openclaw_relay_bad_name(ngx_str_t *name, size_t max)
  */
 
 static ngx_uint_t
-ngx_http_openclaw_relay_sessions(ngx_http_openclaw_peer_t *peer,
+ngx_http_openclaw_relay_sessions(ngx_http_openclaw_endpoint_t *ep,
     ngx_str_t *session)
 {
     ngx_uint_t                n;
@@ -497,11 +467,11 @@ ngx_http_openclaw_relay_sessions(ngx_http_openclaw_peer_t *peer,
 
     n = 0;
 
-    for (q = ngx_queue_head(&peer->runs);
-         q != ngx_queue_sentinel(&peer->runs);
+    for (q = ngx_queue_head(&ep->runs);
+         q != ngx_queue_sentinel(&ep->runs);
          q = ngx_queue_next(q))
     {
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, peer_link);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, ep_link);
 
         if (run->session.len == session->len
             && ngx_strncmp(run->session.data, session->data, session->len)
@@ -512,8 +482,8 @@ ngx_http_openclaw_relay_sessions(ngx_http_openclaw_peer_t *peer,
 
         /* counted once: at its first run */
 
-        for (p = ngx_queue_head(&peer->runs); p != q; p = ngx_queue_next(p)) {
-            prev = ngx_queue_data(p, ngx_http_openclaw_run_t, peer_link);
+        for (p = ngx_queue_head(&ep->runs); p != q; p = ngx_queue_next(p)) {
+            prev = ngx_queue_data(p, ngx_http_openclaw_run_t, ep_link);
 
             if (prev->session.len == run->session.len
                 && ngx_strncmp(prev->session.data, run->session.data,
@@ -546,7 +516,7 @@ ngx_http_openclaw_relay_lower(u_char *dst, ngx_str_t *src)
 
 
 static ngx_int_t
-ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
+ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t *in)
 {
     u_char                         *p;
@@ -558,35 +528,33 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_run_t        *run;
     ngx_http_openclaw_json_t        j;
     ngx_http_openclaw_relay_t      *rl;
-    ngx_http_openclaw_client_t     *cl;
     ngx_http_openclaw_loc_conf_t   *conf;
     u_char                          key[NGX_HTTP_OPENCLAW_SESSION_MAX];
     u_char                          rid[NGX_HTTP_OPENCLAW_RUN_ID_LEN];
 
     rl = &ngx_http_openclaw_relay;
-    cl = peer->client;
-    conf = cl->conf;
+    conf = ep->conf;
 
-    if (peer->nruns >= conf->max_in_flight) {
+    if (ep->nruns >= conf->max_in_flight) {
         rl->stats->errors_input++;
         ngx_str_set(&error, "too many messages in flight on this "
                             "connection: wait for their replies");
-        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+        return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              NULL, &in->id_json);
     }
 
-    if (ngx_http_openclaw_message_session(in, &peer->scope, key, &session,
+    if (ngx_http_openclaw_message_session(in, &ep->scope, key, &session,
                                           &err)
         != NGX_OK)
     {
         rl->stats->errors_input++;
         error.data = (u_char *) err;
         error.len = ngx_strlen(err);
-        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+        return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              NULL, &in->id_json);
     }
 
-    ngx_http_openclaw_message_run_id(&session, &peer->sender, &in->id, rid);
+    ngx_http_openclaw_message_run_id(&session, &ep->sender, &in->id, rid);
 
     run_id.data = rid;
     run_id.len = NGX_HTTP_OPENCLAW_RUN_ID_LEN;
@@ -602,7 +570,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
         rl->stats->errors_input++;
         ngx_str_set(&error, "a message with this id is already in flight "
                             "in this session");
-        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+        return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              &session, &in->id_json);
     }
 
@@ -614,14 +582,14 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
          * no client can fill the zone with hung runs.
          */
 
-        if (peer->nruns >= conf->max_sessions
-            && ngx_http_openclaw_relay_sessions(peer, &session)
+        if (ep->nruns >= conf->max_sessions
+            && ngx_http_openclaw_relay_sessions(ep, &session)
                >= conf->max_sessions)
         {
             rl->stats->errors_input++;
             ngx_str_set(&error, "too many sessions with messages in flight "
                                 "on this connection: wait for their replies");
-            return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL,
+            return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL,
                                                  &error, &session,
                                                  &in->id_json);
         }
@@ -633,8 +601,8 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
          */
 
         rc = ngx_http_openclaw_sessions_start(conf->zone, &session,
-                                 &peer->scope.agent, &peer->scope.uid,
-                                 &peer->sender,
+                                 &ep->scope.agent, &ep->scope.uid,
+                                 &ep->sender,
                                  conf->control != NGX_HTTP_OPENCLAW_CONTROL_ALL
                                  && conf->scope
                                     != NGX_HTTP_OPENCLAW_SCOPE_GLOBAL);
@@ -653,7 +621,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
                 ngx_str_set(&error, "the session belongs to another uid");
             }
 
-            return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL,
+            return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL,
                                                  &error, &session,
                                                  &in->id_json);
         }
@@ -661,7 +629,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 
     /* the params are built once: a reconnect sends them again as they are */
 
-    j.log = cl->connection->log;
+    j.log = ep->log;
     ngx_http_openclaw_json_begin(&j, NULL);
     ngx_http_openclaw_json_string(&j, "sessionKey", session.data,
                                   session.len);
@@ -676,7 +644,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     size = sizeof(ngx_http_openclaw_run_t) + session.len + in->id_json.len
            + params.len;
 
-    run = ngx_http_openclaw_relay_alloc(size, cl->connection->log);
+    run = ngx_http_openclaw_relay_alloc(size, ep->log);
     if (run == NULL) {
         ngx_str_set(&error, "out of memory");
 
@@ -684,7 +652,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
             ngx_http_openclaw_sessions_end(conf->zone, &session, &error);
         }
 
-        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+        return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              &session, &in->id_json);
     }
 
@@ -709,9 +677,9 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_relay_index(run);
 
     run->zone = conf->zone;
-    run->peer = peer;
-    ngx_queue_insert_tail(&peer->runs, &run->peer_link);
-    peer->nruns++;
+    run->ep = ep;
+    ngx_queue_insert_tail(&ep->runs, &run->ep_link);
+    ep->nruns++;
     rl->stats->runs++;
 
     run->rpc.handler = ngx_http_openclaw_relay_acked;
@@ -719,14 +687,14 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
 
     run->timer.handler = ngx_http_openclaw_relay_timer_expired;
     run->timer.data = run;
-    run->timer.log = cl->connection->log;
+    run->timer.log = ep->log;
     run->timer.cancelable = 1;
 
     run->state = NGX_HTTP_OPENCLAW_RUN_WAITING;
     ngx_queue_insert_tail(&rl->waiting, &run->link);
     rl->stats->waiting++;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, cl->connection->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ep->log, 0,
                    "openclaw run %V in session \"%V\"", &run_id, &session);
 
     if (rl->protocol == 0) {
@@ -1410,7 +1378,7 @@ ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run, ngx_str_t *added,
 
     run->seen_text = 1;
 
-    if (run->peer == NULL) {
+    if (run->ep == NULL) {
         return NGX_OK;
     }
 
@@ -1433,7 +1401,7 @@ ngx_http_openclaw_relay_text_reply(ngx_http_openclaw_run_t *run,
     ngx_str_t                 out;
     ngx_http_openclaw_json_t  j;
 
-    j.log = run->peer->client->connection->log;
+    j.log = run->ep->log;
 
     ngx_http_openclaw_json_begin(&j, type);
     ngx_http_openclaw_json_escaped(&j, "content", content->data,
@@ -1455,9 +1423,7 @@ ngx_http_openclaw_relay_text_reply(ngx_http_openclaw_run_t *run,
         return NGX_ERROR;
     }
 
-    return ngx_http_openclaw_client_send(run->peer->client,
-                                         NGX_HTTP_OPENCLAW_WS_TEXT,
-                                         out.data, out.len);
+    return run->ep->send(run->ep, out.data, out.len);
 }
 
 
@@ -2096,7 +2062,7 @@ ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
 
     rl->stats->completed++;
 
-    if (run->peer) {
+    if (run->ep) {
         delta = *text;
         replaced = !ngx_http_openclaw_relay_extends(run, text);
 
@@ -2132,8 +2098,8 @@ ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
     error.data = buf;
     error.len = p - buf;
 
-    if (run->peer) {
-        (void) ngx_http_openclaw_relay_reply(run->peer->client, "error", NULL,
+    if (run->ep) {
+        (void) ngx_http_openclaw_relay_reply(run->ep, "error", NULL,
                                              NULL, &error, &run->session,
                                              &run->id);
     }
@@ -2168,9 +2134,9 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
         rl->adopting--;
     }
 
-    if (run->peer) {
-        ngx_queue_remove(&run->peer_link);
-        run->peer->nruns--;
+    if (run->ep) {
+        ngx_queue_remove(&run->ep_link);
+        run->ep->nruns--;
     }
 
     rl->stats->runs--;
@@ -2250,14 +2216,14 @@ ngx_http_openclaw_relay_alloc(size_t size, ngx_log_t *log)
 
 
 ngx_int_t
-ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
+ngx_http_openclaw_relay_reply(ngx_http_openclaw_endpoint_t *ep,
     const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
     ngx_str_t *session, ngx_str_t *id)
 {
     ngx_str_t                 out;
     ngx_http_openclaw_json_t  j;
 
-    j.log = cl->connection->log;
+    j.log = ep->log;
 
     /* every message in ends in exactly one of these */
 
@@ -2293,8 +2259,7 @@ ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
         return NGX_ERROR;
     }
 
-    return ngx_http_openclaw_client_send(cl, NGX_HTTP_OPENCLAW_WS_TEXT,
-                                         out.data, out.len);
+    return ep->send(ep, out.data, out.len);
 }
 
 
@@ -2305,54 +2270,48 @@ ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
  * its run on the gateway.
  */
 
-static void
-ngx_http_openclaw_relay_closing(ngx_http_openclaw_client_t *cl,
+void
+ngx_http_openclaw_relay_closing(ngx_http_openclaw_endpoint_t *ep,
     const char *reason)
 {
-    ngx_queue_t               *q;
-    ngx_http_openclaw_run_t   *run;
-    ngx_http_openclaw_peer_t  *peer;
+    ngx_queue_t              *q;
+    ngx_http_openclaw_run_t  *run;
 
-    peer = cl->data;
-
-    while (!ngx_queue_empty(&peer->runs)) {
-        q = ngx_queue_head(&peer->runs);
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, peer_link);
+    while (!ngx_queue_empty(&ep->runs)) {
+        q = ngx_queue_head(&ep->runs);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, ep_link);
 
         ngx_http_openclaw_relay_fail(run, "connection closing (%s) before "
                                      "the reply; send the message again "
                                      "with the same id to get it", reason);
     }
 
-    ngx_http_openclaw_control_closing(peer, reason);
+    ngx_http_openclaw_control_closing(ep, reason);
 }
 
 
 /* the client is gone: its runs are aborted, if the location says so */
 
-static void
-ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl)
+void
+ngx_http_openclaw_relay_gone(ngx_http_openclaw_endpoint_t *ep)
 {
-    ngx_str_t                  gone;
-    ngx_queue_t               *q;
-    ngx_http_openclaw_run_t   *run;
-    ngx_http_openclaw_peer_t  *peer;
-
-    peer = cl->data;
+    ngx_str_t                 gone;
+    ngx_queue_t              *q;
+    ngx_http_openclaw_run_t  *run;
 
     ngx_str_set(&gone, "the client went away before the reply");
 
-    while (!ngx_queue_empty(&peer->runs)) {
-        q = ngx_queue_head(&peer->runs);
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, peer_link);
+    while (!ngx_queue_empty(&ep->runs)) {
+        q = ngx_queue_head(&ep->runs);
+        run = ngx_queue_data(q, ngx_http_openclaw_run_t, ep_link);
 
-        if (cl->conf->abort_on_disconnect) {
+        if (ep->conf->abort_on_disconnect) {
             ngx_http_openclaw_relay_abort(run);
         }
 
-        ngx_queue_remove(&run->peer_link);
-        run->peer = NULL;
-        peer->nruns--;
+        ngx_queue_remove(&run->ep_link);
+        run->ep = NULL;
+        ep->nruns--;
 
         /* the message ended, unanswered: nobody is left to answer */
 
@@ -2360,7 +2319,7 @@ ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl)
         ngx_http_openclaw_relay_free(run, &gone);
     }
 
-    ngx_http_openclaw_control_gone(peer);
+    ngx_http_openclaw_control_gone(ep);
 
     ngx_http_openclaw_relay.stats->clients--;
 }

@@ -13,7 +13,6 @@
 #include <ngx_http.h>
 
 #include "ngx_http_openclaw_bridge.h"
-#include "ngx_http_openclaw_client.h"
 #include "ngx_http_openclaw_message.h"
 
 
@@ -33,16 +32,32 @@ typedef struct {
 } ngx_http_openclaw_relay_stats_t;
 
 
-/* what the relay keeps for each client connection */
+/*
+ * An endpoint: whatever a client reaches the relay through (an inbound
+ * WebSocket, later a hub link or an HTTP request), as the relay sees it.
+ * The transport sets "send", "data", "log" and "conf"; the relay keeps
+ * the rest.  "send" queues one reply, JSON text, and must never call
+ * back into the relay before it returns: the relay sends from inside
+ * runs and requests that it still holds.
+ */
 
-typedef struct {
-    ngx_http_openclaw_client_t     *client;
-    ngx_queue_t                     runs;
-    ngx_queue_t                     controls;
-    ngx_uint_t                      nruns;
-    ngx_http_openclaw_scope_t       scope;
-    ngx_str_t                       sender;
-} ngx_http_openclaw_peer_t;
+typedef struct ngx_http_openclaw_endpoint_s  ngx_http_openclaw_endpoint_t;
+
+typedef ngx_int_t (*ngx_http_openclaw_endpoint_send_pt)(
+    ngx_http_openclaw_endpoint_t *ep, u_char *data, size_t len);
+
+struct ngx_http_openclaw_endpoint_s {
+    ngx_http_openclaw_endpoint_send_pt  send;
+    void                               *data;
+    ngx_log_t                          *log;
+    ngx_http_openclaw_loc_conf_t       *conf;
+
+    ngx_queue_t                         runs;
+    ngx_queue_t                         controls;
+    ngx_uint_t                          nruns;
+    ngx_http_openclaw_scope_t           scope;
+    ngx_str_t                           sender;
+};
 
 
 ngx_int_t ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
@@ -50,12 +65,34 @@ ngx_int_t ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
 void ngx_http_openclaw_relay_set_stats(ngx_http_openclaw_relay_stats_t *stats);
 void ngx_http_openclaw_relay_count_out(void);
 
-/* the content handler of openclaw_bridge locations */
-ngx_int_t ngx_http_openclaw_relay_handler(ngx_http_request_t *r);
+/*
+ * NGX_DECLINED when "agent", "uid" or "sender" cannot be part of a
+ * session key: letters, digits, "-", "_" and "." only, and bounded.
+ */
+ngx_int_t ngx_http_openclaw_relay_check(ngx_str_t *agent, ngx_str_t *uid,
+    ngx_str_t *sender);
 
-/* the message handler of its connections */
-ngx_int_t ngx_http_openclaw_relay_message(ngx_http_openclaw_client_t *cl,
-    ngx_uint_t opcode, u_char *data, size_t len);
+/*
+ * A new endpoint of the location "ep->conf", for "agent", "uid" and
+ * "sender" (which may be empty): NGX_DECLINED when one of them is not a
+ * valid part of a session key, NGX_ERROR without memory.
+ */
+ngx_int_t ngx_http_openclaw_relay_endpoint(ngx_http_openclaw_endpoint_t *ep,
+    ngx_pool_t *pool, ngx_str_t *agent, ngx_str_t *uid, ngx_str_t *sender);
+
+/* a complete message from an endpoint; "binary" when it is not text */
+ngx_int_t ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
+    ngx_uint_t binary, u_char *data, size_t len);
+
+/*
+ * The transport is closing the endpoint but can still send: every
+ * message in flight gets its error now.
+ */
+void ngx_http_openclaw_relay_closing(ngx_http_openclaw_endpoint_t *ep,
+    const char *reason);
+
+/* the endpoint is gone: its runs are dropped (and aborted, if so set) */
+void ngx_http_openclaw_relay_gone(ngx_http_openclaw_endpoint_t *ep);
 
 /* called by the gateway link */
 void ngx_http_openclaw_relay_link_up(ngx_uint_t protocol);
@@ -67,7 +104,7 @@ void ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload);
  * and "delta" are escaped JSON text already, "id" is JSON as the client
  * wrote it.
  */
-ngx_int_t ngx_http_openclaw_relay_reply(ngx_http_openclaw_client_t *cl,
+ngx_int_t ngx_http_openclaw_relay_reply(ngx_http_openclaw_endpoint_t *ep,
     const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
     ngx_str_t *session, ngx_str_t *id);
 

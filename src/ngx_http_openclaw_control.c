@@ -21,6 +21,7 @@
 #include "ngx_http_openclaw_control.h"
 #include "ngx_http_openclaw_gateway.h"
 #include "ngx_http_openclaw_sessions.h"
+#include "ngx_http_openclaw_reply.h"
 
 
 #define NGX_HTTP_OPENCLAW_LIST_PAGES  20
@@ -767,50 +768,48 @@ static ngx_int_t
 ngx_http_openclaw_control_send(ngx_http_openclaw_endpoint_t *ep,
     const char *name, cJSON *data, const char *error, ngx_str_t *id)
 {
-    char       *text;
-    cJSON      *reply, *item;
-    ngx_int_t   rc;
-    u_char      buf[256];
+    char                       *text;
+    ngx_int_t                   rc;
+    ngx_str_t                   json, err;
+    ngx_http_openclaw_reply_t   rp;
 
     ngx_http_openclaw_relay_count_out();
 
-    reply = cJSON_CreateObject();
+    ngx_memzero(&rp, sizeof(ngx_http_openclaw_reply_t));
 
-    if (reply == NULL) {
+    rp.type = name;
+    rp.id = id;
+
+    if (error) {
         cJSON_Delete(data);
-        return NGX_ERROR;
-    }
 
-    cJSON_AddStringToObject(reply, "type", name);
-
-    if (error) {
         data = cJSON_CreateObject();
-        cJSON_AddStringToObject(data, "error", error);
+
+        if (data == NULL
+            || cJSON_AddStringToObject(data, "error", error) == NULL)
+        {
+            cJSON_Delete(data);
+            return NGX_ERROR;
+        }
+
+        err.data = (u_char *) error;
+        err.len = ngx_strlen(error);
+        rp.error = &err;
     }
 
-    cJSON_AddItemToObject(reply, "data", data);
-
-    if (error) {
-        cJSON_AddStringToObject(reply, "error", error);
-    }
-
-    /* the id goes back as the client wrote it, string or number */
-
-    if (id && id->len && id->len < sizeof(buf)) {
-        ngx_cpystrn(buf, id->data, id->len + 1);
-
-        item = cJSON_CreateRaw((char *) buf);
-        cJSON_AddItemToObject(reply, "id", item);
-    }
-
-    text = cJSON_PrintUnformatted(reply);
-    cJSON_Delete(reply);
+    text = cJSON_PrintUnformatted(data);
+    cJSON_Delete(data);
 
     if (text == NULL) {
         return NGX_ERROR;
     }
 
-    rc = ep->send(ep, (u_char *) text, ngx_strlen(text));
+    json.data = (u_char *) text;
+    json.len = ngx_strlen(text);
+    rp.data = &json;
+
+    rc = ngx_http_openclaw_reply(ep, &rp);
+
     cJSON_free(text);
 
     return rc;

@@ -22,6 +22,7 @@
 #include "ngx_http_openclaw_message.h"
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_control.h"
+#include "ngx_http_openclaw_reply.h"
 
 
 #define NGX_HTTP_OPENCLAW_RUN_ID_MAX    64
@@ -1398,32 +1399,18 @@ ngx_http_openclaw_relay_text_reply(ngx_http_openclaw_run_t *run,
     const char *type, ngx_str_t *content, ngx_str_t *delta,
     ngx_uint_t replaced)
 {
-    ngx_str_t                 out;
-    ngx_http_openclaw_json_t  j;
+    ngx_http_openclaw_reply_t  rp;
 
-    j.log = run->ep->log;
+    ngx_memzero(&rp, sizeof(ngx_http_openclaw_reply_t));
 
-    ngx_http_openclaw_json_begin(&j, type);
-    ngx_http_openclaw_json_escaped(&j, "content", content->data,
-                                   content->len);
-    ngx_http_openclaw_json_escaped(&j, "delta", delta->data, delta->len);
+    rp.type = type;
+    rp.content = content;
+    rp.delta = delta;
+    rp.replace = replaced;
+    rp.session = &run->session;
+    rp.id = &run->id;
 
-    if (replaced) {
-        ngx_http_openclaw_json_raw(&j, "replace", (u_char *) "true", 4);
-    }
-
-    ngx_http_openclaw_json_string(&j, "session", run->session.data,
-                                  run->session.len);
-
-    if (run->id.len) {
-        ngx_http_openclaw_json_raw(&j, "id", run->id.data, run->id.len);
-    }
-
-    if (ngx_http_openclaw_json_end(&j, &out) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    return run->ep->send(run->ep, out.data, out.len);
+    return ngx_http_openclaw_reply(run->ep, &rp);
 }
 
 
@@ -2220,10 +2207,7 @@ ngx_http_openclaw_relay_reply(ngx_http_openclaw_endpoint_t *ep,
     const char *type, ngx_str_t *content, ngx_str_t *delta, ngx_str_t *error,
     ngx_str_t *session, ngx_str_t *id)
 {
-    ngx_str_t                 out;
-    ngx_http_openclaw_json_t  j;
-
-    j.log = ep->log;
+    ngx_http_openclaw_reply_t  rp;
 
     /* every message in ends in exactly one of these */
 
@@ -2231,35 +2215,16 @@ ngx_http_openclaw_relay_reply(ngx_http_openclaw_endpoint_t *ep,
         ngx_http_openclaw_relay.stats->messages_out++;
     }
 
-    ngx_http_openclaw_json_begin(&j, type);
+    ngx_memzero(&rp, sizeof(ngx_http_openclaw_reply_t));
 
-    if (content) {
-        ngx_http_openclaw_json_escaped(&j, "content", content->data,
-                                       content->len);
-    }
+    rp.type = type;
+    rp.content = content;
+    rp.delta = delta;
+    rp.error = error;
+    rp.session = session;
+    rp.id = id;
 
-    if (delta) {
-        ngx_http_openclaw_json_escaped(&j, "delta", delta->data, delta->len);
-    }
-
-    if (error) {
-        ngx_http_openclaw_json_string(&j, "error", error->data, error->len);
-    }
-
-    if (session) {
-        ngx_http_openclaw_json_string(&j, "session", session->data,
-                                      session->len);
-    }
-
-    if (id && id->len) {
-        ngx_http_openclaw_json_raw(&j, "id", id->data, id->len);
-    }
-
-    if (ngx_http_openclaw_json_end(&j, &out) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    return ep->send(ep, out.data, out.len);
+    return ngx_http_openclaw_reply(ep, &rp);
 }
 
 

@@ -14,6 +14,7 @@
 
 #include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_message.h"
+#include "ngx_http_openclaw_endpoint.h"
 
 
 /* counters for the status endpoint */
@@ -30,34 +31,6 @@ typedef struct {
     ngx_uint_t                  errors_timeout;
     ngx_uint_t                  errors_link;
 } ngx_http_openclaw_relay_stats_t;
-
-
-/*
- * An endpoint: whatever a client reaches the relay through (an inbound
- * WebSocket, later a hub link or an HTTP request), as the relay sees it.
- * The transport sets "send", "data", "log" and "conf"; the relay keeps
- * the rest.  "send" queues one reply, JSON text, and must never call
- * back into the relay before it returns: the relay sends from inside
- * runs and requests that it still holds.
- */
-
-typedef struct ngx_http_openclaw_endpoint_s  ngx_http_openclaw_endpoint_t;
-
-typedef ngx_int_t (*ngx_http_openclaw_endpoint_send_pt)(
-    ngx_http_openclaw_endpoint_t *ep, u_char *data, size_t len);
-
-struct ngx_http_openclaw_endpoint_s {
-    ngx_http_openclaw_endpoint_send_pt  send;
-    void                               *data;
-    ngx_log_t                          *log;
-    ngx_http_openclaw_loc_conf_t       *conf;
-
-    ngx_queue_t                         runs;
-    ngx_queue_t                         controls;
-    ngx_uint_t                          nruns;
-    ngx_http_openclaw_scope_t           scope;
-    ngx_str_t                           sender;
-};
 
 
 ngx_int_t ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,

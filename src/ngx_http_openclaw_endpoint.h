@@ -1,0 +1,47 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+#ifndef _NGX_HTTP_OPENCLAW_ENDPOINT_H_INCLUDED_
+#define _NGX_HTTP_OPENCLAW_ENDPOINT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_openclaw_bridge.h"
+#include "ngx_http_openclaw_message.h"
+
+
+/*
+ * An endpoint: whatever a client reaches the relay through (an inbound
+ * WebSocket, later a hub link or an HTTP request), as the relay sees it.
+ * The transport sets "send", "data", "log" and "conf"; the relay keeps
+ * the rest.  "send" queues one reply, JSON text, and must never call
+ * back into the relay before it returns: the relay sends from inside
+ * runs and requests that it still holds.
+ */
+
+typedef struct ngx_http_openclaw_endpoint_s  ngx_http_openclaw_endpoint_t;
+
+typedef ngx_int_t (*ngx_http_openclaw_endpoint_send_pt)(
+    ngx_http_openclaw_endpoint_t *ep, u_char *data, size_t len);
+
+struct ngx_http_openclaw_endpoint_s {
+    ngx_http_openclaw_endpoint_send_pt  send;
+    void                               *data;
+    ngx_log_t                          *log;
+    ngx_http_openclaw_loc_conf_t       *conf;
+
+    ngx_queue_t                         runs;
+    ngx_queue_t                         controls;
+    ngx_uint_t                          nruns;
+    ngx_http_openclaw_scope_t           scope;
+    ngx_str_t                           sender;
+};
+
+
+#endif /* _NGX_HTTP_OPENCLAW_ENDPOINT_H_INCLUDED_ */

@@ -23,9 +23,9 @@
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_control.h"
 #include "ngx_http_openclaw_reply.h"
+#include "ngx_http_openclaw_runs.h"
 
 
-#define NGX_HTTP_OPENCLAW_RUN_ID_MAX    64
 
 /*
  * How long a run that ended without text waits for the run carrying its
@@ -38,83 +38,6 @@
 #define NGX_HTTP_OPENCLAW_STRAYS        16
 #define NGX_HTTP_OPENCLAW_STRAY_TTL     30000
 
-/*
- * A run and its strings mostly fit in a block of a fixed size, and the
- * blocks of runs that ended are kept for the next ones, a few dozen at
- * most, so that a message costs no malloc() and free().  Under ASan a
- * cached block is poisoned but for its link, and a run sees only the
- * bytes it asked for, so that a use after the run ended, or past its
- * strings, is still seen.  The cache is left to the exit of the process:
- * ngx_http_openclaw_relay still points to it, and LeakSanitizer, with the
- * module kept mapped (t/asan/nodlclose.c), finds it reachable.
- */
-#define NGX_HTTP_OPENCLAW_RUN_BLOCK     1024
-#define NGX_HTTP_OPENCLAW_RUN_CACHE     64
-
-#if (defined __SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#else
-#define ASAN_POISON_MEMORY_REGION(addr, size)    ((void) (addr), (void) (size))
-#define ASAN_UNPOISON_MEMORY_REGION(addr, size)  ((void) (addr), (void) (size))
-#endif
-
-
-typedef enum {
-    NGX_HTTP_OPENCLAW_RUN_WAITING = 0,
-    NGX_HTTP_OPENCLAW_RUN_SENT,
-    NGX_HTTP_OPENCLAW_RUN_RUNNING,
-    NGX_HTTP_OPENCLAW_RUN_ADOPTING,
-    NGX_HTTP_OPENCLAW_RUN_HISTORY
-} ngx_http_openclaw_run_state_e;
-
-
-/*
- * Runs armed with the same timeout expire in the order they were armed:
- * each of the two timeouts every run uses keeps its runs in a queue,
- * oldest first, under one timer.  A run that ends leaves the queue at no
- * cost, where a timer of its own would cost two operations on the timer
- * tree per message.  The timer is not moved when its run ends before it:
- * it finds the next one when it fires.
- */
-
-typedef struct {
-    ngx_msec_t                      timeout;
-    ngx_queue_t                     runs;
-    ngx_event_t                     timer;
-} ngx_http_openclaw_lane_t;
-
-
-typedef struct {
-    ngx_queue_t                     bucket;
-    uint32_t                        hash;
-    ngx_str_t                       rid;        /* run_id as a string */
-    ngx_queue_t                     ep_link;
-    ngx_queue_t                     link;
-    ngx_http_openclaw_rpc_t         rpc;
-    ngx_event_t                     timer;      /* a timeout of no lane */
-    ngx_http_openclaw_lane_t       *lane;       /* or the lane it is in */
-    ngx_queue_t                     lane_link;
-    ngx_msec_t                      expires;    /* in the lane */
-    ngx_http_openclaw_endpoint_t       *ep;
-    ngx_http_openclaw_run_state_e   state;
-
-    ngx_str_t                       session;
-    ngx_str_t                       id;
-    ngx_str_t                       params;
-    ngx_shm_zone_t                 *zone;
-
-    u_char                         *text;
-    size_t                          text_len;
-    size_t                          text_size;
-
-    unsigned                        seen_text:1;
-    unsigned                        block:1;
-
-    u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
-
-    ngx_uint_t                      drops;      /* links lost while it was
-                                                   in flight */
-} ngx_http_openclaw_run_t;
 
 
 /* a run no client here owns, seen recently: protocol 3 may hand it over */
@@ -141,17 +64,11 @@ enum {
 
 typedef struct {
     ngx_http_openclaw_main_conf_t  *conf;
-    ngx_queue_t                    *buckets;    /* runs by run id */
-    ngx_uint_t                      nbuckets;   /* a power of 2 */
-    ngx_uint_t                      nruns;
     ngx_queue_t                     waiting;
     ngx_queue_t                     sent;
     ngx_uint_t                      protocol;
     ngx_uint_t                      connections;
     ngx_uint_t                      adopting;
-    ngx_http_openclaw_lane_t        lanes[2];   /* request, run timeout */
-    void                           *blocks;     /* of runs that ended */
-    ngx_uint_t                      nblocks;
     ngx_http_openclaw_relay_stats_t *stats;
     ngx_http_openclaw_stray_t       strays[NGX_HTTP_OPENCLAW_STRAYS];
 } ngx_http_openclaw_relay_t;
@@ -197,19 +114,6 @@ static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
     ngx_http_openclaw_jv_t *ev);
 static ngx_http_openclaw_stray_t *ngx_http_openclaw_relay_find_stray(
     ngx_str_t *session);
-static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_find(
-    u_char *run_id, size_t len, uint32_t hash);
-static void ngx_http_openclaw_relay_index(ngx_http_openclaw_run_t *run);
-static ngx_int_t ngx_http_openclaw_relay_grow(ngx_log_t *log);
-static void ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run,
-    u_char *run_id, size_t len);
-static void ngx_http_openclaw_relay_arm(ngx_http_openclaw_run_t *run,
-    ngx_msec_t timeout);
-static void ngx_http_openclaw_relay_disarm(ngx_http_openclaw_run_t *run);
-static ngx_msec_t ngx_http_openclaw_relay_expires(
-    ngx_http_openclaw_run_t *run);
-static void ngx_http_openclaw_relay_lane_expired(ngx_event_t *ev);
-static void ngx_http_openclaw_relay_timer_expired(ngx_event_t *ev);
 static void ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
@@ -218,8 +122,6 @@ static void ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
     const char *fmt, ...);
 static void ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run,
     ngx_str_t *error);
-static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_alloc(size_t size,
-    ngx_log_t *log);
 
 
 static ngx_http_openclaw_relay_t  ngx_http_openclaw_relay;
@@ -229,28 +131,17 @@ ngx_int_t
 ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
     ngx_http_openclaw_main_conf_t *omcf)
 {
-    ngx_uint_t                  i;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
 
     rl->conf = omcf;
 
-    rl->lanes[0].timeout = omcf->request_timeout;
-    rl->lanes[1].timeout = omcf->run_timeout;
-
-    for (i = 0; i < 2; i++) {
-        ngx_queue_init(&rl->lanes[i].runs);
-        rl->lanes[i].timer.handler = ngx_http_openclaw_relay_lane_expired;
-        rl->lanes[i].timer.data = &rl->lanes[i];
-        rl->lanes[i].timer.log = cycle->log;
-        rl->lanes[i].timer.cancelable = 1;
-    }
-
-    rl->nbuckets = 0;
-    rl->nruns = 0;
-
-    if (ngx_http_openclaw_relay_grow(cycle->log) != NGX_OK) {
+    if (ngx_http_openclaw_runs_init(cycle, omcf->request_timeout,
+                                    omcf->run_timeout,
+                                    ngx_http_openclaw_relay_timeout)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -567,7 +458,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
 
     hash = ngx_murmur_hash2(rid, run_id.len);
 
-    if (ngx_http_openclaw_relay_find(rid, run_id.len, hash) != NULL) {
+    if (ngx_http_openclaw_runs_find(rid, run_id.len, hash) != NULL) {
         rl->stats->errors_input++;
         ngx_str_set(&error, "a message with this id is already in flight "
                             "in this session");
@@ -645,7 +536,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     size = sizeof(ngx_http_openclaw_run_t) + session.len + in->id_json.len
            + params.len;
 
-    run = ngx_http_openclaw_relay_alloc(size, ep->log);
+    run = ngx_http_openclaw_runs_alloc(size, ep->log);
     if (run == NULL) {
         ngx_str_set(&error, "out of memory");
 
@@ -675,7 +566,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     run->rid.data = run->run_id;
     run->rid.len = run_id.len;
     run->hash = hash;
-    ngx_http_openclaw_relay_index(run);
+    ngx_http_openclaw_runs_index(run);
 
     run->zone = conf->zone;
     run->ep = ep;
@@ -686,10 +577,6 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     run->rpc.handler = ngx_http_openclaw_relay_acked;
     run->rpc.data = run;
 
-    run->timer.handler = ngx_http_openclaw_relay_timer_expired;
-    run->timer.data = run;
-    run->timer.log = ep->log;
-    run->timer.cancelable = 1;
 
     run->state = NGX_HTTP_OPENCLAW_RUN_WAITING;
     ngx_queue_insert_tail(&rl->waiting, &run->link);
@@ -710,7 +597,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
             return NGX_OK;
         }
 
-        ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
+        ngx_http_openclaw_runs_arm(run, rl->conf->request_timeout);
         return NGX_OK;
     }
 
@@ -753,8 +640,8 @@ ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
                                         run->params.data, run->params.len);
 
     if (rc == NGX_DECLINED) {
-        if (ngx_http_openclaw_relay_expires(run) == 0) {
-            ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
+        if (ngx_http_openclaw_runs_expires(run) == 0) {
+            ngx_http_openclaw_runs_arm(run, rl->conf->request_timeout);
         }
 
         return;
@@ -772,7 +659,7 @@ ngx_http_openclaw_relay_send(ngx_http_openclaw_run_t *run)
 
     run->state = NGX_HTTP_OPENCLAW_RUN_SENT;
 
-    ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
+    ngx_http_openclaw_runs_arm(run, rl->conf->request_timeout);
 }
 
 
@@ -820,7 +707,7 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
 
     if (run->state == NGX_HTTP_OPENCLAW_RUN_SENT) {
         run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
-        ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
+        ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
     }
 
     /* the statuses are plain words: one spelt with escapes is none */
@@ -1021,7 +908,7 @@ ngx_http_openclaw_relay_link_up(ngx_uint_t protocol)
         q = ngx_queue_head(&rl->waiting);
         run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
 
-        ngx_http_openclaw_relay_disarm(run);
+        ngx_http_openclaw_runs_disarm(run);
 
         ngx_http_openclaw_relay_send(run);
 
@@ -1084,7 +971,7 @@ ngx_http_openclaw_relay_link_down(void)
 
         /* the link has this long to come back before the client hears */
 
-        ngx_http_openclaw_relay_arm(run, rl->conf->request_timeout);
+        ngx_http_openclaw_runs_arm(run, rl->conf->request_timeout);
     }
 
     /*
@@ -1133,7 +1020,7 @@ ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
     run_id.data = (u_char *) v->data;
     run_id.len = v->size;
 
-    run = ngx_http_openclaw_relay_find(run_id.data, run_id.len,
+    run = ngx_http_openclaw_runs_find(run_id.data, run_id.len,
                                        ngx_murmur_hash2(run_id.data,
                                                         run_id.len));
 
@@ -1210,7 +1097,7 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
             run->state = NGX_HTTP_OPENCLAW_RUN_ADOPTING;
             rl->adopting++;
 
-            ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
+            ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
 
             if (ngx_http_openclaw_relay_adopt_stray(run) == NGX_OK) {
                 ngx_http_openclaw_relay_settle(&run->session);
@@ -1490,10 +1377,10 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
             && run->session.len == session.len
             && ngx_strncmp(run->session.data, session.data, session.len) == 0)
         {
-            ngx_http_openclaw_relay_rekey(run, run_id->data, run_id->len);
+            ngx_http_openclaw_runs_rekey(run, run_id->data, run_id->len);
             run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
             rl->adopting--;
-            ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
+            ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
             return run;
         }
     }
@@ -1522,7 +1409,7 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
         return NGX_OK;
     }
 
-    ngx_http_openclaw_relay_rekey(run, stray->run_id, stray->run_id_len);
+    ngx_http_openclaw_runs_rekey(run, stray->run_id, stray->run_id_len);
     stray->run_id_len = 0;
 
     run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
@@ -1535,7 +1422,7 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
         ngx_http_openclaw_relay_complete(run, &text);
 
     } else {
-        ngx_http_openclaw_relay_arm(run, rl->conf->run_timeout);
+        ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
 
         /*
          * The client may have seen the start of the reply already, from
@@ -1605,10 +1492,10 @@ ngx_http_openclaw_relay_settle(ngx_str_t *session)
             && run->session.len == session->len
             && ngx_strncmp(run->session.data, session->data, session->len)
                == 0
-            && ngx_http_openclaw_relay_expires(run)
+            && ngx_http_openclaw_runs_expires(run)
                > ngx_current_msec + grace)
         {
-            ngx_http_openclaw_relay_arm(run, grace);
+            ngx_http_openclaw_runs_arm(run, grace);
         }
     }
 }
@@ -1726,224 +1613,6 @@ ngx_http_openclaw_relay_find_stray(ngx_str_t *session)
     }
 
     return NULL;
-}
-
-
-static void
-ngx_http_openclaw_relay_rekey(ngx_http_openclaw_run_t *run, u_char *run_id,
-    size_t len)
-{
-    ngx_queue_remove(&run->bucket);
-    ngx_http_openclaw_relay.nruns--;
-
-    ngx_memcpy(run->run_id, run_id, len);
-    run->rid.len = len;
-    run->hash = ngx_murmur_hash2(run->run_id, len);
-
-    ngx_http_openclaw_relay_index(run);
-}
-
-
-/*
- * Runs are found by their run id at every gateway event: a hash table,
- * grown to keep about a run per bucket, takes one probe, where a tree
- * takes a dependent load per level.
- */
-
-static ngx_http_openclaw_run_t *
-ngx_http_openclaw_relay_find(u_char *run_id, size_t len, uint32_t hash)
-{
-    ngx_queue_t                *b, *q;
-    ngx_http_openclaw_run_t    *run;
-    ngx_http_openclaw_relay_t  *rl;
-
-    rl = &ngx_http_openclaw_relay;
-    b = &rl->buckets[hash & (rl->nbuckets - 1)];
-
-    for (q = ngx_queue_head(b); q != ngx_queue_sentinel(b);
-         q = ngx_queue_next(q))
-    {
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, bucket);
-
-        if (run->hash == hash && run->rid.len == len
-            && ngx_memcmp(run->rid.data, run_id, len) == 0)
-        {
-            return run;
-        }
-    }
-
-    return NULL;
-}
-
-
-static void
-ngx_http_openclaw_relay_index(ngx_http_openclaw_run_t *run)
-{
-    ngx_http_openclaw_relay_t  *rl;
-
-    rl = &ngx_http_openclaw_relay;
-
-    /* no room to grow: the chains get longer, nothing fails */
-
-    if (rl->nruns >= rl->nbuckets) {
-        (void) ngx_http_openclaw_relay_grow(ngx_cycle->log);
-    }
-
-    ngx_queue_insert_tail(&rl->buckets[run->hash & (rl->nbuckets - 1)],
-                          &run->bucket);
-    rl->nruns++;
-}
-
-
-static ngx_int_t
-ngx_http_openclaw_relay_grow(ngx_log_t *log)
-{
-    ngx_uint_t                  i, n;
-    ngx_queue_t                *buckets, *b, *q;
-    ngx_http_openclaw_run_t    *run;
-    ngx_http_openclaw_relay_t  *rl;
-
-    rl = &ngx_http_openclaw_relay;
-
-    n = rl->nbuckets ? 2 * rl->nbuckets : 256;
-
-    buckets = ngx_alloc(n * sizeof(ngx_queue_t), log);
-    if (buckets == NULL) {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < n; i++) {
-        ngx_queue_init(&buckets[i]);
-    }
-
-    for (i = 0; i < rl->nbuckets; i++) {
-        b = &rl->buckets[i];
-
-        while (!ngx_queue_empty(b)) {
-            q = ngx_queue_head(b);
-            ngx_queue_remove(q);
-
-            run = ngx_queue_data(q, ngx_http_openclaw_run_t, bucket);
-            ngx_queue_insert_tail(&buckets[run->hash & (n - 1)], q);
-        }
-    }
-
-    if (rl->buckets) {
-        ngx_free(rl->buckets);
-    }
-
-    rl->buckets = buckets;
-    rl->nbuckets = n;
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_openclaw_relay_arm(ngx_http_openclaw_run_t *run, ngx_msec_t timeout)
-{
-    ngx_uint_t                  i;
-    ngx_http_openclaw_lane_t   *lane;
-    ngx_http_openclaw_relay_t  *rl;
-
-    rl = &ngx_http_openclaw_relay;
-
-    ngx_http_openclaw_relay_disarm(run);
-
-    /*
-     * ngx_current_msec never goes back, so a run put last expires no
-     * sooner than those before it; a timeout of 0 expires now, and must
-     * not be put back in the lane that is expiring
-     */
-
-    for (i = 0; i < 2 && timeout; i++) {
-        lane = &rl->lanes[i];
-
-        if (lane->timeout != timeout) {
-            continue;
-        }
-
-        run->lane = lane;
-        run->expires = ngx_current_msec + timeout;
-        ngx_queue_insert_tail(&lane->runs, &run->lane_link);
-
-        if (!lane->timer.timer_set) {
-            ngx_add_timer(&lane->timer, timeout);
-        }
-
-        return;
-    }
-
-    ngx_add_timer(&run->timer, timeout);
-}
-
-
-static void
-ngx_http_openclaw_relay_disarm(ngx_http_openclaw_run_t *run)
-{
-    if (run->lane) {
-        ngx_queue_remove(&run->lane_link);
-        run->lane = NULL;
-    }
-
-    if (run->timer.timer_set) {
-        ngx_del_timer(&run->timer);
-    }
-}
-
-
-/* when the run times out; 0 if it is not armed */
-
-static ngx_msec_t
-ngx_http_openclaw_relay_expires(ngx_http_openclaw_run_t *run)
-{
-    if (run->lane) {
-        return run->expires;
-    }
-
-    if (run->timer.timer_set) {
-        return run->timer.timer.key;
-    }
-
-    return 0;
-}
-
-
-static void
-ngx_http_openclaw_relay_lane_expired(ngx_event_t *ev)
-{
-    ngx_queue_t               *q;
-    ngx_msec_int_t             left;
-    ngx_http_openclaw_run_t   *run;
-    ngx_http_openclaw_lane_t  *lane;
-
-    lane = ev->data;
-
-    /* the head is taken anew each time: a timeout may end other runs */
-
-    while (!ngx_queue_empty(&lane->runs)) {
-        q = ngx_queue_head(&lane->runs);
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, lane_link);
-
-        left = (ngx_msec_int_t) (run->expires - ngx_current_msec);
-
-        if (left > 0) {
-            ngx_add_timer(&lane->timer, (ngx_msec_t) left);
-            return;
-        }
-
-        ngx_queue_remove(q);
-        run->lane = NULL;
-
-        ngx_http_openclaw_relay_timeout(run);
-    }
-}
-
-
-static void
-ngx_http_openclaw_relay_timer_expired(ngx_event_t *ev)
-{
-    ngx_http_openclaw_relay_timeout(ev->data);
 }
 
 
@@ -2109,8 +1778,6 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
                                        error ? error : &none);
     }
 
-    ngx_queue_remove(&run->bucket);
-    rl->nruns--;
     ngx_queue_remove(&run->link);
 
     if (run->state == NGX_HTTP_OPENCLAW_RUN_WAITING) {
@@ -2130,8 +1797,6 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
 
     ngx_http_openclaw_gateway_cancel(&run->rpc);
 
-    ngx_http_openclaw_relay_disarm(run);
-
     if (run->text) {
         ngx_free(run->text);
     }
@@ -2142,63 +1807,7 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
         ngx_http_openclaw_relay_settle(&run->session);
     }
 
-    if (run->block && rl->nblocks < NGX_HTTP_OPENCLAW_RUN_CACHE) {
-        *(void **) run = rl->blocks;
-        rl->blocks = run;
-        rl->nblocks++;
-
-        /*
-         * All but the link: LeakSanitizer ignores pointers in poisoned
-         * memory, and would take every block after the first for a leak.
-         */
-        ASAN_POISON_MEMORY_REGION((u_char *) run + sizeof(void *),
-                                  NGX_HTTP_OPENCLAW_RUN_BLOCK
-                                  - sizeof(void *));
-        return;
-    }
-
-    ngx_free(run);
-}
-
-
-/* a zeroed run, with "size" bytes in all for it and its strings */
-
-static ngx_http_openclaw_run_t *
-ngx_http_openclaw_relay_alloc(size_t size, ngx_log_t *log)
-{
-    void                       *p;
-    ngx_uint_t                  block;
-    ngx_http_openclaw_run_t    *run;
-    ngx_http_openclaw_relay_t  *rl;
-
-    rl = &ngx_http_openclaw_relay;
-
-    block = (size <= NGX_HTTP_OPENCLAW_RUN_BLOCK);
-
-    if (block && rl->blocks) {
-        p = rl->blocks;
-        rl->blocks = *(void **) p;
-        rl->nblocks--;
-
-    } else {
-        p = ngx_alloc(block ? NGX_HTTP_OPENCLAW_RUN_BLOCK : size, log);
-        if (p == NULL) {
-            return NULL;
-        }
-    }
-
-    if (block) {
-        /* the rest of the block is out of bounds, as after malloc(size) */
-        ASAN_UNPOISON_MEMORY_REGION(p, size);
-        ASAN_POISON_MEMORY_REGION((u_char *) p + size,
-                                  NGX_HTTP_OPENCLAW_RUN_BLOCK - size);
-    }
-
-    run = p;
-    ngx_memzero(run, sizeof(ngx_http_openclaw_run_t));
-    run->block = block;
-
-    return run;
+    ngx_http_openclaw_runs_free(run);
 }
 
 

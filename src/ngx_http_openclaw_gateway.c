@@ -1368,6 +1368,21 @@ ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc)
 }
 
 
+size_t
+ngx_http_openclaw_gateway_queued(void)
+{
+    ngx_http_openclaw_gateway_t  *gw;
+
+    gw = ngx_http_openclaw_gw;
+
+    if (gw == NULL) {
+        return 0;
+    }
+
+    return gw->out_last - gw->out_pos;
+}
+
+
 /*
  * Queues one masked frame: "prefix", "data" and "suffix" make up its
  * payload, so that a request envelope never needs a copy of its params.

@@ -545,7 +545,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_inbound_t *in)
 {
     u_char                         *p;
-    size_t                          size;
+    size_t                          size, queued;
     uint32_t                        hash;
     ngx_int_t                       rc;
     ngx_str_t                       session, error, run_id, params;
@@ -557,6 +557,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_loc_conf_t   *conf;
     u_char                          key[NGX_HTTP_OPENCLAW_SESSION_MAX];
     u_char                          rid[NGX_HTTP_OPENCLAW_RUN_ID_LEN];
+    u_char                          buf[160];
 
     rl = &ngx_http_openclaw_relay;
     cl = peer->client;
@@ -566,6 +567,37 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
         rl->stats->errors_input++;
         ngx_str_set(&error, "too many messages in flight on this "
                             "connection: wait for their replies");
+        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                             NULL, &in->id_json);
+    }
+
+    /*
+     * Whatever the connections' own limits, what a worker holds is
+     * bounded: past it a message costs nothing and reaches no gateway.
+     */
+
+    if (rl->nruns >= rl->conf->max_runs) {
+        rl->stats->errors_overload++;
+        error.data = buf;
+        error.len = ngx_snprintf(buf, sizeof(buf), "the worker has %ui "
+                                 "messages in flight, its limit "
+                                 "(openclaw_gateway_max_runs): try again "
+                                 "later", rl->nruns)
+                    - buf;
+        return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
+                                             NULL, &in->id_json);
+    }
+
+    queued = ngx_http_openclaw_gateway_queued();
+
+    if (queued >= rl->conf->max_queued) {
+        rl->stats->errors_overload++;
+        error.data = buf;
+        error.len = ngx_snprintf(buf, sizeof(buf), "the worker has %uz "
+                                 "bytes queued towards the gateway, its "
+                                 "limit (openclaw_gateway_max_queued): try "
+                                 "again later", queued)
+                    - buf;
         return ngx_http_openclaw_relay_reply(cl, "error", NULL, NULL, &error,
                                              NULL, &in->id_json);
     }

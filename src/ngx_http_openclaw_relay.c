@@ -83,6 +83,20 @@ typedef struct {
 } ngx_http_openclaw_lane_t;
 
 
+/*
+ * A session in which a connection has runs, when its location has a zone:
+ * the connection's sessions are counted as they come and go, where
+ * counting them from its runs took a pass over the runs for each run.
+ */
+
+typedef struct {
+    ngx_queue_t                     link;
+    ngx_uint_t                      runs;
+    size_t                          len;
+    u_char                          data[1];
+} ngx_http_openclaw_held_t;
+
+
 typedef struct {
     ngx_queue_t                     bucket;
     uint32_t                        hash;
@@ -101,6 +115,7 @@ typedef struct {
     ngx_str_t                       id;
     ngx_str_t                       params;
     ngx_shm_zone_t                 *zone;
+    ngx_http_openclaw_held_t       *held;       /* with a zone and a peer */
 
     u_char                         *text;
     size_t                          text_len;
@@ -155,8 +170,13 @@ typedef struct {
 
 static ngx_uint_t ngx_http_openclaw_relay_bad_name(ngx_str_t *name,
     size_t max);
-static ngx_uint_t ngx_http_openclaw_relay_sessions(
+static ngx_http_openclaw_held_t *ngx_http_openclaw_relay_held(
     ngx_http_openclaw_peer_t *peer, ngx_str_t *session);
+static ngx_http_openclaw_held_t *ngx_http_openclaw_relay_hold(
+    ngx_http_openclaw_peer_t *peer, ngx_http_openclaw_held_t *held,
+    ngx_str_t *session);
+static void ngx_http_openclaw_relay_release(ngx_http_openclaw_peer_t *peer,
+    ngx_http_openclaw_held_t *held);
 static u_char *ngx_http_openclaw_relay_lower(u_char *dst, ngx_str_t *src);
 static ngx_int_t ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_inbound_t *in);
@@ -388,6 +408,7 @@ ngx_http_openclaw_relay_handler(ngx_http_request_t *r)
 
     ngx_queue_init(&peer->runs);
     ngx_queue_init(&peer->controls);
+    ngx_queue_init(&peer->sessions);
 
     peer->scope.scope = conf->scope;
     peer->scope.namespace = conf->namespace;
@@ -478,52 +499,73 @@ ngx_http_openclaw_relay_bad_name(ngx_str_t *name, size_t max)
 
 
 /*
- * The sessions a connection's runs are in, or 0 when "session" is one of
- * them already: a message there pins nothing new.
+ * The connection's record of "session", or NULL when it has no run there.
+ * There are at most max_sessions records: a pass costs no more than that,
+ * however many runs are in flight.
  */
 
-static ngx_uint_t
-ngx_http_openclaw_relay_sessions(ngx_http_openclaw_peer_t *peer,
+static ngx_http_openclaw_held_t *
+ngx_http_openclaw_relay_held(ngx_http_openclaw_peer_t *peer,
     ngx_str_t *session)
 {
-    ngx_uint_t                n;
-    ngx_queue_t              *q, *p;
-    ngx_http_openclaw_run_t  *run, *prev;
+    ngx_queue_t               *q;
+    ngx_http_openclaw_held_t  *held;
 
-    n = 0;
-
-    for (q = ngx_queue_head(&peer->runs);
-         q != ngx_queue_sentinel(&peer->runs);
+    for (q = ngx_queue_head(&peer->sessions);
+         q != ngx_queue_sentinel(&peer->sessions);
          q = ngx_queue_next(q))
     {
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, peer_link);
+        held = ngx_queue_data(q, ngx_http_openclaw_held_t, link);
 
-        if (run->session.len == session->len
-            && ngx_strncmp(run->session.data, session->data, session->len)
-               == 0)
+        if (held->len == session->len
+            && ngx_memcmp(held->data, session->data, session->len) == 0)
         {
-            return 0;
-        }
-
-        /* counted once: at its first run */
-
-        for (p = ngx_queue_head(&peer->runs); p != q; p = ngx_queue_next(p)) {
-            prev = ngx_queue_data(p, ngx_http_openclaw_run_t, peer_link);
-
-            if (prev->session.len == run->session.len
-                && ngx_strncmp(prev->session.data, run->session.data,
-                               run->session.len) == 0)
-            {
-                break;
-            }
-        }
-
-        if (p == q) {
-            n++;
+            return held;
         }
     }
 
-    return n;
+    return NULL;
+}
+
+
+/* one more run in "session": its record, made if needed, or NULL */
+
+static ngx_http_openclaw_held_t *
+ngx_http_openclaw_relay_hold(ngx_http_openclaw_peer_t *peer,
+    ngx_http_openclaw_held_t *held, ngx_str_t *session)
+{
+    if (held == NULL) {
+        held = ngx_alloc(sizeof(ngx_http_openclaw_held_t) + session->len,
+                         ngx_cycle->log);
+        if (held == NULL) {
+            return NULL;
+        }
+
+        held->runs = 0;
+        held->len = session->len;
+        ngx_memcpy(held->data, session->data, session->len);
+
+        ngx_queue_insert_tail(&peer->sessions, &held->link);
+        peer->nsessions++;
+    }
+
+    held->runs++;
+
+    return held;
+}
+
+
+static void
+ngx_http_openclaw_relay_release(ngx_http_openclaw_peer_t *peer,
+    ngx_http_openclaw_held_t *held)
+{
+    if (--held->runs) {
+        return;
+    }
+
+    ngx_queue_remove(&held->link);
+    peer->nsessions--;
+    ngx_free(held);
 }
 
 
@@ -552,6 +594,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     const char                     *err;
     ngx_http_openclaw_run_t        *run;
     ngx_http_openclaw_json_t        j;
+    ngx_http_openclaw_held_t       *held;
     ngx_http_openclaw_relay_t      *rl;
     ngx_http_openclaw_client_t     *cl;
     ngx_http_openclaw_loc_conf_t   *conf;
@@ -562,6 +605,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     rl = &ngx_http_openclaw_relay;
     cl = peer->client;
     conf = cl->conf;
+    held = NULL;
 
     if (peer->nruns >= conf->max_in_flight) {
         rl->stats->errors_input++;
@@ -641,10 +685,9 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
          * no client can fill the zone with hung runs.
          */
 
-        if (peer->nruns >= conf->max_sessions
-            && ngx_http_openclaw_relay_sessions(peer, &session)
-               >= conf->max_sessions)
-        {
+        held = ngx_http_openclaw_relay_held(peer, &session);
+
+        if (held == NULL && peer->nsessions >= conf->max_sessions) {
             rl->stats->errors_input++;
             ngx_str_set(&error, "too many sessions with messages in flight "
                                 "on this connection: wait for their replies");
@@ -703,7 +746,20 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     size = sizeof(ngx_http_openclaw_run_t) + session.len + in->id_json.len
            + params.len;
 
-    run = ngx_http_openclaw_relay_alloc(size, cl->connection->log);
+    run = NULL;
+
+    if (conf->zone) {
+        held = ngx_http_openclaw_relay_hold(peer, held, &session);
+    }
+
+    if (held || conf->zone == NULL) {
+        run = ngx_http_openclaw_relay_alloc(size, cl->connection->log);
+
+        if (run == NULL && held) {
+            ngx_http_openclaw_relay_release(peer, held);
+        }
+    }
+
     if (run == NULL) {
         ngx_str_set(&error, "out of memory");
 
@@ -736,6 +792,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_peer_t *peer,
     ngx_http_openclaw_relay_index(run);
 
     run->zone = conf->zone;
+    run->held = held;
     run->peer = peer;
     ngx_queue_insert_tail(&peer->runs, &run->peer_link);
     peer->nruns++;
@@ -2108,6 +2165,10 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
     if (run->peer) {
         ngx_queue_remove(&run->peer_link);
         run->peer->nruns--;
+
+        if (run->held) {
+            ngx_http_openclaw_relay_release(run->peer, run->held);
+        }
     }
 
     rl->stats->runs--;
@@ -2290,6 +2351,11 @@ ngx_http_openclaw_relay_gone(ngx_http_openclaw_client_t *cl)
         ngx_queue_remove(&run->peer_link);
         run->peer = NULL;
         peer->nruns--;
+
+        if (run->held) {
+            ngx_http_openclaw_relay_release(peer, run->held);
+            run->held = NULL;
+        }
 
         /* the message ended, unanswered: nobody is left to answer */
 

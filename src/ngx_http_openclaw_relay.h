@@ -41,6 +41,8 @@ typedef struct {
     ngx_queue_t                     runs;
     ngx_queue_t                     controls;
     ngx_uint_t                      nruns;
+    ngx_queue_t                     sessions;   /* with runs, in a zone */
+    ngx_uint_t                      nsessions;
     ngx_http_openclaw_scope_t       scope;
     ngx_str_t                       sender;
 } ngx_http_openclaw_peer_t;

@@ -424,7 +424,7 @@ EOF
         is(scalar @res, 1, 'the gateway answered the repeat with status "ok"');
         my @h = $gw->requests('chat.history');
         is(scalar @h, 1, 'the relay asked for chat.history');
-        is($h[0] && $h[0]{params}{sessionKey}, 'agent:main:rep', 'of the right session');
+        is($h[0] && $h[0]{params}{sessionKey}, 'agent:main:webhook:session:rep', 'of the right session');
         $gw->set(reply_prefix => 'echo: ');
         $c->close;
     }
@@ -467,10 +467,10 @@ EOF
             (grep { ($_->{params}{runId} // '') eq $key1 } $gw->requests('chat.abort'))[0];
         }, 3);
         ok($abort, 'the gateway got chat.abort for the run of the client that left');
-        is($abort && $abort->{params}{sessionKey}, 'agent:main:disc', 'with its sessionKey');
+        is($abort && $abort->{params}{sessionKey}, 'agent:main:webhook:session:disc', 'with its sessionKey');
         is($abort && $abort->{params}{runId}, $key1, 'and its runId');
         sleep 1 unless grep { ($_->{params}{runId} // '') eq $key2 } $gw->requests('chat.abort');
-        my @a2 = grep { ($_->{params}{sessionKey} // '') eq 'agent:main:disc2'
+        my @a2 = grep { ($_->{params}{sessionKey} // '') eq 'agent:main:webhook:session:disc2'
                         || ($_->{params}{runId} // '') eq $key2 } $gw->requests('chat.abort');
         ok(!@a2, 'no chat.abort with openclaw_bridge_abort_on_disconnect off');
     }

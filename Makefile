@@ -205,9 +205,14 @@ clean:
 # The module against stock nginx proxy_pass, side by side (bench/README.md):
 # BENCH_QUICK=1 for a two-minute smoke run, BENCH_MODULE=path/to.so to use
 # a module that is already built instead of `make module`.
-.PHONY: bench bench-profile
+.PHONY: bench bench-inflight bench-profile
 bench:
 	perl bench/run.pl
+
+# only the slow-gateway runs: per-message cost and memory with 1k, 10k and
+# 100k runs in flight in one worker (about a minute)
+bench-inflight:
+	BENCH_ONLY=inflight perl bench/run.pl
 
 # instructions per relayed message, with callgrind (bench/callgrind.sh)
 bench-profile: module

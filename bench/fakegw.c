@@ -3,6 +3,7 @@
  * thread, epoll, no JSON library.
  *
  *   fakegw [-l 127.0.0.1] -p PORT [-n DELTAS] [-k TOKEN] [-t TICK_MS] [-B]
+ *          [-L LATENCY_MS]
  *
  * Each WebSocket connection gets the protocol of gateway-protocol.md
  * sections 2, 3 and 7, reduced to what a relay needs:
@@ -24,6 +25,11 @@
  * With -B chat events go to every connection past hello-ok, as the real
  * gateway broadcasts them; by default only to the connection that sent
  * the chat.send.
+ *
+ * With -L a slow agent: chat.send is still acknowledged at once, but the
+ * run's events (deltas and final) leave LATENCY_MS later, so that a relay
+ * sending R runs a second holds R * LATENCY_MS / 1000 of them in flight.
+ * The runs wait in one FIFO (the delay is the same for all).
  *
  * Requests are scanned, not parsed: the members of the request object and
  * of its "params" (and of params.auth) are walked with a skipper that
@@ -59,7 +65,22 @@ typedef struct {
     int          in_params;
 } req_t;
 
+/* a run whose events are due later (-L): its strings copied, raw */
+
+typedef struct delayed_s  delayed_t;
+
+struct delayed_s {
+    delayed_t   *next;
+    gw_conn_t   *g;              /* NULL: its connection is gone */
+    uint64_t     due;            /* now_ns() */
+    req_t        r;              /* key, session, message into text[] */
+    char         text[];
+};
+
 static gw_conn_t  *ready_list;
+static uint64_t    latency_ns;
+static delayed_t  *delayed_head, *delayed_tail;
+static uint64_t    n_delayed, max_delayed;
 static int         ndeltas;
 static int         broadcast;
 static const char *token;
@@ -370,12 +391,76 @@ chat_event_send(gw_conn_t *g)
     }
 }
 
+static void gw_run_events(gw_conn_t *g, req_t *r);
+
+/* keeps a run's strings until its events are due */
+static void
+gw_delay(gw_conn_t *g, req_t *r)
+{
+    size_t      kl, sl, ml;
+    delayed_t  *d;
+
+    kl = (size_t) (r->key_e - r->key);
+    sl = (size_t) (r->session_e - r->session);
+    ml = (size_t) (r->message_e - r->message);
+
+    d = malloc(sizeof(delayed_t) + kl + sl + ml);
+    if (d == NULL) {
+        die("out of memory");
+    }
+
+    memset(&d->r, 0, sizeof(req_t));
+    d->next = NULL;
+    d->g = g;
+    d->due = now_ns() + latency_ns;
+
+    memcpy(d->text, r->key, kl);
+    d->r.key = d->text;
+    d->r.key_e = d->text + kl;
+    memcpy(d->text + kl, r->session, sl);
+    d->r.session = d->text + kl;
+    d->r.session_e = d->text + kl + sl;
+    memcpy(d->text + kl + sl, r->message, ml);
+    d->r.message = d->text + kl + sl;
+    d->r.message_e = d->text + kl + sl + ml;
+
+    if (delayed_tail) {
+        delayed_tail->next = d;
+    } else {
+        delayed_head = d;
+    }
+    delayed_tail = d;
+
+    if (++n_delayed > max_delayed) {
+        max_delayed = n_delayed;
+    }
+}
+
+/* sends the events of the runs that are due; ms until the next one */
+static int
+gw_due(uint64_t t)
+{
+    delayed_t  *d;
+
+    while ((d = delayed_head) != NULL && d->due <= t) {
+        delayed_head = d->next;
+        if (delayed_head == NULL) {
+            delayed_tail = NULL;
+        }
+        n_delayed--;
+
+        if (d->g) {
+            gw_run_events(d->g, &d->r);
+        }
+        free(d);
+    }
+
+    return d ? (int) ((d->due - t) / 1000000ull) + 1 : -1;
+}
+
 static void
 gw_chat_send(gw_conn_t *g, req_t *r)
 {
-    const char  *msg;
-    size_t       mlen, prev = 0, cut;
-    int          k;
 
     if (r->key == NULL || r->key_e - r->key <= 2 || r->session == NULL
         || r->session_e - r->session <= 2 || r->message == NULL)
@@ -396,6 +481,21 @@ gw_chat_send(gw_conn_t *g, req_t *r)
     sb_span(r->key, r->key_e);
     sb_lit(",\"status\":\"started\"}}");
     gw_send_sb(g);
+
+    if (latency_ns) {
+        gw_delay(g, r);
+        return;
+    }
+
+    gw_run_events(g, r);
+}
+
+static void
+gw_run_events(gw_conn_t *g, req_t *r)
+{
+    const char  *msg;
+    size_t       mlen, prev = 0, cut;
+    int          k;
 
     msg = r->message + 1;                       /* without the quotes */
     mlen = (size_t) (r->message_e - r->message) - 2;
@@ -537,6 +637,13 @@ gw_close(srv_conn_t *c)
     }
 
     fprintf(stderr, "fakegw: conn=%llu closed\n", (unsigned long long) c->n);
+
+    for (delayed_t *d = delayed_head; d; d = d->next) {
+        if (d->g == g) {
+            d->g = NULL;
+        }
+    }
+
     free(g);
     c->data = NULL;
 }
@@ -560,10 +667,10 @@ int
 main(int argc, char **argv)
 {
     const char  *host = "127.0.0.1";
-    int          port = 0, opt;
+    int          port = 0, opt, wait, due;
     uint64_t     next_tick, t;
 
-    while ((opt = getopt(argc, argv, "l:p:n:k:t:Bh")) != -1) {
+    while ((opt = getopt(argc, argv, "l:p:n:k:t:BL:h")) != -1) {
         switch (opt) {
         case 'l':
             host = optarg;
@@ -583,9 +690,13 @@ main(int argc, char **argv)
         case 'B':
             broadcast = 1;
             break;
+        case 'L':
+            latency_ns = (uint64_t) atoi(optarg) * 1000000ull;
+            break;
         default:
             fprintf(stderr, "usage: %s [-l host] -p port [-n deltas] "
-                    "[-k token] [-t tick_ms] [-B]\n", argv[0]);
+                    "[-k token] [-t tick_ms] [-B] [-L latency_ms]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -614,16 +725,23 @@ main(int argc, char **argv)
             next_tick = t + (uint64_t) tick_ms * 1000000ull;
         }
         now_wall = wall_ms();
-        srv_poll((int) ((next_tick - t) / 1000000ull) + 1);
+        wait = (int) ((next_tick - t) / 1000000ull) + 1;
+        due = gw_due(t);
+        srv_flush_dirty();
+        if (due >= 0 && due < wait) {
+            wait = due;
+        }
+        srv_poll(wait);
     }
 
     fprintf(stderr, "fakegw: connections=%llu hello=%llu chat.send=%llu "
             "chat.abort=%llu events=%llu ticks=%llu bad=%llu frames_in=%llu "
-            "frames_out=%llu\n",
+            "frames_out=%llu max_delayed=%llu\n",
             (unsigned long long) srv.nconn, (unsigned long long) n_connect,
             (unsigned long long) n_chat, (unsigned long long) n_abort,
             (unsigned long long) n_events, (unsigned long long) n_ticks,
             (unsigned long long) n_bad, (unsigned long long) srv.frames_in,
-            (unsigned long long) srv.frames_out);
+            (unsigned long long) srv.frames_out,
+            (unsigned long long) max_delayed);
     return 0;
 }

@@ -26,6 +26,14 @@
 #   BENCH_WAIT_QUIET=S     before each run, wait up to S seconds for the
 #                          machine to be nearly idle (other processes
 #                          under half a core) [0: do not wait]
+#   BENCH_INFLIGHT         runs in flight of the slow-gateway runs
+#                          [1000,10000,100000; "" for none]
+#   BENCH_INFLIGHT_RATE    their offered msg/s [20000]; fakegw delays each
+#                          run's events by IN_FLIGHT / RATE seconds
+#   BENCH_INFLIGHT_DURATION  their measured seconds [5]
+#   BENCH_ONLY=inflight    only the slow-gateway runs, 1 repetition unless
+#                          BENCH_REPS says otherwise (make bench-inflight);
+#                          results in results-inflight.md/.csv
 
 use strict;
 use warnings;
@@ -65,6 +73,13 @@ my $DELTAS = $ENV{BENCH_DELTAS} // 0;
 my $BROADCAST = $ENV{BENCH_BROADCAST} ? 1 : 0;
 my $IDLE_WANT = $ENV{BENCH_IDLE_CONNS} // 10000;
 my $WAIT_QUIET = $ENV{BENCH_WAIT_QUIET} // 0;
+my $ONLY = $ENV{BENCH_ONLY} // '';
+my @INFLIGHT = split /,/, ($ENV{BENCH_INFLIGHT} // '1000,10000,100000');
+my $INFLIGHT_RATE = $ENV{BENCH_INFLIGHT_RATE} // 20000;
+my $INFLIGHT_DURATION = $ENV{BENCH_INFLIGHT_DURATION} // 5;
+die "BENCH_ONLY: only \"inflight\" is known\n" if $ONLY && $ONLY ne 'inflight';
+$REPS = $ENV{BENCH_REPS} // 1 if $ONLY;
+my $SUFFIX = $ONLY ? "-$ONLY" : '';
 my $TOKEN = 'bench';
 
 my %children;           # pid => name, killed at the end whatever happens
@@ -233,6 +248,8 @@ sub nginx_conf {
               . "    openclaw_gateway_token $TOKEN;\n";
         $loc = "            openclaw_bridge;\n"
              . "            openclaw_bridge_ping_interval 0;\n";
+        $http .= $o{http_extra} // '';
+        $loc .= $o{loc_extra} // '';
     } else {
         $http = "    map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }\n"
               . "    upstream ws_echo { server 127.0.0.1:$o{up}; }\n";
@@ -264,9 +281,23 @@ $http
         listen 127.0.0.1:$o{port} reuseport;
         location / {
 $loc        }
-    }
+@{[ $o{scen} eq 'A' ? "        location = /status {\n            openclaw_bridge_status;\n        }\n" : '' ]}    }
 }
 EOF
+}
+
+# the module's status (README "Status"), decoded, or undef
+sub status_json {
+    my ($s) = @_;
+    my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $s->{port},
+                                  Proto => 'tcp', Timeout => 5) or return undef;
+    print $c "GET /status HTTP/1.0\r\nHost: bench\r\n\r\n";
+    local $/;
+    my $r = <$c> // '';
+    close $c;
+    my ($body) = $r =~ /\r\n\r\n(.*)\z/s or return undef;
+    require JSON::PP;
+    return eval { JSON::PP::decode_json($body) };
 }
 
 # starts upstream and nginx; returns a hash describing them
@@ -287,7 +318,8 @@ sub start_pair {
         $s->{up_name} = 'fakegw';
         $s->{up_pid} = spawn('fakegw', "$dir/logs/up.out", "$dir/logs/up.err",
             "$BB/fakegw", '-p', $up, '-k', $TOKEN, '-n', $DELTAS,
-            ($BROADCAST ? ('-B') : ()));
+            ($BROADCAST ? ('-B') : ()),
+            ($o{latency_ms} ? ('-L', $o{latency_ms}) : ()));
     } else {
         $s->{up_name} = 'echo';
         $s->{up_pid} = spawn('echo', "$dir/logs/up.out", "$dir/logs/up.err",
@@ -409,28 +441,51 @@ sub derive {
                        : "none; busiest: $top";
 }
 
+# $inflight: a slow gateway (fakegw -L) and an open loop that together
+# hold that many runs in flight in the worker, through the whole window
 sub run_load {
-    my ($scen, $workers, $load, $rep) = @_;
-    my $tag = sprintf '%s%dw-%s-r%d', $scen, $workers, $load, $rep;
+    my ($scen, $workers, $load, $rep, $inflight) = @_;
+    my $tag = sprintf '%s%dw-%s-r%d', $scen, $workers,
+                      $inflight ? "inflight$inflight" : $load, $rep;
+    my ($duration, $warmup, $drain) = ($DURATION, $WARMUP, $DRAIN);
+    my %extra;
+    if ($inflight) {
+        # Little's law: a run lasts inflight / rate seconds; the warm-up
+        # fills the worker, the drain waits for the last runs
+        $load = $INFLIGHT_RATE;
+        my $lat = $inflight / $load;
+        ($duration, $warmup, $drain) = ($INFLIGHT_DURATION, $lat + 1, $lat + 2);
+        my $per_conn = int($inflight / $CONNS) + 1;
+        %extra = (latency_ms => int($lat * 1000 + 0.5),
+                  http_extra => '    openclaw_gateway_max_runs '
+                                . (2 * $inflight + 1000) . ";\n",
+                  loc_extra => '            openclaw_bridge_max_in_flight '
+                               . (2 * $per_conn + 64) . ";\n");
+    }
     wait_quiet();
     my $s = start_pair(tag => $tag, scen => $scen, workers => $workers,
-                       wconns => 4096);
+                       wconns => 4096, %extra);
     my @w = @{ $s->{workers_pids} };
+    my $rss_idle = 0;
+    $rss_idle += rss_kb($_) for @w;
 
     my @load_args = $load eq 'flood' ? ('-f', '-W', $WINDOW) : ('-R', $load);
     my $lg = spawn('loadgen', "$s->{dir}/logs/loadgen.out", "$s->{dir}/logs/loadgen.err",
         "$BB/loadgen", '-p', $s->{port}, '-c', $CONNS, @load_args,
-        '-d', $DURATION, '-w', $WARMUP, '-D', $DRAIN, '-s', $SIZE,
+        '-d', $duration, '-w', $warmup, '-D', $drain, '-s', $SIZE,
         '-m', $scen eq 'A' ? 'bridge' : 'echo',
         '-P', join(',', @w, $s->{up_pid}));
 
     # in the middle of the measurement: who holds connections to the upstream
-    sleep($WARMUP + $DURATION / 2 + 0.2);
+    sleep($warmup + $duration / 2 + 0.2);
     my @up_conns = conns_to($s->{up}, @w);
     my $rss_mid = 0;
     $rss_mid += rss_kb($_) for @w;
+    my $st = $inflight ? status_json($s) : undef;
+    my $runs_mid = 0;
+    $runs_mid += $_->{runs_in_flight} for @{ $st ? $st->{workers} : [] };
 
-    reap($lg, $DURATION + $DRAIN + 60) or do {
+    reap($lg, $duration + $drain + 60) or do {
         note("WARNING: $tag: loadgen did not finish, killed");
         stop_child($lg, 'KILL', 2);
     };
@@ -454,7 +509,8 @@ sub run_load {
     my $ui = scalar @w;
     my $completed = $r->{completed} || 0;
     my %run = (
-        tag => $tag, scen => $scen, workers => $workers, load => $load, rep => $rep,
+        tag => $tag, scen => $scen, workers => $workers,
+        load => $inflight ? "inflight$inflight" : $load, rep => $rep,
         msgs => $r->{throughput},
         p50 => $r->{p50_us} / 1000, p90 => $r->{p90_us} / 1000,
         p99 => $r->{p99_us} / 1000, p999 => $r->{p999_us} / 1000,
@@ -482,6 +538,11 @@ sub run_load {
 
     $run{irq_pct} = $r->{irq_cpu_pct} // 0;
     $run{up_name} = $s->{up_name};
+    if ($inflight) {
+        @run{qw(inflight rate latency_ms runs_mid rss_idle_kb)}
+            = ($inflight, $load, $extra{latency_ms}, $runs_mid, $rss_idle);
+        $run{kb_per_run} = ($wrss - $rss_idle) / ($runs_mid || 1);
+    }
     derive(\%run);
 
     push @RUNS, \%run;
@@ -490,6 +551,10 @@ sub run_load {
          $tag, $run{msgs}, $run{p50}, $run{p99}, $run{cpu_rt}, $run{wcpu_pct},
          $run{wrss_mb}, $run{lg_pct}, $s->{up_name}, $run{up_pct}, $run{irq_pct}, $run{other_pct},
          $run{errors}, $run{up_conns}, $run{log_levels});
+    note(sprintf "    %d runs in flight mid-window; worker RSS %.1f MB over %.1f MB idle: "
+         . "%.2f kB per run in flight", $runs_mid, $wrss / 1024, $rss_idle / 1024,
+         $run{kb_per_run})
+        if $inflight;
     note("    error.log: $_") for @{ $s->{log_bad} };
     if ($run{errors}) {
         my ($fe) = slurp("$s->{dir}/logs/loadgen.err") =~ /first error: (.*)/;
@@ -607,7 +672,7 @@ sub groups {
     my %g;
     my @order;
     for my $r (@RUNS) {
-        next if $r->{load} eq 'idle';
+        next if $r->{load} eq 'idle' || $r->{inflight};
         my $k = "$r->{scen}|$r->{workers}|$r->{load}";
         push @order, $k unless $g{$k};
         push @{ $g{$k} }, $r;
@@ -663,19 +728,24 @@ sub report {
     my ($g, $order) = groups();
     my @md;
 
-    push @md, '# make bench: openclaw_bridge (A) vs nginx proxy_pass (B)', '';
+    push @md, $ONLY ? '# make bench-inflight: openclaw_bridge with runs in flight'
+                    : '# make bench: openclaw_bridge (A) vs nginx proxy_pass (B)', '';
     push @md, sprintf('- date: %s', $machine->{date});
     push @md, sprintf('- machine: %s CPUs, %s, %s', $machine->{nproc}, $machine->{cpu}, $machine->{kernel});
     push @md, sprintf('- nginx: %s (stock binary %s)', $machine->{nginx}, $NGINX);
     push @md, sprintf('- module: %s; git %s', $machine->{module}, $machine->{git});
     push @md, sprintf('- load average before / after: %s / %s', $load_before, $load_after);
     push @md, sprintf('- busiest other processes before the start: %s', $busy_before) if $busy_before;
+    push @md, sprintf('- settings: %d repetition(s); %d connections, %d-byte content; runs in flight %s',
+                      $REPS, $CONNS, $SIZE, join(', ', map { fmt($_, 0) } @INFLIGHT))
+        if $ONLY;
     push @md, sprintf('- settings: %s; %d repetition(s), interleaved; %g s warm-up + %g s measured per run; '
                       . '%d connections, %d-byte content, flood window %d per connection, %d delta events '
                       . 'per reply%s; open files %s; CLK_TCK %s',
                       $QUICK ? 'BENCH_QUICK=1' : 'full', $REPS, $WARMUP, $DURATION, $CONNS, $SIZE,
                       $WINDOW, $DELTAS, $BROADCAST ? ', chat events broadcast to every link' : '',
-                      $machine->{nofile}, $CLK_TCK);
+                      $machine->{nofile}, $CLK_TCK)
+        unless $ONLY;
     push @md, '- A: loadgen (bridge mode) -> nginx + `openclaw_bridge` -> bench/fakegw; '
             . 'B: loadgen (echo mode) -> nginx `proxy_pass` -> bench/echo', '';
     push @md, 'Figures are medians over the runs, with the range (min–max) in brackets. '
@@ -690,8 +760,9 @@ sub report {
 
     push @md, '| scenario | workers | load | runs | completed msg/s | p50 ms | p99 ms | worker µs/rt '
             . '| worker RSS MB | worker CPU % | loadgen CPU % | upstream CPU % | irq % | other % '
-            . '| errors | gateway links per worker | bottleneck |';
-    push @md, '|' . join('|', ('---') x 17) . '|';
+            . '| errors | gateway links per worker | bottleneck |',
+              '|' . join('|', ('---') x 17) . '|'
+        if @$order;
 
     my @csv = ('scenario,workers,load,runs,msgs_med,msgs_min,msgs_max,p50_ms_med,p50_ms_min,p50_ms_max,'
              . 'p99_ms_med,p99_ms_min,p99_ms_max,p999_ms_med,cpu_us_per_rt_med,cpu_us_per_rt_min,'
@@ -742,11 +813,12 @@ sub report {
     # memory per idle connection
     my %idle;
     push @{ $idle{$_->{scen}} }, $_ for grep { $_->{load} eq 'idle' } @RUNS;
-    push @md, '', "### Memory per idle connection", '';
-    push @md, '| scenario | idle connections | runs | worker RSS before, MB | worker RSS with them, MB '
+    push @md, '', "### Memory per idle connection", '',
+              '| scenario | idle connections | runs | worker RSS before, MB | worker RSS with them, MB '
             . '| bytes per client connection | sockets per client in the worker | bytes per socket '
-            . '| upstream bytes per connection | failed | error.log |';
-    push @md, '|' . join('|', ('---') x 11) . '|';
+            . '| upstream bytes per connection | failed | error.log |',
+              '|' . join('|', ('---') x 11) . '|'
+        if %idle;
     for my $scen (sort keys %idle) {
         my @r = @{ $idle{$scen} };
         push @md, sprintf '| %s | %s | %d | %s | %s | %s | %d | %s | %s | %d | %s |',
@@ -764,10 +836,48 @@ sub report {
         push @csv, join ',', $scen, 1, 'idle', scalar @r, ('') x 23,
             median(map { $_->{idle_conns} } @r), map { sprintf '%.0f', $_ } @pc;
     }
-    if ($IDLE_N < $IDLE_WANT) {
+    if (%idle && $IDLE_N < $IDLE_WANT) {
         push @md, '', "The hard limit of open files ($nofile_hard, which this user cannot raise) "
                 . "caps the idle test at $IDLE_N connections: scenario B needs two descriptors "
                 . "per client in the worker.";
+    }
+
+    # runs in flight
+    my %inf;
+    push @{ $inf{$_->{inflight}} }, $_ for grep { $_->{inflight} } @RUNS;
+    if (%inf) {
+        push @md, '', '### Runs in flight (slow gateway)', '';
+        push @md, sprintf('One worker, %d connections, an open loop of %s msg/s; fakegw acknowledges '
+                . 'each chat.send at once and sends its final after a delay of in flight / rate, '
+                . 'so that the worker holds that many runs through the window (%g s, after a '
+                . 'warm-up of the delay + 1 s). "runs in flight" is the status endpoint\'s count '
+                . 'in the middle of the window; "kB per run" is (worker RSS at the end of the '
+                . 'window − RSS before the load) / runs in flight.',
+                $CONNS, fmt($INFLIGHT_RATE, 0), $INFLIGHT_DURATION), '';
+        push @md, '| in flight | runs | delay ms | runs in flight | completed msg/s | worker µs/msg '
+                . '| worker CPU % | worker RSS MB | kB per run | p50 ms | errors | bottleneck |';
+        push @md, '|' . join('|', ('---') x 12) . '|';
+        for my $n (sort { $a <=> $b } keys %inf) {
+            my @r = @{ $inf{$n} };
+            my $errs = 0;
+            $errs += $_->{errors} for @r;
+            push @md, sprintf '| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %d | %s |',
+                fmt($n, 0), scalar @r, $r[0]{latency_ms},
+                fmt_mr(0, map { $_->{runs_mid} } @r),
+                fmt_mr(0, map { $_->{msgs} } @r),
+                fmt_mr(1, map { $_->{cpu_rt} } @r),
+                fmt_mr(0, map { $_->{wcpu_max} } @r),
+                fmt_mr(1, map { $_->{wrss_mb} } @r),
+                fmt_mr(2, map { $_->{kb_per_run} } @r),
+                fmt_mr(3, map { $_->{p50} } @r),
+                $errs, mode_of(map { $_->{bottleneck} } @r);
+            push @csv, join ',', 'A', 1, "inflight$n", scalar @r,
+                (map { sprintf '%.1f', $_ } stats(map { $_->{msgs} } @r)),
+                (map { sprintf '%.4f', $_ } stats(map { $_->{p50} } @r)), ('') x 4,
+                (map { sprintf '%.2f', $_ } stats(map { $_->{cpu_rt} } @r)),
+                sprintf('%.2f', median(map { $_->{wrss_mb} } @r)), ('') x 6, $errs,
+                '', '', '', '', '', '';
+        }
     }
 
     # targets
@@ -783,10 +893,11 @@ sub report {
                                              . 'connections or error.log errors');
 
     my $md = join("\n", @md) . "\n";
-    open my $f, '>', "$OUT/results.md" or die "$OUT/results.md: $!";
+    my $base = $ONLY ? "results-$ONLY" : 'results';
+    open my $f, '>', "$OUT/$base.md" or die "$OUT/$base.md: $!";
     print $f $md;
     close $f;
-    open $f, '>', "$OUT/results.csv" or die $!;
+    open $f, '>', "$OUT/$base.csv" or die $!;
     print $f join("\n", @csv), "\n";
     close $f;
 
@@ -794,8 +905,8 @@ sub report {
     my @cols = qw(tag scen workers load rep msgs p50 p90 p99 p999 cpu_rt wticks wrss_mb wcpu_pct
                   rss_growth_kb lg_pct up_pct machine_pct irq_pct other_pct completed errors error_replies lost closed skipped late
                   up_conns gw_hellos bottleneck busiest idle_conns rss0_kb rss1_kb per_conn
-                  up_per_conn log_levels);
-    open $f, '>', "$OUT/results-runs.csv" or die $!;
+                  up_per_conn log_levels inflight latency_ms runs_mid kb_per_run);
+    open $f, '>', "$OUT/$base-runs.csv" or die $!;
     print $f join(',', @cols), "\n";
     for my $r (@RUNS) {
         print $f join(',', map { my $v = $r->{$_} // ''; $v =~ /[, ]/ ? "\"$v\"" : $v } @cols), "\n";
@@ -834,6 +945,17 @@ sub targets {
         push @t, ["p50 latency A−B at " . fmt($l, 0) . ' msg/s', fmt($ga->{p50}[0], 3) . ' ms',
                   fmt($gb->{p50}[0], 3) . ' ms', fmt($d, 3) . ' ms', '≤ 0.1 ms', $d <= 0.1 ? 'PASS' : 'MISS'];
     }
+    # per-message cost flat as the runs in flight grow: most against fewest
+    my %inf;
+    push @{ $inf{$_->{inflight}} }, $_->{cpu_rt} for grep { $_->{inflight} } @RUNS;
+    my @levels = sort { $a <=> $b } keys %inf;
+    if (@levels >= 2) {
+        my ($lo, $hi) = (median(@{ $inf{$levels[0]} }), median(@{ $inf{$levels[-1]} }));
+        my $v = $lo ? $hi / $lo : 0;
+        push @t, ['worker CPU per message, ' . fmt($levels[-1], 0) . ' vs ' . fmt($levels[0], 0)
+                  . ' runs in flight', fmt($hi, 1) . ' µs', fmt($lo, 1) . ' µs', fmt($v, 2),
+                  '≤ 1.5', $v && $v <= 1.5 ? 'PASS' : 'MISS'];
+    }
     my (@ia, @ib);
     for (grep { $_->{load} eq 'idle' } @RUNS) {
         push @ia, $_->{per_conn} if $_->{scen} eq 'A';
@@ -869,7 +991,7 @@ sub anomalies {
             push @w, "open loop fell behind: $r->{skipped} sends skipped" if $r->{skipped};
             push @w, sprintf("worker RSS grew by %d kB during the window (%.0f B per message)",
                              $r->{rss_growth_kb}, $r->{rss_growth_kb} * 1024 / ($r->{completed} || 1))
-                if $r->{rss_growth_kb} > 2048;
+                if $r->{rss_growth_kb} > 2048 && !$r->{inflight};
         }
         push @w, "error.log: $r->{log_levels}" . (@{ $r->{log_bad} } ? " — first: $r->{log_bad}[0]" : '')
             if $r->{log_errors};
@@ -905,6 +1027,9 @@ if (my $saved = $ENV{BENCH_REPORT}) {
                   idle_n idle_want nofile_soft nofile_hard clk_tck nginx)};
     @LOADS = @{ $st->{loads} };
     @LOADS_2W = @{ $st->{loads_2w} };
+    $ONLY = $st->{only} // '';
+    $INFLIGHT_RATE = $st->{inflight_rate} // $INFLIGHT_RATE;
+    $INFLIGHT_DURATION = $st->{inflight_duration} // $INFLIGHT_DURATION;
     @RUNS = @{ $d->{runs} };
     derive($_) for @RUNS;
     my ($md, $targets) = report($d->{machine}, $d->{load_before}, $d->{load_after},
@@ -925,11 +1050,19 @@ note("machine: $machine{nproc} CPUs, $machine{cpu}, $machine{kernel}, nginx $mac
 note("module: $machine{module}");
 note("load average $load_before; busiest processes: $busy_before");
 note("open files: soft $nofile_soft, hard $nofile_hard; idle test with $IDLE_N connections");
-my $nruns = $REPS * (2 * @LOADS + 2 * @LOADS_2W + 2);
-note(sprintf "%d runs, about %.0f minutes", $nruns,
-     $nruns * ($WARMUP + $DURATION + 2.5) / 60);
+my $nruns = $ONLY ? 0 : $REPS * (2 * @LOADS + 2 * @LOADS_2W + 2);
+my $secs = $nruns * ($WARMUP + $DURATION + 2.5);
+for my $n (@INFLIGHT) {
+    $nruns += $REPS;
+    $secs += $REPS * (2 * $n / $INFLIGHT_RATE + $INFLIGHT_DURATION + 5.5);
+}
+note(sprintf "%d runs, about %.0f minutes", $nruns, $secs / 60);
 
 for my $rep (1 .. $REPS) {
+    # the slow-gateway runs, fewest runs in flight first
+    run_load('A', 1, 'inflight', $rep, $_) for sort { $a <=> $b } @INFLIGHT;
+    next if $ONLY;
+
     # alternate which scenario goes first, against order effects
     my @sc = $rep % 2 ? ('A', 'B') : ('B', 'A');
     for my $load (@LOADS) {
@@ -946,7 +1079,7 @@ my $load_after = join ' ', (split ' ', slurp('/proc/loadavg'))[0 .. 2];
 {
     # everything measured, to write the report again (BENCH_REPORT=...)
     require JSON::PP;
-    open my $f, '>', "$BB/runs.json" or die "$BB/runs.json: $!";
+    open my $f, '>', "$BB/runs$SUFFIX.json" or die "$BB/runs$SUFFIX.json: $!";
     print $f JSON::PP->new->canonical->pretty->encode({
         machine => \%machine, load_before => $load_before,
         load_after => $load_after, busy_before => $busy_before,
@@ -956,7 +1089,9 @@ my $load_after = join ' ', (split ' ', slurp('/proc/loadavg'))[0 .. 2];
                       idle_n => $IDLE_N, idle_want => $IDLE_WANT,
                       nofile_soft => $nofile_soft, nofile_hard => $nofile_hard,
                       clk_tck => $CLK_TCK, nginx => $NGINX,
-                      loads => \@LOADS, loads_2w => \@LOADS_2W },
+                      loads => \@LOADS, loads_2w => \@LOADS_2W, only => $ONLY,
+                      inflight => \@INFLIGHT, inflight_rate => $INFLIGHT_RATE,
+                      inflight_duration => $INFLIGHT_DURATION },
         runs => \@RUNS });
     close $f;
 }
@@ -966,8 +1101,9 @@ my ($md, $targets) = report(\%machine, $load_before, $load_after, $busy_before);
 print "\n", $md, "\n";
 print "Target ratios:\n";
 printf "  %-55s %s (goal %s): %s\n", $_->[0], $_->[3], $_->[4], $_->[5] for @$targets;
-print "\nwritten: $OUT/results.md, $OUT/results.csv, $OUT/results-runs.csv; "
-    . "logs under $RUNDIR/; figures in $BB/runs.json\n";
+my $base = $ONLY ? "results-$ONLY" : 'results';
+print "\nwritten: $OUT/$base.md, $OUT/$base.csv, $OUT/$base-runs.csv; "
+    . "logs under $RUNDIR/; figures in $BB/runs$SUFFIX.json\n";
 note("done");
 stop_all();
 exit 0;

@@ -54,6 +54,8 @@ typedef struct {
     ngx_msec_t                  request_timeout;
     ngx_msec_t                  run_timeout;
     ngx_uint_t                  queue_size;
+    ngx_uint_t                  max_runs;
+    size_t                      max_queued;
     ngx_flag_t                  admin;
 
     ngx_shm_zone_t             *status;

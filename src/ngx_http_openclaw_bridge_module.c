@@ -301,6 +301,20 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       offsetof(ngx_http_openclaw_main_conf_t, queue_size),
       NULL },
 
+    { ngx_string("openclaw_gateway_max_runs"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, max_runs),
+      &ngx_http_openclaw_positive_num_p },
+
+    { ngx_string("openclaw_gateway_max_queued"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_main_conf_t, max_queued),
+      &ngx_http_openclaw_positive_size_p },
+
     { ngx_string("openclaw_gateway_ssl_verify"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -421,6 +435,8 @@ ngx_http_openclaw_create_main_conf(ngx_conf_t *cf)
     omcf->request_timeout = NGX_CONF_UNSET_MSEC;
     omcf->run_timeout = NGX_CONF_UNSET_MSEC;
     omcf->queue_size = NGX_CONF_UNSET_UINT;
+    omcf->max_runs = NGX_CONF_UNSET_UINT;
+    omcf->max_queued = NGX_CONF_UNSET_SIZE;
 
     return omcf;
 }
@@ -440,6 +456,15 @@ ngx_http_openclaw_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(omcf->request_timeout, 30000);
     ngx_conf_init_msec_value(omcf->run_timeout, 600000);
     ngx_conf_init_uint_value(omcf->queue_size, 1024);
+
+    /*
+     * What one worker holds for the gateway: far above what a deployment
+     * runs (a run costs about a kilobyte here, and far more on the
+     * gateway), so that only an overload meets them.
+     */
+
+    ngx_conf_init_uint_value(omcf->max_runs, 100000);
+    ngx_conf_init_size_value(omcf->max_queued, 64 * 1024 * 1024);
 
     if (omcf->used || omcf->status_used) {
         if (ngx_http_openclaw_status_zone(cf, omcf) != NGX_OK) {

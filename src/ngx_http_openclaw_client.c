@@ -18,7 +18,11 @@
  */
 #define NGX_HTTP_OPENCLAW_READ_SIZE    65536
 
-/* output and reassembly buffers above this are freed once drained */
+/*
+ * Output and reassembly buffers above this are freed once drained; an
+ * output buffer only when what it held was small for it, so that a client
+ * whose replies come in large batches does not grow it again each time.
+ */
 #define NGX_HTTP_OPENCLAW_KEEP_SIZE    16384
 
 
@@ -895,7 +899,9 @@ ngx_http_openclaw_client_frame(ngx_http_openclaw_client_t *cl,
         used = cl->out_last - cl->out_pos;
         head = cl->out_head - cl->out_pos;
 
-        if (cl->out && cl->out_pos != cl->out
+        /* moving more than half the buffer per frame would cost more */
+
+        if (cl->out && cl->out_pos != cl->out && used <= cl->out_size / 2
             && cl->out_size - used >= need)
         {
             ngx_memmove(cl->out, cl->out_pos, used);
@@ -1124,6 +1130,7 @@ ngx_http_openclaw_client_post_write(ngx_http_openclaw_client_t *cl)
 static ngx_int_t
 ngx_http_openclaw_client_flush(ngx_http_openclaw_client_t *cl)
 {
+    size_t                     held;
     ssize_t                    n;
     ngx_event_t               *wev;
     ngx_connection_t          *c;
@@ -1174,11 +1181,15 @@ ngx_http_openclaw_client_flush(ngx_http_openclaw_client_t *cl)
         }
     }
 
+    held = cl->out_last - cl->out;
+
     cl->out_pos = cl->out;
     cl->out_head = cl->out;
     cl->out_last = cl->out;
 
-    if (cl->out_size > NGX_HTTP_OPENCLAW_KEEP_SIZE) {
+    if (cl->out_size > NGX_HTTP_OPENCLAW_KEEP_SIZE
+        && held <= cl->out_size / 4)
+    {
         ngx_free(cl->out);
         cl->out = NULL;
         cl->out_pos = NULL;

@@ -39,6 +39,8 @@ struct ngx_http_openclaw_endpoint_s {
     ngx_queue_t                         runs;
     ngx_queue_t                         controls;
     ngx_uint_t                          nruns;
+    ngx_queue_t                         sessions;   /* with runs, in a zone */
+    ngx_uint_t                          nsessions;
     ngx_http_openclaw_scope_t           scope;
     ngx_str_t                           sender;
 };

@@ -24,6 +24,7 @@
 
 #define NGX_HTTP_OPENCLAW_GW_READ_SIZE      65536
 #define NGX_HTTP_OPENCLAW_GW_HEADER_MAX     8192
+#define NGX_HTTP_OPENCLAW_GW_KEEP_SIZE      (1024 * 1024)
 
 /* frames before hello-ok are small; hello-ok itself is about 16 KB */
 #define NGX_HTTP_OPENCLAW_GW_HELLO_MAX      (1024 * 1024)
@@ -1425,6 +1426,21 @@ ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc)
 }
 
 
+size_t
+ngx_http_openclaw_gateway_queued(void)
+{
+    ngx_http_openclaw_gateway_t  *gw;
+
+    gw = ngx_http_openclaw_gw;
+
+    if (gw == NULL) {
+        return 0;
+    }
+
+    return gw->out_last - gw->out_pos;
+}
+
+
 /*
  * Queues one masked frame: "prefix", "data" and "suffix" make up its
  * payload, so that a request envelope never needs a copy of its params.
@@ -1445,22 +1461,39 @@ ngx_http_openclaw_gateway_frame(ngx_http_openclaw_gateway_t *gw,
     if ((size_t) (gw->out + gw->out_size - gw->out_last) < need) {
 
         used = gw->out_last - gw->out_pos;
-        size = ngx_max(used + need, ngx_max(2 * gw->out_size, 16384));
 
-        out = ngx_alloc(size, &gw->log);
-        if (out == NULL) {
-            return NGX_ERROR;
+        /*
+         * What a partial send left is moved down when it fills at most
+         * half the buffer and the frame fits: growing instead doubled the
+         * buffer at every wrap of a link the gateway reads slowly, however
+         * little was pending, and moving more would cost a copy of the
+         * backlog per frame.
+         */
+
+        if (gw->out && used <= gw->out_size / 2
+            && gw->out_size - used >= need)
+        {
+            ngx_memmove(gw->out, gw->out_pos, used);
+
+        } else {
+            size = ngx_max(used + need, ngx_max(2 * gw->out_size, 16384));
+
+            out = ngx_alloc(size, &gw->log);
+            if (out == NULL) {
+                return NGX_ERROR;
+            }
+
+            if (gw->out) {
+                ngx_memcpy(out, gw->out_pos, used);
+                ngx_free(gw->out);
+            }
+
+            gw->out = out;
+            gw->out_size = size;
         }
 
-        if (gw->out) {
-            ngx_memcpy(out, gw->out_pos, used);
-            ngx_free(gw->out);
-        }
-
-        gw->out = out;
-        gw->out_size = size;
-        gw->out_pos = out;
-        gw->out_last = out + used;
+        gw->out_pos = gw->out;
+        gw->out_last = gw->out + used;
     }
 
     if (opcode == 0) {
@@ -1539,6 +1572,19 @@ ngx_http_openclaw_gateway_flush(ngx_http_openclaw_gateway_t *gw)
 
     gw->out_pos = gw->out;
     gw->out_last = gw->out;
+
+    /*
+     * A backlog the gateway took long to read leaves a large buffer: it
+     * goes once all is sent, and one loop's requests never need as much.
+     */
+
+    if (gw->out_size > NGX_HTTP_OPENCLAW_GW_KEEP_SIZE) {
+        ngx_free(gw->out);
+        gw->out = NULL;
+        gw->out_pos = NULL;
+        gw->out_last = NULL;
+        gw->out_size = 0;
+    }
 
     if (wev->timer_set) {
         ngx_del_timer(wev);

@@ -91,6 +91,9 @@ size_t ngx_http_openclaw_gateway_max_payload(void);
 /* forgets a pending request: its response, if any, will be dropped */
 void ngx_http_openclaw_gateway_cancel(ngx_http_openclaw_rpc_t *rpc);
 
+/* bytes queued towards the gateway and not yet sent */
+size_t ngx_http_openclaw_gateway_queued(void);
+
 /* why the link is not up, for the errors of messages that waited */
 const char *ngx_http_openclaw_gateway_last_error(void);
 

@@ -38,6 +38,20 @@
 #define NGX_HTTP_OPENCLAW_STRAYS        16
 #define NGX_HTTP_OPENCLAW_STRAY_TTL     30000
 
+/*
+ * A session in which a connection has runs, when its location has a zone:
+ * the connection's sessions are counted as they come and go, where
+ * counting them from its runs took a pass over the runs for each run.
+ */
+
+struct ngx_http_openclaw_held_s {
+    ngx_queue_t                     link;
+    ngx_uint_t                      runs;
+    size_t                          len;
+    u_char                          data[1];
+};
+
+
 
 
 /* a run no client here owns, seen recently: protocol 3 may hand it over */
@@ -76,8 +90,13 @@ typedef struct {
 
 static ngx_uint_t ngx_http_openclaw_relay_bad_name(ngx_str_t *name,
     size_t max);
-static ngx_uint_t ngx_http_openclaw_relay_sessions(
+static ngx_http_openclaw_held_t *ngx_http_openclaw_relay_held(
     ngx_http_openclaw_endpoint_t *ep, ngx_str_t *session);
+static ngx_http_openclaw_held_t *ngx_http_openclaw_relay_hold(
+    ngx_http_openclaw_endpoint_t *ep, ngx_http_openclaw_held_t *held,
+    ngx_str_t *session);
+static void ngx_http_openclaw_relay_release(ngx_http_openclaw_endpoint_t *ep,
+    ngx_http_openclaw_held_t *held);
 static u_char *ngx_http_openclaw_relay_lower(u_char *dst, ngx_str_t *src);
 static ngx_int_t ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t *in);
@@ -274,6 +293,9 @@ ngx_http_openclaw_relay_endpoint(ngx_http_openclaw_endpoint_t *ep,
     ep->scope.namespace = conf->namespace;
     ep->scope.shared = (conf->control == NGX_HTTP_OPENCLAW_CONTROL_ALL);
 
+    ngx_queue_init(&ep->sessions);
+    ep->nsessions = 0;
+
     p = ngx_pnalloc(pool, 2 * agent->len + 2 * uid->len + sender->len + 128);
     if (p == NULL) {
         return NGX_ERROR;
@@ -345,52 +367,73 @@ ngx_http_openclaw_relay_bad_name(ngx_str_t *name, size_t max)
 
 
 /*
- * The sessions a connection's runs are in, or 0 when "session" is one of
- * them already: a message there pins nothing new.
+ * The connection's record of "session", or NULL when it has no run there.
+ * There are at most max_sessions records: a pass costs no more than that,
+ * however many runs are in flight.
  */
 
-static ngx_uint_t
-ngx_http_openclaw_relay_sessions(ngx_http_openclaw_endpoint_t *ep,
+static ngx_http_openclaw_held_t *
+ngx_http_openclaw_relay_held(ngx_http_openclaw_endpoint_t *ep,
     ngx_str_t *session)
 {
-    ngx_uint_t                n;
-    ngx_queue_t              *q, *p;
-    ngx_http_openclaw_run_t  *run, *prev;
+    ngx_queue_t               *q;
+    ngx_http_openclaw_held_t  *held;
 
-    n = 0;
-
-    for (q = ngx_queue_head(&ep->runs);
-         q != ngx_queue_sentinel(&ep->runs);
+    for (q = ngx_queue_head(&ep->sessions);
+         q != ngx_queue_sentinel(&ep->sessions);
          q = ngx_queue_next(q))
     {
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, ep_link);
+        held = ngx_queue_data(q, ngx_http_openclaw_held_t, link);
 
-        if (run->session.len == session->len
-            && ngx_strncmp(run->session.data, session->data, session->len)
-               == 0)
+        if (held->len == session->len
+            && ngx_memcmp(held->data, session->data, session->len) == 0)
         {
-            return 0;
-        }
-
-        /* counted once: at its first run */
-
-        for (p = ngx_queue_head(&ep->runs); p != q; p = ngx_queue_next(p)) {
-            prev = ngx_queue_data(p, ngx_http_openclaw_run_t, ep_link);
-
-            if (prev->session.len == run->session.len
-                && ngx_strncmp(prev->session.data, run->session.data,
-                               run->session.len) == 0)
-            {
-                break;
-            }
-        }
-
-        if (p == q) {
-            n++;
+            return held;
         }
     }
 
-    return n;
+    return NULL;
+}
+
+
+/* one more run in "session": its record, made if needed, or NULL */
+
+static ngx_http_openclaw_held_t *
+ngx_http_openclaw_relay_hold(ngx_http_openclaw_endpoint_t *ep,
+    ngx_http_openclaw_held_t *held, ngx_str_t *session)
+{
+    if (held == NULL) {
+        held = ngx_alloc(sizeof(ngx_http_openclaw_held_t) + session->len,
+                         ngx_cycle->log);
+        if (held == NULL) {
+            return NULL;
+        }
+
+        held->runs = 0;
+        held->len = session->len;
+        ngx_memcpy(held->data, session->data, session->len);
+
+        ngx_queue_insert_tail(&ep->sessions, &held->link);
+        ep->nsessions++;
+    }
+
+    held->runs++;
+
+    return held;
+}
+
+
+static void
+ngx_http_openclaw_relay_release(ngx_http_openclaw_endpoint_t *ep,
+    ngx_http_openclaw_held_t *held)
+{
+    if (--held->runs) {
+        return;
+    }
+
+    ngx_queue_remove(&held->link);
+    ep->nsessions--;
+    ngx_free(held);
 }
 
 
@@ -412,25 +455,59 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t *in)
 {
     u_char                         *p;
-    size_t                          size;
+    size_t                          size, queued;
     uint32_t                        hash;
     ngx_int_t                       rc;
     ngx_str_t                       session, error, run_id, params;
     const char                     *err;
     ngx_http_openclaw_run_t        *run;
     ngx_http_openclaw_json_t        j;
+    ngx_http_openclaw_held_t       *held;
     ngx_http_openclaw_relay_t      *rl;
     ngx_http_openclaw_loc_conf_t   *conf;
     u_char                          key[NGX_HTTP_OPENCLAW_SESSION_MAX];
     u_char                          rid[NGX_HTTP_OPENCLAW_RUN_ID_LEN];
+    u_char                          buf[160];
 
     rl = &ngx_http_openclaw_relay;
     conf = ep->conf;
+    held = NULL;
 
     if (ep->nruns >= conf->max_in_flight) {
         rl->stats->errors_input++;
         ngx_str_set(&error, "too many messages in flight on this "
                             "connection: wait for their replies");
+        return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
+                                             NULL, &in->id_json);
+    }
+
+    /*
+     * Whatever the connections' own limits, what a worker holds is
+     * bounded: past it a message costs nothing and reaches no gateway.
+     */
+
+    if (ngx_http_openclaw_runs_count() >= rl->conf->max_runs) {
+        rl->stats->errors_overload++;
+        error.data = buf;
+        error.len = ngx_snprintf(buf, sizeof(buf), "the worker has %ui "
+                                 "messages in flight, its limit "
+                                 "(openclaw_gateway_max_runs): try again "
+                                 "later", ngx_http_openclaw_runs_count())
+                    - buf;
+        return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
+                                             NULL, &in->id_json);
+    }
+
+    queued = ngx_http_openclaw_gateway_queued();
+
+    if (queued >= rl->conf->max_queued) {
+        rl->stats->errors_overload++;
+        error.data = buf;
+        error.len = ngx_snprintf(buf, sizeof(buf), "the worker has %uz "
+                                 "bytes queued towards the gateway, its "
+                                 "limit (openclaw_gateway_max_queued): try "
+                                 "again later", queued)
+                    - buf;
         return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              NULL, &in->id_json);
     }
@@ -474,10 +551,9 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
          * no client can fill the zone with hung runs.
          */
 
-        if (ep->nruns >= conf->max_sessions
-            && ngx_http_openclaw_relay_sessions(ep, &session)
-               >= conf->max_sessions)
-        {
+        held = ngx_http_openclaw_relay_held(ep, &session);
+
+        if (held == NULL && ep->nsessions >= conf->max_sessions) {
             rl->stats->errors_input++;
             ngx_str_set(&error, "too many sessions with messages in flight "
                                 "on this connection: wait for their replies");
@@ -536,7 +612,20 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     size = sizeof(ngx_http_openclaw_run_t) + session.len + in->id_json.len
            + params.len;
 
-    run = ngx_http_openclaw_runs_alloc(size, ep->log);
+    run = NULL;
+
+    if (conf->zone) {
+        held = ngx_http_openclaw_relay_hold(ep, held, &session);
+    }
+
+    if (held || conf->zone == NULL) {
+        run = ngx_http_openclaw_runs_alloc(size, ep->log);
+
+        if (run == NULL && held) {
+            ngx_http_openclaw_relay_release(ep, held);
+        }
+    }
+
     if (run == NULL) {
         ngx_str_set(&error, "out of memory");
 
@@ -569,6 +658,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_runs_index(run);
 
     run->zone = conf->zone;
+    run->held = held;
     run->ep = ep;
     ngx_queue_insert_tail(&ep->runs, &run->ep_link);
     ep->nruns++;
@@ -1791,6 +1881,10 @@ ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run, ngx_str_t *error)
     if (run->ep) {
         ngx_queue_remove(&run->ep_link);
         run->ep->nruns--;
+
+        if (run->held) {
+            ngx_http_openclaw_relay_release(run->ep, run->held);
+        }
     }
 
     rl->stats->runs--;
@@ -1886,6 +1980,11 @@ ngx_http_openclaw_relay_gone(ngx_http_openclaw_endpoint_t *ep)
         ngx_queue_remove(&run->ep_link);
         run->ep = NULL;
         ep->nruns--;
+
+        if (run->held) {
+            ngx_http_openclaw_relay_release(ep, run->held);
+            run->held = NULL;
+        }
 
         /* the message ended, unanswered: nobody is left to answer */
 

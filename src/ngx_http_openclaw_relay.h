@@ -30,6 +30,7 @@ typedef struct {
     ngx_uint_t                  errors_gateway;
     ngx_uint_t                  errors_timeout;
     ngx_uint_t                  errors_link;
+    ngx_uint_t                  errors_overload;
 } ngx_http_openclaw_relay_stats_t;
 
 

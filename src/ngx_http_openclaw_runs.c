@@ -88,6 +88,13 @@ ngx_http_openclaw_runs_init(ngx_cycle_t *cycle, ngx_msec_t request_timeout,
 }
 
 
+ngx_uint_t
+ngx_http_openclaw_runs_count(void)
+{
+    return ngx_http_openclaw_runs.nruns;
+}
+
+
 void
 ngx_http_openclaw_runs_free(ngx_http_openclaw_run_t *run)
 {

@@ -18,6 +18,10 @@
 #define NGX_HTTP_OPENCLAW_RUN_ID_MAX    64
 
 
+/* the relay's record of a session a connection has runs in */
+typedef struct ngx_http_openclaw_held_s  ngx_http_openclaw_held_t;
+
+
 typedef enum {
     NGX_HTTP_OPENCLAW_RUN_WAITING = 0,
     NGX_HTTP_OPENCLAW_RUN_SENT,
@@ -61,6 +65,7 @@ typedef struct {
     ngx_str_t                       id;
     ngx_str_t                       params;
     ngx_shm_zone_t                 *zone;
+    ngx_http_openclaw_held_t       *held;       /* with a zone and an ep */
 
     u_char                         *text;
     size_t                          text_len;
@@ -101,6 +106,9 @@ ngx_http_openclaw_run_t *ngx_http_openclaw_runs_find(u_char *run_id,
 void ngx_http_openclaw_runs_index(ngx_http_openclaw_run_t *run);
 void ngx_http_openclaw_runs_rekey(ngx_http_openclaw_run_t *run,
     u_char *run_id, size_t len);
+
+/* the runs in the table */
+ngx_uint_t ngx_http_openclaw_runs_count(void);
 
 /* "timeout" from now; 0 expires at once */
 void ngx_http_openclaw_runs_arm(ngx_http_openclaw_run_t *run,

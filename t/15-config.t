@@ -191,6 +191,31 @@ bad_conf('openclaw_gateway in a server',
     marker => 'openclaw_gateway ws://',
     like => [ qr/"openclaw_gateway" directive is not allowed here/ ]);
 
+bad_conf('max_runs 0',
+    http => gw_server("openclaw_gateway_max_runs 0;\n"),
+    marker => 'openclaw_gateway_max_runs 0;',
+    like => [ qr/"openclaw_gateway_max_runs" directive must be greater than zero/ ]);
+
+bad_conf('max_runs abc',
+    http => gw_server("openclaw_gateway_max_runs abc;\n"),
+    marker => 'openclaw_gateway_max_runs abc;',
+    like => [ qr/"openclaw_gateway_max_runs" directive invalid number/ ]);
+
+bad_conf('max_queued 0',
+    http => gw_server("openclaw_gateway_max_queued 0;\n"),
+    marker => 'openclaw_gateway_max_queued 0;',
+    like => [ qr/"openclaw_gateway_max_queued" directive must be greater than zero/ ]);
+
+bad_conf('max_queued 1x',
+    http => gw_server("openclaw_gateway_max_queued 1x;\n"),
+    marker => 'openclaw_gateway_max_queued 1x;',
+    like => [ qr/"openclaw_gateway_max_queued" directive invalid value/ ]);
+
+bad_conf('max_runs in a server',
+    http => "server {\n    listen 127.0.0.1:%%PORT%%;\n    openclaw_gateway_max_runs 10;\n}\n",
+    marker => 'openclaw_gateway_max_runs 10;',
+    like => [ qr/"openclaw_gateway_max_runs" directive is not allowed here/ ]);
+
 bad_conf('token file missing',
     http => gw_server("openclaw_gateway_token_file /nonexistent/openclaw.json;\n"),
     marker => 'openclaw_gateway_token_file',
@@ -269,6 +294,8 @@ openclaw_gateway_connect_timeout 5s;
 openclaw_gateway_request_timeout 20s;
 openclaw_gateway_run_timeout 300s;
 openclaw_gateway_queue 100;
+openclaw_gateway_max_runs 5000;
+openclaw_gateway_max_queued 8m;
 openclaw_gateway_ssl_verify on;
 openclaw_gateway_ssl_server_name on;
 openclaw_bridge_agent_id main;

@@ -115,7 +115,8 @@ for my $i (0 .. $#w) {
     is($x->{clients}, 0, "worker $i: no client");
     is($x->{$_}, 0, "worker $i: $_ 0")
         for qw(messages_in messages_out completed runs_in_flight waiting_for_link);
-    is_deeply($x->{errors}, { input => 0, gateway => 0, timeout => 0, link => 0 },
+    is_deeply($x->{errors}, { input => 0, gateway => 0, timeout => 0, link => 0,
+                               overload => 0 },
               "worker $i: no errors");
 }
 

@@ -24,6 +24,7 @@
 #include "ngx_http_openclaw_control.h"
 #include "ngx_http_openclaw_reply.h"
 #include "ngx_http_openclaw_runs.h"
+#include "ngx_http_openclaw_handover.h"
 
 
 
@@ -33,10 +34,6 @@
  * promptly; protocol 3 may take minutes, and waits run_timeout).
  */
 #define NGX_HTTP_OPENCLAW_ADOPT_GRACE   15000
-
-/* unowned runs remembered for adoption, and for how long */
-#define NGX_HTTP_OPENCLAW_STRAYS        16
-#define NGX_HTTP_OPENCLAW_STRAY_TTL     30000
 
 /*
  * A session in which a connection has runs, when its location has a zone:
@@ -52,20 +49,6 @@ struct ngx_http_openclaw_held_s {
 };
 
 
-
-
-/* a run no client here owns, seen recently: protocol 3 may hand it over */
-
-typedef struct {
-    u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
-    size_t                          run_id_len;
-    u_char                          session[NGX_HTTP_OPENCLAW_SESSION_MAX];
-    size_t                          session_len;
-    ngx_msec_t                      seen;
-    u_char                         *text;
-    size_t                          text_len;
-    ngx_uint_t                      ended;
-} ngx_http_openclaw_stray_t;
 
 
 /* the members of a chat event, found in one pass */
@@ -84,7 +67,6 @@ typedef struct {
     ngx_uint_t                      connections;
     ngx_uint_t                      adopting;
     ngx_http_openclaw_relay_stats_t *stats;
-    ngx_http_openclaw_stray_t       strays[NGX_HTTP_OPENCLAW_STRAYS];
 } ngx_http_openclaw_relay_t;
 
 
@@ -131,8 +113,6 @@ static ngx_int_t ngx_http_openclaw_relay_adopt_stray(
 static void ngx_http_openclaw_relay_settle(ngx_str_t *session);
 static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
     ngx_http_openclaw_jv_t *ev);
-static ngx_http_openclaw_stray_t *ngx_http_openclaw_relay_find_stray(
-    ngx_str_t *session);
 static void ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
@@ -1437,7 +1417,6 @@ static ngx_http_openclaw_run_t *
 ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
 {
     ngx_str_t                   session;
-    ngx_queue_t                *q;
     ngx_http_openclaw_jv_t     *v;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
@@ -1457,25 +1436,18 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
     session.data = (u_char *) v->data;
     session.len = v->size;
 
-    for (q = ngx_queue_head(&rl->sent);
-         q != ngx_queue_sentinel(&rl->sent);
-         q = ngx_queue_next(q))
-    {
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+    run = ngx_http_openclaw_handover_waiter(&rl->sent, &session);
 
-        if (run->state == NGX_HTTP_OPENCLAW_RUN_ADOPTING
-            && run->session.len == session.len
-            && ngx_strncmp(run->session.data, session.data, session.len) == 0)
-        {
-            ngx_http_openclaw_runs_rekey(run, run_id->data, run_id->len);
-            run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
-            rl->adopting--;
-            ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
-            return run;
-        }
+    if (run == NULL) {
+        return NULL;
     }
 
-    return NULL;
+    ngx_http_openclaw_runs_rekey(run, run_id->data, run_id->len);
+    run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
+    rl->adopting--;
+    ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
+
+    return run;
 }
 
 
@@ -1493,14 +1465,13 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 
     rl = &ngx_http_openclaw_relay;
 
-    stray = ngx_http_openclaw_relay_find_stray(&run->session);
+    stray = ngx_http_openclaw_handover_find(&run->session);
 
     if (stray == NULL) {
         return NGX_OK;
     }
 
     ngx_http_openclaw_runs_rekey(run, stray->run_id, stray->run_id_len);
-    stray->run_id_len = 0;
 
     run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
     rl->adopting--;
@@ -1525,11 +1496,7 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
         }
     }
 
-    if (stray->text) {
-        ngx_free(stray->text);
-        stray->text = NULL;
-        stray->text_len = 0;
-    }
+    ngx_http_openclaw_handover_forget(stray);
 
     return NGX_DONE;
 }
@@ -1544,9 +1511,6 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 static void
 ngx_http_openclaw_relay_settle(ngx_str_t *session)
 {
-    ngx_msec_t                  grace;
-    ngx_queue_t                *q;
-    ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
@@ -1555,39 +1519,9 @@ ngx_http_openclaw_relay_settle(ngx_str_t *session)
         return;
     }
 
-    for (q = ngx_queue_head(&rl->sent);
-         q != ngx_queue_sentinel(&rl->sent);
-         q = ngx_queue_next(q))
-    {
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
-
-        if (run->state != NGX_HTTP_OPENCLAW_RUN_ADOPTING
-            && run->session.len == session->len
-            && ngx_strncmp(run->session.data, session->data, session->len)
-               == 0)
-        {
-            return;
-        }
-    }
-
-    grace = ngx_min(NGX_HTTP_OPENCLAW_ADOPT_GRACE, rl->conf->run_timeout);
-
-    for (q = ngx_queue_head(&rl->sent);
-         q != ngx_queue_sentinel(&rl->sent);
-         q = ngx_queue_next(q))
-    {
-        run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
-
-        if (run->state == NGX_HTTP_OPENCLAW_RUN_ADOPTING
-            && run->session.len == session->len
-            && ngx_strncmp(run->session.data, session->data, session->len)
-               == 0
-            && ngx_http_openclaw_runs_expires(run)
-               > ngx_current_msec + grace)
-        {
-            ngx_http_openclaw_runs_arm(run, grace);
-        }
-    }
+    ngx_http_openclaw_handover_settle(&rl->sent, session,
+                         ngx_min(NGX_HTTP_OPENCLAW_ADOPT_GRACE,
+                                 rl->conf->run_timeout));
 }
 
 
@@ -1596,14 +1530,11 @@ ngx_http_openclaw_relay_settle(ngx_str_t *session)
 static void
 ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
 {
-    u_char                     *buf;
-    ngx_str_t                   session, text;
-    ngx_uint_t                  i, oldest;
-    ngx_http_openclaw_jv_t     *v, *message;
-    ngx_http_openclaw_relay_t  *rl;
-    ngx_http_openclaw_stray_t  *s;
+    u_char                  *buf;
+    ngx_str_t                session, text;
+    ngx_uint_t               ended;
+    ngx_http_openclaw_jv_t  *v, *message;
 
-    rl = &ngx_http_openclaw_relay;
     v = &ev[C_SESSION];
 
     if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
@@ -1616,93 +1547,26 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
     session.data = (u_char *) v->data;
     session.len = v->size;
 
-    s = NULL;
-    oldest = 0;
-
-    for (i = 0; i < NGX_HTTP_OPENCLAW_STRAYS; i++) {
-        if (rl->strays[i].run_id_len == run_id->len
-            && ngx_strncmp(rl->strays[i].run_id, run_id->data, run_id->len)
-               == 0)
-        {
-            s = &rl->strays[i];
-            break;
-        }
-
-        if (rl->strays[i].seen < rl->strays[oldest].seen) {
-            oldest = i;
-        }
-    }
-
-    if (s == NULL) {
-        s = &rl->strays[oldest];
-
-        if (s->text) {
-            ngx_free(s->text);
-        }
-
-        ngx_memzero(s, sizeof(ngx_http_openclaw_stray_t));
-        ngx_memcpy(s->run_id, run_id->data, run_id->len);
-        s->run_id_len = run_id->len;
-        ngx_memcpy(s->session, session.data, session.len);
-        s->session_len = session.len;
-    }
-
-    s->seen = ngx_current_msec;
-
     v = &ev[C_STATE];
     message = &ev[C_MESSAGE];
 
-    if (ngx_http_openclaw_jv_is(v, "final")
-        || ngx_http_openclaw_jv_is(v, "error")
-        || ngx_http_openclaw_jv_is(v, "aborted"))
-    {
-        s->ended = 1;
-    }
+    ended = ngx_http_openclaw_jv_is(v, "final")
+            || ngx_http_openclaw_jv_is(v, "error")
+            || ngx_http_openclaw_jv_is(v, "aborted");
+
+    buf = NULL;
 
     if (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
-        || ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK
-        || text.len == 0)
+        || ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK)
     {
-        return;
+        ngx_str_null(&text);
     }
 
-    if (s->text) {
-        ngx_free(s->text);
-    }
-
-    s->text = ngx_alloc(text.len, ngx_cycle->log);
-    s->text_len = 0;
-
-    if (s->text) {
-        ngx_memcpy(s->text, text.data, text.len);
-        s->text_len = text.len;
-    }
+    ngx_http_openclaw_handover_remember(run_id, &session, ended, &text);
 
     if (buf) {
         ngx_free(buf);
     }
-}
-
-
-static ngx_http_openclaw_stray_t *
-ngx_http_openclaw_relay_find_stray(ngx_str_t *session)
-{
-    ngx_uint_t                  i;
-    ngx_http_openclaw_stray_t  *s;
-
-    for (i = 0; i < NGX_HTTP_OPENCLAW_STRAYS; i++) {
-        s = &ngx_http_openclaw_relay.strays[i];
-
-        if (s->run_id_len
-            && ngx_current_msec - s->seen < NGX_HTTP_OPENCLAW_STRAY_TTL
-            && s->session_len == session->len
-            && ngx_strncmp(s->session, session->data, session->len) == 0)
-        {
-            return s;
-        }
-    }
-
-    return NULL;
 }
 
 

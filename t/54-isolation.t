@@ -17,8 +17,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
-use IO::Socket::INET;
-use Socket qw(SOL_SOCKET SO_RCVBUF pack_sockaddr_in inet_aton);
 use Mojo::JSON qw(decode_json encode_json);
 use Mojo::UserAgent;
 use Time::HiRes qw(sleep time);
@@ -149,14 +147,9 @@ sub same_worker {
 # final at once), a session.list now and then, and never reads
 sub slow_reader {
     my ($path, $must_fill) = @_;
-    my $sock = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
-    setsockopt($sock, SOL_SOCKET, SO_RCVBUF, 1024) or die "SO_RCVBUF: $!";
-    connect($sock, pack_sockaddr_in($ngx->port, inet_aton('127.0.0.1')))
-        or die "connect: $!";
-    binmode $sock;
-    my $raw = bless { sock => $sock, buf => '' }, 'OCB::Raw';
-    $raw->send_raw(OCB::Raw->request(path => $path));
-    is($raw->read_response(5), 101, "$path: upgraded");
+    my $raw = $ngx->ws(path => $path, rcvbuf => 1024);
+    my $sock = $raw->sock;
+    is($raw->status, 101, "$path: upgraded");
 
     my $full = sub { my @m = $ngx->error_log =~ /client is not reading/g; scalar @m };
     my $before = $full->();

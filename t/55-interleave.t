@@ -24,8 +24,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
-use IO::Socket::INET;
-use Socket qw(SOL_SOCKET SO_RCVBUF pack_sockaddr_in inet_aton);
 use Mojo::JSON qw(decode_json encode_json);
 use Mojo::UserAgent;
 use Time::HiRes qw(sleep time);
@@ -80,20 +78,9 @@ my %shared_owner;   # senders that got a complete in the shared session
 # a client of sender $s; "slow" ones have a small receive window
 sub new_client {
     my ($s, $slow) = @_;
-    my $c;
-    if ($slow) {
-        my $sock = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
-        setsockopt($sock, SOL_SOCKET, SO_RCVBUF, 2048) or die "SO_RCVBUF: $!";
-        connect($sock, pack_sockaddr_in($ngx->port, inet_aton('127.0.0.1')))
-            or die "connect: $!";
-        binmode $sock;
-        my $raw = bless { sock => $sock, buf => '' }, 'OCB::Raw';
-        $raw->send_raw(OCB::Raw->request(path => "/r?sender=$s"));
-        return undef unless ($raw->read_response(5) // 0) == 101;
-        $c = bless { raw => $raw, frames => [], closed => undef }, 'RelayClient';
-    } else {
-        $c = eval { RelayClient->new($ngx, path => "/r?sender=$s") } or return undef;
-    }
+    my $c = eval { RelayClient->new($ngx, path => "/r?sender=$s",
+                                    $slow ? (rcvbuf => 2048) : ()) }
+        or return undef;
     my $cl = { c => $c, sender => $s, n => ++$NC, sent => {}, ends => {},
                gone => 0, paused_until => 0, slow => $slow ? 1 : 0,
                bad => [] };

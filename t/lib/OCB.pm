@@ -337,6 +337,7 @@ use warnings;
 
 use IO::Select;
 use IO::Socket::INET;
+use Socket ();
 use Mojo::WebSocket qw(build_frame parse_frame);
 use Digest::SHA qw(sha1_base64);
 use Time::HiRes qw(time);
@@ -363,10 +364,21 @@ sub request {
     return $req . "\r\n";
 }
 
+# connect($port, path => ..., rcvbuf => bytes): a small receive window
+# is set before connecting, for a client that reads slowly
 sub connect {
     my ($class, $port, %o) = @_;
-    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
-                                     Proto => 'tcp') or die "connect: $!";
+    my $sock;
+    if ($o{rcvbuf}) {
+        $sock = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!";
+        setsockopt($sock, Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), $o{rcvbuf})
+            or die "SO_RCVBUF: $!";
+        connect($sock, Socket::pack_sockaddr_in($port, Socket::inet_aton('127.0.0.1')))
+            or die "connect: $!";
+    } else {
+        $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                      Proto => 'tcp') or die "connect: $!";
+    }
     $sock->autoflush(1);
     binmode $sock;
     my $self = bless { sock => $sock, buf => '' }, $class;

@@ -4,7 +4,7 @@ package RelayClient;
 # thin layer over OCB::Raw (blocking) that sends JSON messages and reads
 # the JSON replies, answering pings on the way.
 #
-#   my $c = RelayClient->new($ngx, path => '/');
+#   my $c = RelayClient->new($ngx, path => '/');   # rcvbuf => 1024: slow
 #   $c->send_json({id => 'm1', content => 'hi'});
 #   my $r = $c->next_json(5);            # {type => 'progress', ...} or undef
 #   my @all = $c->until_terminal(['m1', 'm2'], 10);
@@ -20,7 +20,8 @@ use OCB;
 
 sub new {
     my ($class, $ngx, %o) = @_;
-    my $raw = $ngx->ws(path => $o{path} // '/');
+    my $raw = $ngx->ws(path => $o{path} // '/',
+                       $o{rcvbuf} ? (rcvbuf => $o{rcvbuf}) : ());
     die "no 101 from nginx: " . ($raw->status_line // 'nothing') . "\n"
         unless ($raw->status // 0) == 101;
     return bless { raw => $raw, frames => [], closed => undef }, $class;

@@ -30,6 +30,9 @@
 #define NGX_HTTP_OPENCLAW_NAMESPACE_AGENT    1
 
 
+typedef struct ngx_http_openclaw_identity_s  ngx_http_openclaw_identity_t;
+
+
 typedef struct {
     ngx_str_t                   url;
     ngx_url_t                   u;
@@ -55,6 +58,8 @@ typedef struct {
     ngx_msec_t                  run_timeout;
     ngx_uint_t                  queue_size;
     ngx_flag_t                  admin;
+
+    ngx_http_openclaw_identity_t  *identity;
 
     ngx_shm_zone_t             *status;
 

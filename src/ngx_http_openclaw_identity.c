@@ -83,6 +83,7 @@ static char *ngx_http_openclaw_identity_ssl_reason(u_char *buf, size_t len);
 /* the worker's own: what its next connect sends */
 
 static ngx_uint_t  ngx_http_openclaw_identity_v2;
+static ngx_uint_t  ngx_http_openclaw_identity_hinted;
 static ngx_uint_t  ngx_http_openclaw_identity_sent_token;
 static u_char      ngx_http_openclaw_identity_token[
                        NGX_HTTP_OPENCLAW_DEVICE_TOKEN_MAX + 1];
@@ -685,10 +686,17 @@ ngx_http_openclaw_identity_refused(ngx_http_openclaw_identity_t *id,
     item = cJSON_GetObjectItemCaseSensitive(details, "code");
     dc = cJSON_IsString(item) ? item->valuestring : "";
 
+    /*
+     * The link retries at least every 30 s while the cause stays: what
+     * only an operator can fix is said once, until a link comes up.
+     */
+
     if (id == NULL) {
-        if (ngx_strcmp(dc, "DEVICE_IDENTITY_REQUIRED") == 0
-            || ngx_strcmp(dc, "PAIRING_REQUIRED") == 0)
+        if ((ngx_strcmp(dc, "DEVICE_IDENTITY_REQUIRED") == 0
+             || ngx_strcmp(dc, "PAIRING_REQUIRED") == 0)
+            && !ngx_http_openclaw_identity_hinted)
         {
+            ngx_http_openclaw_identity_hinted = 1;
             ngx_log_error(NGX_LOG_ERR, log, 0,
                           "the gateway wants a device identity: set "
                           "\"openclaw_gateway_identity\"");
@@ -725,6 +733,12 @@ ngx_http_openclaw_identity_refused(ngx_http_openclaw_identity_t *id,
     }
 
     if (ngx_strcmp(dc, "DEVICE_AUTH_SIGNATURE_EXPIRED") == 0) {
+
+        if (ngx_http_openclaw_identity_hinted) {
+            return NGX_LOG_ERR;
+        }
+
+        ngx_http_openclaw_identity_hinted = 1;
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "gateway finds the device signature expired: the "
                       "clocks of this host and of the gateway differ by "
@@ -850,6 +864,8 @@ ngx_http_openclaw_identity_hello(ngx_http_openclaw_identity_t *id,
     cJSON                            *auth, *token;
     ngx_uint_t                        was;
     ngx_http_openclaw_identity_sh_t  *sh;
+
+    ngx_http_openclaw_identity_hinted = 0;
 
     if (id == NULL) {
         return;

@@ -1002,10 +1002,22 @@ ngx_http_openclaw_identity_store_token(ngx_http_openclaw_identity_t *id,
     size_t        len;
     ngx_err_t     err;
     u_char        tmp[NGX_MAX_PATH];
+    u_char        stored[NGX_HTTP_OPENCLAW_DEVICE_TOKEN_MAX + 1];
 
     if (id->token_file.len + NGX_INT64_LEN + 8 > sizeof(tmp)) {
         return;
     }
+
+    /* another worker may have stored it already */
+
+    if (ngx_http_openclaw_identity_read_token(id, stored, log)
+        && ngx_strcmp(stored, token) == 0)
+    {
+        ngx_explicit_memzero(stored, sizeof(stored));
+        return;
+    }
+
+    ngx_explicit_memzero(stored, sizeof(stored));
 
     ngx_sprintf(tmp, "%V.%P.new%Z", &id->token_file, ngx_pid);
 

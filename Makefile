@@ -138,7 +138,16 @@ $(BUILD)/json_test_nosimd: src/ngx_http_openclaw_json.c \
 	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_json.c \
 	    t/unit/json_test.c -o $@
 
-unit: deps $(BUILD)/ws_codec_test $(BUILD)/json_test $(BUILD)/json_test_nosimd
+$(BUILD)/signature_test: src/ngx_http_openclaw_signature.c \
+                        src/ngx_http_openclaw_signature.h \
+                        t/unit/signature_test.c t/unit/tap.h
+	mkdir -p $(BUILD)
+	cc -std=gnu99 -O1 -g -W -Wall -Wextra -Werror $(ASAN_FLAGS) \
+	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_signature.c \
+	    t/unit/signature_test.c -lcrypto -o $@
+
+unit: deps $(BUILD)/ws_codec_test $(BUILD)/json_test $(BUILD)/json_test_nosimd \
+      $(BUILD)/signature_test
 
 # The gateway's token: OPENCLAW_GATEWAY_TOKEN, else the one in the local
 # OpenClaw's own configuration, if there is one.

@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_openclaw_status.h"
+#include "ngx_http_openclaw_identity.h"
 #include "ngx_http_openclaw_sessions.h"
 
 
@@ -191,7 +192,8 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
 
     sh = NULL;
     live = 0;
-    size = sizeof("{\"workers\":[],\"zones\":[]}\n");
+    size = sizeof("{\"identity\":,\"workers\":[],\"zones\":[]}\n")
+           + NGX_HTTP_OPENCLAW_IDENTITY_STATUS_LEN;
 
     if (omcf->status) {
         shpool = (ngx_slab_pool_t *) omcf->status->shm.addr;
@@ -221,7 +223,9 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_cpymem(b->last, "{\"workers\":[", 12);
+    p = ngx_cpymem(b->last, "{\"identity\":", 12);
+    p = ngx_http_openclaw_identity_status(omcf->identity, p);
+    p = ngx_cpymem(p, ",\"workers\":[", 12);
     first = 1;
 
     for (i = 0; sh && i < sh->nslots && live; i++) {

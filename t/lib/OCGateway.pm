@@ -598,9 +598,22 @@ sub nginx {
             openclaw_bridge;
             $loc
         }
+        location = /status {
+            openclaw_bridge_status;
+        }
     }
 EOF
     return $ngx;
+}
+
+# every worker's gateway link as nginx's status shows it: {state, since,
+# reconnects, last_error, ...}; () when the status cannot be read
+sub link_states {
+    my ($ngx) = @_;
+    my $r = HTTP::Tiny->new(timeout => 5)->get($ngx->http_url('/status'));
+    return () unless $r->{success};
+    my $st = eval { decode_json($r->{content}) } or return ();
+    return map { $_->{link} // {} } @{ $st->{workers} // [] };
 }
 
 # how many times nginx's workers logged that their link came up

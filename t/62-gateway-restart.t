@@ -97,7 +97,7 @@ ok(pump(\@all, time + 150, sub { $alice->done('warm-1') }),
    'warm-up: answered within 150 s');
 note sprintf 'warm-up turn took %.1f s', time - $t;
 check($alice, 'warm-1', 'warm-up: one complete with the echo',
-      session => 'agent:main:t62-a', content => reply_for('warm-up message'));
+      session => 'agent:main:webhook:session:t62-a', content => reply_for('warm-up message'));
 
 ###########################################################################
 # $how: "restart" (TERM, wait, start again) or "kill" (SIGKILL, start
@@ -109,7 +109,7 @@ sub interrupted {
     my ($how) = @_;
 
     my $key = "t62-$how";
-    my $session = "agent:main:$key";
+    my $session = "agent:main:webhook:session:$key";
     my $text = "$how streaming #slow=800";
     my $id = "$how-stream";
 
@@ -215,9 +215,9 @@ sub interrupted {
        "$how: new messages are answered within 60 s");
     note sprintf '%s: new messages took %.1f s', $how, time - $t;
     check($alice, $after_id, "$how: the new message completes with its echo",
-          session => 'agent:main:t62-a', content => reply_for($after_text));
+          session => 'agent:main:webhook:session:t62-a', content => reply_for($after_text));
     check($carol, $after_id, "$how: and through the other nginx",
-          session => 'agent:main:t62-c',
+          session => 'agent:main:webhook:session:t62-c',
           content => reply_for("$after_text short"));
 }
 

@@ -19,7 +19,6 @@
 #include <cjson/cJSON.h>
 
 #include "ngx_http_openclaw_gateway.h"
-#include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_wsclient.h"
 
 
@@ -71,6 +70,17 @@ static void ngx_http_openclaw_gateway_drop_rpcs(
 
 
 static ngx_http_openclaw_gateway_t  *ngx_http_openclaw_gw;
+
+static const ngx_http_openclaw_gateway_handlers_t
+    *ngx_http_openclaw_gateway_handlers;
+
+
+void
+ngx_http_openclaw_gateway_set_handlers(
+    const ngx_http_openclaw_gateway_handlers_t *handlers)
+{
+    ngx_http_openclaw_gateway_handlers = handlers;
+}
 
 
 ngx_int_t
@@ -235,14 +245,14 @@ ngx_http_openclaw_gateway_closed(ngx_http_openclaw_wsclient_t *ws,
     /* closed for shutdown: the requests wait for the worker's exit */
 
     if (!failed) {
-        ngx_http_openclaw_relay_link_down();
+        ngx_http_openclaw_gateway_handlers->down();
         return;
     }
 
     ngx_http_openclaw_gateway_drop_rpcs(gw);
 
     if (was_ready) {
-        ngx_http_openclaw_relay_link_down();
+        ngx_http_openclaw_gateway_handlers->down();
     }
 }
 
@@ -334,7 +344,7 @@ ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
         if (gw->info->state == NGX_HTTP_OPENCLAW_LINK_READY
             && payload->type == NGX_HTTP_OPENCLAW_JSON_OBJECT)
         {
-            ngx_http_openclaw_relay_chat_event(payload);
+            ngx_http_openclaw_gateway_handlers->chat_event(payload);
         }
 
         return NGX_OK;
@@ -672,7 +682,7 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
                   gw->info->protocol,
                   again ? ", after reconnecting" : "");
 
-    ngx_http_openclaw_relay_link_up(gw->info->protocol);
+    ngx_http_openclaw_gateway_handlers->up(gw->info->protocol);
 
     return NGX_OK;
 }

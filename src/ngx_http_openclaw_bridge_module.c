@@ -70,6 +70,16 @@ static ngx_conf_post_handler_pt  ngx_http_openclaw_positive_num_p =
     ngx_http_openclaw_positive_num;
 
 
+/* the relay hears of the gateway link through these */
+
+static const ngx_http_openclaw_gateway_handlers_t
+    ngx_http_openclaw_link_handlers = {
+    ngx_http_openclaw_relay_link_up,
+    ngx_http_openclaw_relay_link_down,
+    ngx_http_openclaw_relay_chat_event
+};
+
+
 static ngx_conf_enum_t  ngx_http_openclaw_scopes[] = {
     { ngx_string("per-sender"), NGX_HTTP_OPENCLAW_SCOPE_PER_SENDER },
     { ngx_string("global"), NGX_HTTP_OPENCLAW_SCOPE_GLOBAL },
@@ -1181,6 +1191,8 @@ ngx_http_openclaw_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_openclaw_relay_set_stats(&ws->relay);
+
+    ngx_http_openclaw_gateway_set_handlers(&ngx_http_openclaw_link_handlers);
 
     return ngx_http_openclaw_gateway_init_process(cycle, omcf, &ws->link);
 }

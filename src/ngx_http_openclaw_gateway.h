@@ -65,6 +65,21 @@ typedef struct {
 } ngx_http_openclaw_link_info_t;
 
 
+/*
+ * What the link tells the layer that relays over it, registered by the
+ * module before init_process, so that the link calls nothing above it.
+ * "chat_event" is the payload of a chat event, valid during the call.
+ */
+
+typedef struct {
+    void                      (*up)(ngx_uint_t protocol);
+    void                      (*down)(void);
+    void                      (*chat_event)(ngx_http_openclaw_jv_t *payload);
+} ngx_http_openclaw_gateway_handlers_t;
+
+
+void ngx_http_openclaw_gateway_set_handlers(
+    const ngx_http_openclaw_gateway_handlers_t *handlers);
 ngx_int_t ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
     ngx_http_openclaw_main_conf_t *omcf, ngx_http_openclaw_link_info_t *info);
 void ngx_http_openclaw_gateway_exit_process(ngx_cycle_t *cycle);

@@ -17,6 +17,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use Socket ();
 use Mojo::JSON qw(decode_json encode_json);
 use Mojo::UserAgent;
 use Time::HiRes qw(sleep time);
@@ -175,6 +176,11 @@ sub slow_reader {
         select(undef, my $w = '', undef, 0.05);
     }
     $sock->blocking(1);
+
+    # now it reads, with a window of a normal size: a 1 KiB one stalls
+    # in TCP's zero-window probes, whose backoff grows to many seconds
+    setsockopt($sock, Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), 1 << 20);
+
     if ($must_fill) {
         ok($gw->wait_until(sub { $full->() > $before }, 10),
            "$path: its send buffer filled up") or diag "sent $i messages";

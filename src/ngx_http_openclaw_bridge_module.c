@@ -17,6 +17,7 @@
 #include "ngx_http_openclaw_inbound.h"
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_status.h"
+#include "ngx_http_openclaw_metrics.h"
 
 
 #define NGX_HTTP_OPENCLAW_SECRET_MAX  4096
@@ -232,6 +233,13 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       NULL },
 
     { ngx_string("openclaw_bridge_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_openclaw_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_openclaw_status,
       NGX_HTTP_LOC_CONF_OFFSET,
@@ -672,6 +680,8 @@ ngx_http_openclaw_session_namespace(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/* the status as JSON, or as Prometheus metrics: the same figures */
+
 static char *
 ngx_http_openclaw_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -679,7 +689,13 @@ ngx_http_openclaw_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_openclaw_main_conf_t  *omcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_openclaw_status_handler;
+
+    if (cmd->name.len == sizeof("openclaw_bridge_metrics") - 1) {
+        clcf->handler = ngx_http_openclaw_metrics_handler;
+
+    } else {
+        clcf->handler = ngx_http_openclaw_status_handler;
+    }
 
     omcf = ngx_http_conf_get_module_main_conf(cf,
                                             ngx_http_openclaw_bridge_module);

@@ -637,6 +637,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     run->hash = hash;
     ngx_http_openclaw_runs_index(run);
 
+    run->start = ngx_current_msec;
     run->zone = conf->zone;
     run->held = held;
     run->ep = ep;
@@ -1334,6 +1335,12 @@ ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run, ngx_str_t *added,
 {
     ngx_str_t  content;
 
+    if (!run->seen_text) {
+        ngx_http_openclaw_metrics_observe(
+                             &ngx_http_openclaw_relay.stats->first_progress,
+                             ngx_current_msec - run->start);
+    }
+
     run->seen_text = 1;
 
     if (run->ep == NULL) {
@@ -1671,6 +1678,8 @@ ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
     rl = &ngx_http_openclaw_relay;
 
     rl->stats->completed++;
+    ngx_http_openclaw_metrics_observe(&rl->stats->complete,
+                                      ngx_current_msec - run->start);
 
     if (run->ep) {
         delta = *text;

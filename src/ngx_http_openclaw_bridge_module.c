@@ -18,11 +18,13 @@
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_status.h"
 #include "ngx_http_openclaw_metrics.h"
+#include "ngx_http_openclaw_variables.h"
 
 
 #define NGX_HTTP_OPENCLAW_SECRET_MAX  4096
 
 
+static ngx_int_t ngx_http_openclaw_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_openclaw_echo_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_openclaw_echo_message(
     ngx_http_openclaw_client_t *cl, ngx_uint_t opcode, u_char *data,
@@ -363,7 +365,7 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_openclaw_bridge_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_openclaw_preconfiguration,    /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
     ngx_http_openclaw_create_main_conf,    /* create main configuration */
@@ -391,6 +393,13 @@ ngx_module_t  ngx_http_openclaw_bridge_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static ngx_int_t
+ngx_http_openclaw_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_openclaw_variables_add(cf);
+}
 
 
 static ngx_int_t

@@ -175,6 +175,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t   in;
 
     ngx_http_openclaw_relay.stats->messages_in++;
+    ep->messages_in++;
 
     if (binary) {
         ngx_http_openclaw_relay.stats->errors_input++;
@@ -208,6 +209,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
         /* not a message in: it gets no reply either */
 
         ngx_http_openclaw_relay.stats->messages_in--;
+        ep->messages_in--;
         rc = NGX_OK;
         break;
 
@@ -315,6 +317,15 @@ ngx_http_openclaw_relay_endpoint(ngx_http_openclaw_endpoint_t *ep,
 
     ep->sender.data = ep->scope.fallback.data;
     ep->sender.len = ep->scope.fallback.len;
+
+    /* room for the last session key, kept for the log */
+
+    ep->session.data = ngx_pnalloc(pool, NGX_HTTP_OPENCLAW_SESSION_MAX);
+    if (ep->session.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ep->session.len = 0;
 
     ngx_http_openclaw_relay.stats->clients++;
 
@@ -502,6 +513,9 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
         return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              NULL, &in->id_json);
     }
+
+    ngx_memcpy(ep->session.data, session.data, session.len);
+    ep->session.len = session.len;
 
     ngx_http_openclaw_message_run_id(&session, &ep->sender, &in->id, rid);
 

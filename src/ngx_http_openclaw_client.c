@@ -1148,10 +1148,10 @@ ngx_http_openclaw_client_closed_with(ngx_http_openclaw_client_t *cl,
     }
 
     cl->close_code = code;
-    cl->close_reason_len = ngx_min(len, sizeof(cl->close_reason));
+    cl->close_text_len = ngx_min(len, sizeof(cl->close_text));
 
-    if (cl->close_reason_len) {
-        ngx_memcpy(cl->close_reason, reason, cl->close_reason_len);
+    if (cl->close_text_len) {
+        ngx_memcpy(cl->close_text, reason, cl->close_text_len);
     }
 }
 

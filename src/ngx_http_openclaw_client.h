@@ -85,8 +85,8 @@ struct ngx_http_openclaw_client_s {
      * there is one; 1005 for a frame without a status.
      */
     ngx_uint_t                      close_code;
-    size_t                          close_reason_len;
-    u_char                          close_reason[NGX_HTTP_OPENCLAW_WS_MAX_REASON];
+    size_t                          close_text_len;
+    u_char                          close_text[NGX_HTTP_OPENCLAW_WS_MAX_REASON];
 
     unsigned                        upgraded:1;
     unsigned                        reading:1;

@@ -211,8 +211,8 @@ ngx_http_openclaw_close_reason_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    ngx_http_openclaw_variable_str(v, cl->close_reason,
-                                   cl->close_reason_len);
+    ngx_http_openclaw_variable_str(v, cl->close_text,
+                                   cl->close_text_len);
 
     return NGX_OK;
 }

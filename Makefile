@@ -6,6 +6,8 @@
 #   make test        unit tests, the whole suite (real gateways included),
 #                    then the suite again with the module under ASan + UBSan
 #   make test-asan   only the suite under AddressSanitizer + UBSan
+#   make test-stress `make test` three times in a row beside two CPU-bound
+#                    processes, as on a busy machine
 #   make fuzz        build the libFuzzer targets and run each FUZZ_TIME s
 #
 # The module is built against Debian's nginx + nginx-dev by default, or
@@ -41,7 +43,7 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
 
 .PHONY: all deps gateways module module-asan unit run demo test test-asan \
-        fuzz clean
+        test-stress fuzz clean
 
 all: module
 
@@ -139,7 +141,16 @@ $(BUILD)/json_test_nosimd: src/ngx_http_openclaw_json.c \
 	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_json.c \
 	    t/unit/json_test.c -o $@
 
-unit: deps $(BUILD)/ws_codec_test $(BUILD)/json_test $(BUILD)/json_test_nosimd
+$(BUILD)/signature_test: src/ngx_http_openclaw_signature.c \
+                        src/ngx_http_openclaw_signature.h \
+                        t/unit/signature_test.c t/unit/tap.h
+	mkdir -p $(BUILD)
+	cc -std=gnu99 -O1 -g -W -Wall -Wextra -Werror $(ASAN_FLAGS) \
+	    -fno-sanitize-recover=all -Isrc src/ngx_http_openclaw_signature.c \
+	    t/unit/signature_test.c -lcrypto -o $@
+
+unit: deps $(BUILD)/ws_codec_test $(BUILD)/json_test $(BUILD)/json_test_nosimd \
+      $(BUILD)/signature_test
 
 # The gateway's token: OPENCLAW_GATEWAY_TOKEN, else the one in the local
 # OpenClaw's own configuration, if there is one.
@@ -173,6 +184,25 @@ test: module unit module-asan gateways
 	OCB_ASAN=0 $(PROVE) -j2 $(TESTS_ASAN)
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
 	OCB_ASAN=0 $(PROVE) $(TESTS_GATEWAY)
+
+# No test may depend on the machine being idle: the whole of `make test`,
+# three times, with two busy loops taking the CPU beside it.  The loops
+# are ended by their PIDs however the runs end: a failure stops them, and
+# so does a signal at once (each run is waited for in the background,
+# since the shell would only handle the signal after a foreground job).
+test-stress: module unit module-asan gateways
+	@hogs=""; run=""; \
+	trap 'kill $$hogs $$run 2>/dev/null' EXIT; \
+	trap 'exit 130' INT TERM HUP; \
+	for i in 1 2; do sh -c 'while :; do :; done' & hogs="$$hogs $$!"; done; \
+	start=$$(date +%s); \
+	for n in 1 2 3; do \
+	    echo "test-stress: run $$n of 3, beside two busy loops"; \
+	    $(MAKE) --no-print-directory test & run=$$!; \
+	    wait $$run || exit 1; \
+	done; \
+	run=""; \
+	echo "test-stress: 3 runs passed in $$(( $$(date +%s) - start )) s"
 
 test-asan: module-asan unit
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)

@@ -30,6 +30,9 @@
 #define NGX_HTTP_OPENCLAW_NAMESPACE_AGENT    1
 
 
+typedef struct ngx_http_openclaw_identity_s  ngx_http_openclaw_identity_t;
+
+
 typedef struct {
     ngx_str_t                   url;
     ngx_url_t                   u;
@@ -57,6 +60,8 @@ typedef struct {
     ngx_uint_t                  max_runs;
     size_t                      max_queued;
     ngx_flag_t                  admin;
+
+    ngx_http_openclaw_identity_t  *identity;
 
     ngx_shm_zone_t             *status;
 

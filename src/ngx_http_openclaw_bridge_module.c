@@ -13,6 +13,7 @@
 #include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_client.h"
 #include "ngx_http_openclaw_gateway.h"
+#include "ngx_http_openclaw_identity.h"
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_inbound.h"
 #include "ngx_http_openclaw_sessions.h"
@@ -51,6 +52,7 @@ static void ngx_http_openclaw_strip_json5(u_char *p, size_t len);
 static ngx_int_t ngx_http_openclaw_set_ssl(ngx_conf_t *cf,
     ngx_http_openclaw_main_conf_t *omcf);
 #endif
+static ngx_int_t ngx_http_openclaw_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_openclaw_init_process(ngx_cycle_t *cycle);
 static void ngx_http_openclaw_exit_process(ngx_cycle_t *cycle);
 static char *ngx_http_openclaw_positive_size(ngx_conf_t *cf, void *post,
@@ -276,6 +278,13 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       0,
       NULL },
 
+    { ngx_string("openclaw_gateway_identity"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_openclaw_identity_set,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("openclaw_gateway_admin"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -385,7 +394,7 @@ ngx_module_t  ngx_http_openclaw_bridge_module = {
     ngx_http_openclaw_bridge_commands,     /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_openclaw_init_module,         /* init module */
     ngx_http_openclaw_init_process,        /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -1141,6 +1150,24 @@ ngx_http_openclaw_set_ssl(ngx_conf_t *cf, ngx_http_openclaw_main_conf_t *omcf)
 }
 
 #endif
+
+
+/* in the master, where the worker user is known and files can be chowned */
+
+static ngx_int_t
+ngx_http_openclaw_init_module(ngx_cycle_t *cycle)
+{
+    ngx_http_openclaw_main_conf_t  *omcf;
+
+    omcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                            ngx_http_openclaw_bridge_module);
+
+    if (omcf == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_http_openclaw_identity_init_module(cycle, omcf->identity);
+}
 
 
 static ngx_int_t

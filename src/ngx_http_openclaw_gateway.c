@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "ngx_http_openclaw_gateway.h"
+#include "ngx_http_openclaw_identity.h"
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_ws.h"
 
@@ -119,7 +120,7 @@ static ngx_int_t ngx_http_openclaw_gateway_response_frame(
 static ngx_int_t ngx_http_openclaw_gateway_hello(
     ngx_http_openclaw_gateway_t *gw, cJSON *frame);
 static ngx_int_t ngx_http_openclaw_gateway_send_connect(
-    ngx_http_openclaw_gateway_t *gw);
+    ngx_http_openclaw_gateway_t *gw, ngx_http_openclaw_jv_t *challenge);
 static ngx_int_t ngx_http_openclaw_gateway_frame(
     ngx_http_openclaw_gateway_t *gw, ngx_uint_t opcode, u_char *data,
     size_t len, u_char *prefix, size_t plen, u_char *suffix, size_t slen);
@@ -976,7 +977,7 @@ ngx_http_openclaw_gateway_event(ngx_http_openclaw_gateway_t *gw,
             return NGX_OK;
         }
 
-        return ngx_http_openclaw_gateway_send_connect(gw);
+        return ngx_http_openclaw_gateway_send_connect(gw, payload);
     }
 
     if (ngx_http_openclaw_jv_is(event, "shutdown")) {
@@ -1082,17 +1083,21 @@ ngx_http_openclaw_gateway_response_frame(ngx_http_openclaw_gateway_t *gw,
 
 /*
  * The connect request.  Its params are a closed schema on both protocol
- * generations, so only fields that 3 and 4 share are sent.
+ * generations, so only fields that 3 and 4 share are sent.  The
+ * challenge's nonce and ts go into the device's signature, if any.
  */
 
 static ngx_int_t
-ngx_http_openclaw_gateway_send_connect(ngx_http_openclaw_gateway_t *gw)
+ngx_http_openclaw_gateway_send_connect(ngx_http_openclaw_gateway_t *gw,
+    ngx_http_openclaw_jv_t *challenge)
 {
     char                           *text;
     cJSON                          *req, *params, *client, *scopes, *auth;
+    int64_t                         ts;
     ngx_int_t                       rc;
+    ngx_http_openclaw_jv_t          nonce, t;
     ngx_http_openclaw_main_conf_t  *omcf;
-    u_char                          instance[64];
+    u_char                          instance[64], digits[32];
 
     omcf = gw->conf;
 
@@ -1147,6 +1152,31 @@ ngx_http_openclaw_gateway_send_connect(ngx_http_openclaw_gateway_t *gw)
         }
     }
 
+    ts = 0;
+
+    if (ngx_http_openclaw_jv_get(challenge, "ts", &t) == 0
+        && t.type == NGX_HTTP_OPENCLAW_JSON_NUMBER && t.len < sizeof(digits))
+    {
+        ngx_memcpy(digits, t.start, t.len);
+        digits[t.len] = '\0';
+        ts = strtoll((char *) digits, NULL, 10);
+    }
+
+    if (ngx_http_openclaw_jv_get(challenge, "nonce", &nonce) != 0
+        || nonce.type != NGX_HTTP_OPENCLAW_JSON_STRING || nonce.escaped)
+    {
+        nonce.data = NULL;
+        nonce.size = 0;
+    }
+
+    if (ngx_http_openclaw_identity_sign(omcf->identity, params,
+                                        (u_char *) nonce.data, nonce.size,
+                                        ts, &gw->log)
+        != NGX_OK)
+    {
+        goto failed;
+    }
+
     text = cJSON_PrintUnformatted(req);
     cJSON_Delete(req);
     req = NULL;
@@ -1189,7 +1219,7 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
 {
     cJSON       *ok, *payload, *error, *item, *scopes, *policy, *details;
     cJSON       *message, *code;
-    ngx_uint_t   write;
+    ngx_uint_t   write, level;
 
     ok = cJSON_GetObjectItemCaseSensitive(frame, "ok");
 
@@ -1208,11 +1238,18 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
 
         item = cJSON_GetObjectItemCaseSensitive(details, "code");
 
-        ngx_http_openclaw_gateway_fail(gw,
-                               cJSON_IsString(code)
-                               && ngx_strcmp(code->valuestring,
-                                             "UNAVAILABLE") == 0
-                               ? NGX_LOG_WARN : NGX_LOG_ERR,
+        /* pairing, device signature and device token: the identity's */
+
+        level = ngx_http_openclaw_identity_refused(gw->conf->identity, error,
+                                                   &gw->log);
+
+        if (level == 0) {
+            level = cJSON_IsString(code)
+                    && ngx_strcmp(code->valuestring, "UNAVAILABLE") == 0
+                    ? NGX_LOG_WARN : NGX_LOG_ERR;
+        }
+
+        ngx_http_openclaw_gateway_fail(gw, level,
                                "gateway refused connect: %s %s (%s)",
                                cJSON_IsString(code) ? code->valuestring : "",
                                cJSON_IsString(message)
@@ -1261,6 +1298,8 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
                                        "paired device identity");
         return NGX_ERROR;
     }
+
+    ngx_http_openclaw_identity_hello(gw->conf->identity, payload, &gw->log);
 
     gw->info->tick_interval = NGX_HTTP_OPENCLAW_GW_TICK_DEFAULT;
     gw->info->max_payload = NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX;

@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_openclaw_status.h"
+#include "ngx_http_openclaw_identity.h"
 
 
 /* old and new workers overlap during a reload: room for both */
@@ -295,7 +296,8 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     ws = workers->elts;
     zs = zones->elts;
 
-    size = sizeof("{\"workers\":[],\"zones\":[]}\n")
+    size = sizeof("{\"identity\":,\"workers\":[],\"zones\":[]}\n")
+           + NGX_HTTP_OPENCLAW_IDENTITY_STATUS_LEN
            + workers->nelts * NGX_HTTP_OPENCLAW_STATUS_WORKER;
 
     for (i = 0; i < zones->nelts; i++) {
@@ -307,7 +309,9 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_cpymem(b->last, "{\"workers\":[", 12);
+    p = ngx_cpymem(b->last, "{\"identity\":", 12);
+    p = ngx_http_openclaw_identity_status(omcf->identity, p);
+    p = ngx_cpymem(p, ",\"workers\":[", 12);
 
     for (i = 0; i < workers->nelts; i++) {
         if (i) {

@@ -376,7 +376,8 @@ EOF
     my $r = status_res($bare);
     is($r->{status}, 200, 'status without openclaw_bridge: 200');
     my $j = eval { decode_json($r->{content}) };
-    is_deeply($j, { workers => [], zones => [] }, 'status without openclaw_bridge: empty lists')
+    is_deeply($j, { identity => undef, workers => [], zones => [] },
+              'status without openclaw_bridge: no identity, empty lists')
         or diag $r->{content};
     $bare->stop;
 }

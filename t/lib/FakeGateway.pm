@@ -81,6 +81,27 @@ package FakeGateway;
 #   broadcast       1       chat events go to every connection that passed
 #                           hello-ok (as the real gateway does), 0: only to
 #                           the connection that sent chat.send
+#   device_check    1       a connect's "device" block is verified as the
+#                           gateway does (4.3): all five fields, the id
+#                           against the public key (DEVICE_AUTH_DEVICE_ID_
+#                           MISMATCH), the challenge's nonce, signedAt
+#                           within 120 s of the fake's clock (DEVICE_AUTH_
+#                           SIGNATURE_EXPIRED) and the Ed25519 signature
+#                           (DEVICE_AUTH_SIGNATURE_INVALID), with the
+#                           openssl CLI; each failure closes with 1008
+#   signature_versions [3, 2]  the payload versions accepted, tried in order
+#   challenge_skew_ms 0     added to the challenge's ts, as a gateway whose
+#                           clock is off
+#   pairing         0       1: a signed device must be paired: an unknown
+#                           one gets NOT_PAIRED / PAIRING_REQUIRED with a
+#                           requestId ("req-N", the same while pending),
+#                           then close 1008; ->action('approve', requestId
+#                           => ID) pairs it, and hello-ok then carries an
+#                           auth.deviceToken ("devtok-..."); a connect with
+#                           auth.deviceToken alone is judged by that token
+#                           (AUTH_DEVICE_TOKEN_MISMATCH when unknown or
+#                           revoked); ->action('revoke', deviceId => ID)
+#                           revokes its tokens and unpairs it
 #   tls_cert        undef   with tls_key, PEM files: the fake listens with
 #   tls_key         undef   TLS (->url is wss://, the control endpoints are
 #                           https:// and not verified); read when the child
@@ -166,6 +187,10 @@ package FakeGateway;
 #             TLS sni => the server name the client sent (undef: none)
 #   req       id, method, params (the whole params object)
 #   connect   auth, params: a connect request, before it is judged
+#   device    deviceId, version (3 or 2), token_used: a device signature
+#             that verified
+#   pairing   requestId, deviceId: a pairing request opened (record kind
+#             "refused" follows)
 #   hello     protocol, scopes: hello-ok sent
 #   refused   code, details_code: connect refused
 #   res       id, method, ok, status, error: an answer sent
@@ -184,7 +209,7 @@ package FakeGateway;
 use strict;
 use warnings;
 
-use File::Temp qw(tempdir);
+use File::Temp qw(tempdir tempfile);
 use HTTP::Tiny;
 use IO::Socket::INET;
 use Mojo::JSON qw(decode_json encode_json true false);
@@ -217,6 +242,10 @@ my %DEFAULTS = (
     broadcast => 1,
     tls_cert => undef,
     tls_key => undef,
+    device_check => 1,
+    signature_versions => [3, 2],
+    challenge_skew_ms => 0,
+    pairing => 0,
 );
 
 # closed schemas (gateway-protocol.md 3.2 and 7)
@@ -448,12 +477,16 @@ package FakeGateway::Server;
 use strict;
 use warnings;
 
+use Digest::SHA ();
+use File::Path ();
+use File::Temp ();
 use IO::Handle;
+use MIME::Base64 ();
 use Mojo::JSON qw(decode_json encode_json true false);
 use Time::HiRes qw(time);
 
 my ($CFG, $REC, %CONNS, %RUNS, %HISTORY, %SESSIONS, $NCONN, $NRUN,
-    $NSESSION, $DOWN_UNTIL);
+    $NSESSION, $DOWN_UNTIL, %PAIRED, %PENDING, %DEVICE_TOKENS, $NREQ);
 
 sub record {
     my (%r) = @_;
@@ -570,7 +603,8 @@ sub accept_ws {
 
     # the server speaks first (3.1); protocol 3 sends only nonce and ts
     my $payload = { nonce => sprintf('nonce-%d-%d', $$, $n),
-                    ts => int(time * 1000) };
+                    ts => int(time * 1000) + $CFG->{challenge_skew_ms} };
+    $conn->{nonce} = $payload->{nonce};
     $payload->{capabilities} = ['model-catalog-snapshot']
         if $CFG->{protocol} != 3;
     out($conn, { type => 'event', event => 'connect.challenge',
@@ -738,7 +772,33 @@ sub hello {
     }
 
     my $auth = $p->{auth} // {};
+    my $device;
+    if (defined $p->{device}) {
+        my ($err, $id) = check_device($conn, $p);
+        return $refuse->($err, 1008, 'device auth failed') if $err;
+        $device = $id;
+    }
+
+    # a device token stands for the shared secret (4.4)
+    my $by_device_token = 0;
+    if (defined $auth->{deviceToken} && !defined $auth->{token}
+        && !defined $auth->{password}) {
+        my $owner = $DEVICE_TOKENS{ $auth->{deviceToken} };
+        if (!defined $device || !defined $owner || $owner ne $device) {
+            return $refuse->({
+                code => 'INVALID_REQUEST',
+                message => 'unauthorized: device token mismatch (rotate/reissue device token)',
+                details => { code => 'AUTH_DEVICE_TOKEN_MISMATCH',
+                             authReason => 'device_token_mismatch',
+                             canRetryWithDeviceToken => false,
+                             recommendedNextStep => 'update_auth_credentials' } },
+                1008, 'unauthorized');
+        }
+        $by_device_token = 1;
+    }
+
     for my $kind ('token', 'password') {
+        last if $by_device_token;
         my $want = $CFG->{$kind};
         next unless defined $want;
         my $got = $auth->{$kind};
@@ -756,6 +816,29 @@ sub hello {
             1008, 'unauthorized');
     }
 
+    my $device_token;
+    if (defined $device && $CFG->{pairing}) {
+        if (!$PAIRED{$device}) {
+            my $req_id = $PENDING{$device} //= 'req-' . ++$NREQ;
+            record(kind => 'pairing', conn => $conn->{n},
+                   requestId => $req_id, deviceId => $device);
+            return $refuse->({
+                code => 'NOT_PAIRED',
+                message => 'pairing required: device is not approved yet',
+                details => { code => 'PAIRING_REQUIRED', reason => 'not-paired',
+                             requestId => $req_id, deviceId => $device,
+                             requestedRole => $p->{role} // 'operator',
+                             requestedScopes => $p->{scopes} // [] } },
+                1008, 'pairing required');
+        }
+        ($device_token) = grep { $DEVICE_TOKENS{$_} eq $device }
+                          sort keys %DEVICE_TOKENS;
+        if (!defined $device_token) {
+            $device_token = sprintf 'devtok-%d-%d', $$, int(rand(1e9));
+            $DEVICE_TOKENS{$device_token} = $device;
+        }
+    }
+
     my $scopes = $CFG->{scopes} // $p->{scopes} // [];
     $conn->{ready} = 1;
     $conn->{seq} = 0;
@@ -766,7 +849,9 @@ sub hello {
         server => { version => $proto == 3 ? '2026.4.26' : '2026.9.6',
                     connId => "conn-$$-$conn->{n}" },
         auth => { role => 'operator', scopes => $scopes,
-                  ($proto == 3 ? () : (method => 'token')) },
+                  ($proto == 3 ? ()
+                   : (method => $by_device_token ? 'device-token' : 'token')),
+                  (defined $device_token ? (deviceToken => $device_token) : ()) },
         policy => { maxPayload => 0 + $CFG->{max_payload},
                     maxBufferedBytes => 52428800,
                     tickIntervalMs => 0 + $CFG->{tick_ms} },
@@ -793,6 +878,89 @@ sub hello {
             if out($conn, { type => 'event', event => 'tick',
                             payload => { ts => int(time * 1000) } });
     });
+}
+
+sub b64url_decode {
+    my ($s) = @_;
+    return undef unless defined $s && !ref $s && $s =~ /^[A-Za-z0-9_-]*$/;
+    $s =~ tr{-_}{+/};
+    $s .= '=' x ((4 - length($s) % 4) % 4);
+    return MIME::Base64::decode_base64($s);
+}
+
+sub normalize_meta {
+    my ($v) = @_;
+    return '' unless defined $v && !ref $v;
+    $v =~ s/^\s+|\s+$//g;
+    $v =~ tr/A-Z/a-z/;
+    return $v;
+}
+
+# Ed25519 verification with the openssl CLI: true when it verifies
+sub ed25519_verify {
+    my ($raw_pub, $data, $sig) = @_;
+    my $dir = File::Temp::tempdir(CLEANUP => 1);
+    my $der = pack('H*', '302a300506032b6570032100') . $raw_pub;
+    my $pem = "-----BEGIN PUBLIC KEY-----\n"
+            . MIME::Base64::encode_base64($der) . "-----END PUBLIC KEY-----\n";
+    for (['pub.pem', $pem], ['data', $data], ['sig', $sig]) {
+        open my $f, '>', "$dir/$_->[0]" or die $!;
+        binmode $f;
+        print $f $_->[1];
+        close $f;
+    }
+    my $rc = system("openssl pkeyutl -verify -pubin -inkey $dir/pub.pem "
+                    . "-rawin -in $dir/data -sigfile $dir/sig >/dev/null 2>&1");
+    File::Path::remove_tree($dir);
+    return $rc == 0;
+}
+
+# (error, device id): the gateway's checks of a connect's device (4.3)
+sub check_device {
+    my ($conn, $p) = @_;
+    my $d = $p->{device};
+    my $fail = sub {
+        my ($code, $msg) = @_;
+        return ({ code => 'INVALID_REQUEST', message => "device auth: $msg",
+                  details => { code => $code } }, undef);
+    };
+    if (ref $d ne 'HASH' || grep { !defined $d->{$_} }
+                                qw(id publicKey signature signedAt nonce)) {
+        return $fail->('DEVICE_AUTH_INVALID', 'device needs id, publicKey, '
+                       . 'signature, signedAt and nonce');
+    }
+    return (undef, $d->{id}) unless $CFG->{device_check};
+
+    my $raw = b64url_decode($d->{publicKey});
+    return $fail->('DEVICE_AUTH_PUBLIC_KEY_INVALID', 'invalid public key')
+        unless defined $raw && length $raw == 32;
+    return $fail->('DEVICE_AUTH_DEVICE_ID_MISMATCH', 'device id mismatch')
+        unless $d->{id} eq Digest::SHA::sha256_hex($raw);
+    return $fail->('DEVICE_AUTH_NONCE_MISMATCH', 'nonce mismatch')
+        unless $d->{nonce} eq ($conn->{nonce} // '');
+    return $fail->('DEVICE_AUTH_SIGNATURE_EXPIRED', 'signature expired')
+        if abs($d->{signedAt} - time * 1000) > 120000;
+
+    my $auth = ref $p->{auth} eq 'HASH' ? $p->{auth} : {};
+    my $token = $auth->{token} // $auth->{deviceToken}
+                // $auth->{bootstrapToken} // '';
+    my @common = ($d->{id}, $p->{client}{id}, $p->{client}{mode},
+                  $p->{role} // 'operator', join(',', @{ $p->{scopes} // [] }),
+                  $d->{signedAt}, $token, $d->{nonce});
+    my $sig = b64url_decode($d->{signature});
+    for my $v (@{ $CFG->{signature_versions} }) {
+        my $payload = $v == 3
+            ? join('|', 'v3', @common, normalize_meta($p->{client}{platform}),
+                   normalize_meta($p->{client}{deviceFamily}))
+            : join('|', 'v2', @common);
+        if (defined $sig && length $sig == 64
+            && ed25519_verify($raw, $payload, $sig)) {
+            record(kind => 'device', conn => $conn->{n}, deviceId => $d->{id},
+                   version => $v, token_used => $token eq '' ? 0 : 1);
+            return (undef, $d->{id});
+        }
+    }
+    return $fail->('DEVICE_AUTH_SIGNATURE_INVALID', 'device signature invalid');
 }
 
 sub canonical {
@@ -1326,6 +1494,29 @@ sub control {
         if ($name eq 'finish') { finish_run($run, $arg->{text} // $run->{text}) }
         else { stop_timers($run); fail_run($run, $arg->{message} // 'failed') }
         return { ok => 1 };
+    }
+
+    if ($name eq 'approve') {
+        my ($device) = grep { $PENDING{$_} eq ($arg->{requestId} // '') }
+                       keys %PENDING
+            or return { ok => 0, error => 'no such request' };
+        delete $PENDING{$device};
+        $PAIRED{$device} = 1;
+        record(kind => 'action', action => 'approve', deviceId => $device);
+        return { ok => 1, deviceId => $device };
+    }
+
+    if ($name eq 'revoke') {
+        my $device = $arg->{deviceId} // '';
+        delete $DEVICE_TOKENS{$_}
+            for grep { $DEVICE_TOKENS{$_} eq $device } keys %DEVICE_TOKENS;
+        delete $PAIRED{$device};
+        record(kind => 'action', action => 'revoke', deviceId => $device);
+        return { ok => 1 };
+    }
+
+    if ($name eq 'pending') {
+        return { ok => 1, pending => { %PENDING }, paired => [ sort keys %PAIRED ] };
     }
 
     if ($name eq 'state') {

@@ -92,7 +92,7 @@ sub require_cache {
 
 # new(version => 4|3, token => ..., model_env => {FAKE_MODEL_...},
 #     gateway_env => {NAME => value, ...}, ready_timeout => seconds (150),
-#     no_start => 1)
+#     bind => 'lan' (gateway.bind; 'loopback' by default), no_start => 1)
 sub new {
     my ($class, %o) = @_;
     my $self = bless { version => 4, token => $TOKEN, %o }, $class;
@@ -153,7 +153,8 @@ sub write_config {
     my ($self) = @_;
     my $config = {
         gateway => {
-            mode => 'local', port => $self->{port} + 0, bind => 'loopback',
+            mode => 'local', port => $self->{port} + 0,
+            bind => $self->{bind} // 'loopback',
             auth => { mode => 'token', token => $self->{token} },
         },
         models => {
@@ -278,6 +279,33 @@ sub start {
     $self->{starts}++;
     $self->wait_ready($o{timeout} // $self->{ready_timeout} // 150);
     return $self;
+}
+
+# runs the gateway's own CLI ("devices", "list", "--json", ...) against
+# this gateway's home, as an operator on the gateway host; returns its
+# output and exit status
+sub cli {
+    my ($self, @args) = @_;
+    my $out = "$self->{dir}/cli.out";
+    my $pid = $self->spawn($out . '.tmp', {
+        OPENCLAW_HOME => $self->{home}, HOME => $self->{home},
+        PATH => dirname(node()) . ":$ENV{PATH}",
+        OPENCLAW_PLUGIN_STAGE_DIR => $STAGE,
+    }, node(), entry($self->{version}), @args);
+    my $deadline = time + 120;
+    my $done = 0;
+    while (time < $deadline) {
+        if (waitpid($pid, WNOHANG) == $pid) { $done = 1; last }
+        $self->pause(0.2);
+    }
+    if (!$done) { CORE::kill('KILL', $pid); waitpid($pid, 0) }
+    my $rc = $? >> 8;
+    my $text = slurp($out . '.tmp');
+    unlink $out . '.tmp';
+    open my $f, '>>', $out;
+    print $f "\$ openclaw @args (exit $rc)\n$text\n";
+    close $f;
+    return wantarray ? ($text, $rc) : $text;
 }
 
 # polls GET /readyz until 200
@@ -570,9 +598,22 @@ sub nginx {
             openclaw_bridge;
             $loc
         }
+        location = /status {
+            openclaw_bridge_status;
+        }
     }
 EOF
     return $ngx;
+}
+
+# every worker's gateway link as nginx's status shows it: {state, since,
+# reconnects, last_error, ...}; () when the status cannot be read
+sub link_states {
+    my ($ngx) = @_;
+    my $r = HTTP::Tiny->new(timeout => 5)->get($ngx->http_url('/status'));
+    return () unless $r->{success};
+    my $st = eval { decode_json($r->{content}) } or return ();
+    return map { $_->{link} // {} } @{ $st->{workers} // [] };
 }
 
 # how many times nginx's workers logged that their link came up

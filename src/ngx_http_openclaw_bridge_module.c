@@ -18,11 +18,14 @@
 #include "ngx_http_openclaw_inbound.h"
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_status.h"
+#include "ngx_http_openclaw_metrics.h"
+#include "ngx_http_openclaw_variables.h"
 
 
 #define NGX_HTTP_OPENCLAW_SECRET_MAX  4096
 
 
+static ngx_int_t ngx_http_openclaw_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_openclaw_echo_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_openclaw_echo_message(
     ngx_http_openclaw_client_t *cl, ngx_uint_t opcode, u_char *data,
@@ -250,6 +253,13 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       0,
       NULL },
 
+    { ngx_string("openclaw_bridge_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_openclaw_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("openclaw_gateway"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_openclaw_gateway,
@@ -374,7 +384,7 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_openclaw_bridge_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_openclaw_preconfiguration,    /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
     ngx_http_openclaw_create_main_conf,    /* create main configuration */
@@ -402,6 +412,13 @@ ngx_module_t  ngx_http_openclaw_bridge_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static ngx_int_t
+ngx_http_openclaw_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_openclaw_variables_add(cf);
+}
 
 
 static ngx_int_t
@@ -691,6 +708,8 @@ ngx_http_openclaw_session_namespace(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/* the status as JSON, or as Prometheus metrics: the same figures */
+
 static char *
 ngx_http_openclaw_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -698,7 +717,13 @@ ngx_http_openclaw_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_openclaw_main_conf_t  *omcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_openclaw_status_handler;
+
+    if (cmd->name.len == sizeof("openclaw_bridge_metrics") - 1) {
+        clcf->handler = ngx_http_openclaw_metrics_handler;
+
+    } else {
+        clcf->handler = ngx_http_openclaw_status_handler;
+    }
 
     omcf = ngx_http_conf_get_module_main_conf(cf,
                                             ngx_http_openclaw_bridge_module);

@@ -53,6 +53,11 @@ static ngx_int_t ngx_http_openclaw_client_frame(
     size_t len);
 static void ngx_http_openclaw_client_fail(ngx_http_openclaw_client_t *cl,
     ngx_uint_t code, const char *reason);
+static void ngx_http_openclaw_client_closed_with(
+    ngx_http_openclaw_client_t *cl, ngx_uint_t code, u_char *reason,
+    size_t len);
+static void ngx_http_openclaw_client_sent_close(
+    ngx_http_openclaw_client_t *cl, u_char *payload, size_t n);
 static void ngx_http_openclaw_client_post_write(
     ngx_http_openclaw_client_t *cl);
 static ngx_int_t ngx_http_openclaw_client_flush(
@@ -126,6 +131,7 @@ ngx_http_openclaw_client_handler(ngx_http_request_t *r,
     /* from here on the connection speaks WebSocket and is ours */
 
     r->main->count++;
+    cl->upgraded = 1;
 
     c->log->action = "relaying WebSocket messages";
 
@@ -867,6 +873,9 @@ ngx_http_openclaw_client_control(ngx_http_openclaw_client_t *cl,
                        "openclaw client close frame %ui, state %d",
                        (ngx_uint_t) ev->code, cl->state);
 
+        ngx_http_openclaw_client_closed_with(cl, ev->code, ev->data,
+                                             ev->len);
+
         if (cl->state == NGX_HTTP_OPENCLAW_OPEN) {
 
             /* echo the code, as RFC 6455 5.5.1 suggests */
@@ -1053,6 +1062,8 @@ ngx_http_openclaw_client_close(ngx_http_openclaw_client_t *cl,
     n = ngx_http_openclaw_ws_close_payload(payload, code, reason,
                                            ngx_strlen(reason));
 
+    ngx_http_openclaw_client_sent_close(cl, payload, n);
+
     cl->state = NGX_HTTP_OPENCLAW_CLOSING;
     cl->connection->idle = 0;
 
@@ -1090,6 +1101,8 @@ ngx_http_openclaw_client_fail(ngx_http_openclaw_client_t *cl,
         n = ngx_http_openclaw_ws_close_payload(payload, code, reason,
                                                ngx_strlen(reason));
 
+        ngx_http_openclaw_client_sent_close(cl, payload, n);
+
         (void) ngx_http_openclaw_client_frame(cl, NGX_HTTP_OPENCLAW_WS_CLOSE,
                                               payload, n);
 
@@ -1100,6 +1113,46 @@ ngx_http_openclaw_client_fail(ngx_http_openclaw_client_t *cl,
     cl->connection->idle = 0;
 
     ngx_http_openclaw_client_post_write(cl);
+}
+
+
+/* a close frame's payload as it was written: code, then reason */
+
+static void
+ngx_http_openclaw_client_sent_close(ngx_http_openclaw_client_t *cl,
+    u_char *payload, size_t n)
+{
+    if (n < 2) {
+        ngx_http_openclaw_client_closed_with(cl,
+                                             NGX_HTTP_OPENCLAW_WS_NO_STATUS,
+                                             NULL, 0);
+        return;
+    }
+
+    ngx_http_openclaw_client_closed_with(cl, (payload[0] << 8) | payload[1],
+                                         payload + 2, n - 2);
+}
+
+
+/*
+ * The close that says how the connection ended is the first one, sent or
+ * received: the other side's answer only echoes it.
+ */
+
+static void
+ngx_http_openclaw_client_closed_with(ngx_http_openclaw_client_t *cl,
+    ngx_uint_t code, u_char *reason, size_t len)
+{
+    if (cl->close_code) {
+        return;
+    }
+
+    cl->close_code = code;
+    cl->close_text_len = ngx_min(len, sizeof(cl->close_text));
+
+    if (cl->close_text_len) {
+        ngx_memcpy(cl->close_text, reason, cl->close_text_len);
+    }
 }
 
 

@@ -80,6 +80,15 @@ struct ngx_http_openclaw_client_s {
 
     ngx_http_openclaw_client_state_e  state;
 
+    /*
+     * The first close frame sent or received, for the log: 0 until
+     * there is one; 1005 for a frame without a status.
+     */
+    ngx_uint_t                      close_code;
+    size_t                          close_text_len;
+    u_char                          close_text[NGX_HTTP_OPENCLAW_WS_MAX_REASON];
+
+    unsigned                        upgraded:1;
     unsigned                        reading:1;
     unsigned                        awaiting_pong:1;
     unsigned                        overflow:1;

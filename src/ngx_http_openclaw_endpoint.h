@@ -43,6 +43,12 @@ struct ngx_http_openclaw_endpoint_s {
     ngx_uint_t                          nsessions;
     ngx_http_openclaw_scope_t           scope;
     ngx_str_t                           sender;
+
+    /* what happened on it, for the log */
+    ngx_str_t                           session;    /* the last one used */
+    ngx_uint_t                          messages_in;
+    ngx_uint_t                          messages_out;   /* replies written */
+    ngx_uint_t                          errors;     /* of them, errors */
 };
 
 

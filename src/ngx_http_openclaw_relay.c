@@ -175,6 +175,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t   in;
 
     ngx_http_openclaw_relay.stats->messages_in++;
+    ep->messages_in++;
 
     if (binary) {
         ngx_http_openclaw_relay.stats->errors_input++;
@@ -208,6 +209,7 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
         /* not a message in: it gets no reply either */
 
         ngx_http_openclaw_relay.stats->messages_in--;
+        ep->messages_in--;
         rc = NGX_OK;
         break;
 
@@ -315,6 +317,15 @@ ngx_http_openclaw_relay_endpoint(ngx_http_openclaw_endpoint_t *ep,
 
     ep->sender.data = ep->scope.fallback.data;
     ep->sender.len = ep->scope.fallback.len;
+
+    /* room for the last session key, kept for the log */
+
+    ep->session.data = ngx_pnalloc(pool, NGX_HTTP_OPENCLAW_SESSION_MAX);
+    if (ep->session.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ep->session.len = 0;
 
     ngx_http_openclaw_relay.stats->clients++;
 
@@ -503,6 +514,9 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
                                              NULL, &in->id_json);
     }
 
+    ngx_memcpy(ep->session.data, session.data, session.len);
+    ep->session.len = session.len;
+
     ngx_http_openclaw_message_run_id(&session, &ep->sender, &in->id, rid);
 
     run_id.data = rid;
@@ -637,6 +651,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     run->hash = hash;
     ngx_http_openclaw_runs_index(run);
 
+    run->start = ngx_current_msec;
     run->zone = conf->zone;
     run->held = held;
     run->ep = ep;
@@ -1334,6 +1349,12 @@ ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run, ngx_str_t *added,
 {
     ngx_str_t  content;
 
+    if (!run->seen_text) {
+        ngx_http_openclaw_metrics_observe(
+                             &ngx_http_openclaw_relay.stats->first_progress,
+                             ngx_current_msec - run->start);
+    }
+
     run->seen_text = 1;
 
     if (run->ep == NULL) {
@@ -1671,6 +1692,8 @@ ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
     rl = &ngx_http_openclaw_relay;
 
     rl->stats->completed++;
+    ngx_http_openclaw_metrics_observe(&rl->stats->complete,
+                                      ngx_current_msec - run->start);
 
     if (run->ep) {
         delta = *text;

@@ -15,9 +15,10 @@
 #include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_message.h"
 #include "ngx_http_openclaw_endpoint.h"
+#include "ngx_http_openclaw_metrics.h"
 
 
-/* counters for the status endpoint */
+/* counters for the status and metrics endpoints */
 
 typedef struct {
     ngx_uint_t                  clients;
@@ -31,6 +32,10 @@ typedef struct {
     ngx_uint_t                  errors_timeout;
     ngx_uint_t                  errors_link;
     ngx_uint_t                  errors_overload;
+
+    /* from the message to its first progress, and to its complete */
+    ngx_http_openclaw_histogram_t  first_progress;
+    ngx_http_openclaw_histogram_t  complete;
 } ngx_http_openclaw_relay_stats_t;
 
 

@@ -15,6 +15,7 @@ ngx_int_t
 ngx_http_openclaw_reply(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_reply_t *rp)
 {
+    ngx_int_t                 rc;
     ngx_str_t                 out;
     ngx_http_openclaw_json_t  j;
 
@@ -60,5 +61,17 @@ ngx_http_openclaw_reply(ngx_http_openclaw_endpoint_t *ep,
         return NGX_ERROR;
     }
 
-    return ep->send(ep, out.data, out.len);
+    rc = ep->send(ep, out.data, out.len);
+
+    /* every reply but a progress ends a message */
+
+    if (rc == NGX_OK && ngx_strcmp(rp->type, "progress") != 0) {
+        ep->messages_out++;
+
+        if (rp->error) {
+            ep->errors++;
+        }
+    }
+
+    return rc;
 }

@@ -78,6 +78,7 @@ typedef struct {
 
     ngx_uint_t                      drops;      /* links lost while it was
                                                    in flight */
+    ngx_msec_t                      start;      /* the message came */
 } ngx_http_openclaw_run_t;
 
 

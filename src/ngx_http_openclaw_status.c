@@ -10,7 +10,6 @@
 
 #include "ngx_http_openclaw_status.h"
 #include "ngx_http_openclaw_identity.h"
-#include "ngx_http_openclaw_sessions.h"
 
 
 /* old and new workers overlap during a reload: room for both */
@@ -39,7 +38,7 @@ static u_char *ngx_http_openclaw_status_worker(u_char *p,
 
 static ngx_http_openclaw_worker_status_t  *ngx_http_openclaw_status_slot;
 
-static const char  *ngx_http_openclaw_link_states[] = {
+const char  *ngx_http_openclaw_link_states[] = {
     "down", "connecting", "upgrading", "challenge", "hello", "ready"
 };
 
@@ -161,6 +160,106 @@ ngx_http_openclaw_status_detach(void)
 }
 
 
+ngx_array_t *
+ngx_http_openclaw_status_workers(ngx_http_openclaw_main_conf_t *omcf,
+    ngx_pool_t *pool)
+{
+    ngx_uint_t                          i, live;
+    ngx_array_t                        *a;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_openclaw_status_sh_t      *sh;
+    ngx_http_openclaw_worker_status_t  *ws, *copy;
+
+    sh = NULL;
+    live = 0;
+
+    if (omcf->status) {
+        shpool = (ngx_slab_pool_t *) omcf->status->shm.addr;
+        sh = shpool->data;
+
+        /* room for the slots in use now, not for all of them */
+
+        for (i = 0; i < sh->nslots; i++) {
+            if (sh->slots[i].pid) {
+                live++;
+            }
+        }
+    }
+
+    a = ngx_array_create(pool, live ? live : 1,
+                         sizeof(ngx_http_openclaw_worker_status_t));
+    if (a == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; sh && i < sh->nslots && a->nelts < live; i++) {
+
+        ws = &sh->slots[i];
+
+        /* a worker killed outside nginx's control never freed its slot */
+
+        if (ws->pid == 0
+            || (kill(ws->pid, 0) == -1 && ngx_errno == NGX_ESRCH))
+        {
+            continue;
+        }
+
+        /*
+         * A plain copy: the owner may be writing, a torn figure is fine.
+         * A worker that started since the count is in the next answer.
+         */
+
+        copy = ngx_array_push(a);
+        if (copy == NULL) {
+            return NULL;
+        }
+
+        *copy = *ws;
+    }
+
+    return a;
+}
+
+
+ngx_array_t *
+ngx_http_openclaw_status_zones(ngx_pool_t *pool)
+{
+    ngx_uint_t                        i;
+    ngx_array_t                      *a;
+    ngx_list_part_t                  *part;
+    ngx_shm_zone_t                   *zone;
+    ngx_http_openclaw_zone_status_t  *zs;
+
+    a = ngx_array_create(pool, 4, sizeof(ngx_http_openclaw_zone_status_t));
+    if (a == NULL) {
+        return NULL;
+    }
+
+    for (part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
+         part;
+         part = part->next)
+    {
+        zone = part->elts;
+
+        for (i = 0; i < part->nelts; i++) {
+            if (!ngx_http_openclaw_sessions_zone_of(&zone[i])) {
+                continue;
+            }
+
+            zs = ngx_array_push(a);
+            if (zs == NULL) {
+                return NULL;
+            }
+
+            zs->name = zone[i].shm.name;
+            ngx_http_openclaw_sessions_info(&zone[i], &zs->info);
+        }
+    }
+
+    return a;
+}
+
+
 ngx_int_t
 ngx_http_openclaw_status_handler(ngx_http_request_t *r)
 {
@@ -168,15 +267,12 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     size_t                              size;
     ngx_int_t                           rc;
     ngx_buf_t                          *b;
-    ngx_uint_t                          i, first, live;
+    ngx_uint_t                          i;
     ngx_chain_t                         out;
-    ngx_list_part_t                    *part;
-    ngx_shm_zone_t                     *zone;
-    ngx_slab_pool_t                    *shpool;
-    ngx_http_openclaw_status_sh_t      *sh;
-    ngx_http_openclaw_zone_info_t       info;
+    ngx_array_t                        *workers, *zones;
+    ngx_http_openclaw_zone_status_t    *zs;
     ngx_http_openclaw_main_conf_t      *omcf;
-    ngx_http_openclaw_worker_status_t   ws;
+    ngx_http_openclaw_worker_status_t  *ws;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -190,33 +286,23 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
 
     omcf = ngx_http_get_module_main_conf(r, ngx_http_openclaw_bridge_module);
 
-    sh = NULL;
-    live = 0;
+    workers = ngx_http_openclaw_status_workers(omcf, r->pool);
+    zones = ngx_http_openclaw_status_zones(r->pool);
+
+    if (workers == NULL || zones == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ws = workers->elts;
+    zs = zones->elts;
+
     size = sizeof("{\"identity\":,\"workers\":[],\"zones\":[]}\n")
-           + NGX_HTTP_OPENCLAW_IDENTITY_STATUS_LEN;
+           + NGX_HTTP_OPENCLAW_IDENTITY_STATUS_LEN
+           + workers->nelts * NGX_HTTP_OPENCLAW_STATUS_WORKER;
 
-    if (omcf->status) {
-        shpool = (ngx_slab_pool_t *) omcf->status->shm.addr;
-        sh = shpool->data;
-
-        /* room for the slots in use now, not for all of them */
-
-        for (i = 0; i < sh->nslots; i++) {
-            if (sh->slots[i].pid) {
-                live++;
-            }
-        }
-
-        size += live * NGX_HTTP_OPENCLAW_STATUS_WORKER;
+    for (i = 0; i < zones->nelts; i++) {
+        size += 512 + zs[i].name.len;
     }
-
-    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
-
-    for (i = 0; part; part = part->next) {
-        i += part->nelts;
-    }
-
-    size += i * 512;
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -226,58 +312,24 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     p = ngx_cpymem(b->last, "{\"identity\":", 12);
     p = ngx_http_openclaw_identity_status(omcf->identity, p);
     p = ngx_cpymem(p, ",\"workers\":[", 12);
-    first = 1;
 
-    for (i = 0; sh && i < sh->nslots && live; i++) {
-
-        /* a plain copy: the owner may be writing, a torn figure is fine */
-
-        ws = sh->slots[i];
-
-        /* a worker killed outside nginx's control never freed its slot */
-
-        if (ws.pid == 0
-            || (kill(ws.pid, 0) == -1 && ngx_errno == NGX_ESRCH))
-        {
-            continue;
-        }
-
-        if (!first) {
+    for (i = 0; i < workers->nelts; i++) {
+        if (i) {
             *p++ = ',';
         }
 
-        first = 0;
-        p = ngx_http_openclaw_status_worker(p, &ws);
-
-        /* a worker that started since the count is in the next answer */
-
-        live--;
+        p = ngx_http_openclaw_status_worker(p, &ws[i]);
     }
 
     p = ngx_cpymem(p, "],\"zones\":[", 11);
-    first = 1;
 
-    for (part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
-         part;
-         part = part->next)
-    {
-        zone = part->elts;
-
-        for (i = 0; i < part->nelts; i++) {
-            if (!ngx_http_openclaw_sessions_zone_of(&zone[i])) {
-                continue;
-            }
-
-            ngx_http_openclaw_sessions_info(&zone[i], &info);
-
-            p = ngx_sprintf(p, "%s{\"name\":\"%V\",\"size\":%uz,"
-                            "\"free\":%uz,\"sessions\":%ui,"
-                            "\"evicted\":%ui}",
-                            first ? "" : ",", &zone[i].shm.name,
-                            info.size, info.free, info.sessions,
-                            info.evicted);
-            first = 0;
-        }
+    for (i = 0; i < zones->nelts; i++) {
+        p = ngx_sprintf(p, "%s{\"name\":\"%V\",\"size\":%uz,"
+                        "\"free\":%uz,\"sessions\":%ui,"
+                        "\"evicted\":%ui}",
+                        i ? "," : "", &zs[i].name,
+                        zs[i].info.size, zs[i].info.free,
+                        zs[i].info.sessions, zs[i].info.evicted);
     }
 
     p = ngx_cpymem(p, "]}\n", 3);

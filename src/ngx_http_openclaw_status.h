@@ -15,6 +15,7 @@
 #include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_gateway.h"
 #include "ngx_http_openclaw_relay.h"
+#include "ngx_http_openclaw_sessions.h"
 
 
 /*
@@ -30,6 +31,16 @@ typedef struct {
 } ngx_http_openclaw_worker_status_t;
 
 
+typedef struct {
+    ngx_str_t                        name;
+    ngx_http_openclaw_zone_info_t    info;
+} ngx_http_openclaw_zone_status_t;
+
+
+/* the names of the link's states, by ngx_http_openclaw_link_state_e */
+extern const char  *ngx_http_openclaw_link_states[];
+
+
 ngx_int_t ngx_http_openclaw_status_zone(ngx_conf_t *cf,
     ngx_http_openclaw_main_conf_t *omcf);
 
@@ -37,6 +48,16 @@ ngx_int_t ngx_http_openclaw_status_zone(ngx_conf_t *cf,
 ngx_http_openclaw_worker_status_t *ngx_http_openclaw_status_attach(
     ngx_cycle_t *cycle, ngx_http_openclaw_main_conf_t *omcf);
 void ngx_http_openclaw_status_detach(void);
+
+/*
+ * What the status and metrics endpoints report: copies of the live
+ * workers' slots (ngx_http_openclaw_worker_status_t), taken without a
+ * lock, and the sessions zones of the running configuration
+ * (ngx_http_openclaw_zone_status_t).  NULL without memory.
+ */
+ngx_array_t *ngx_http_openclaw_status_workers(
+    ngx_http_openclaw_main_conf_t *omcf, ngx_pool_t *pool);
+ngx_array_t *ngx_http_openclaw_status_zones(ngx_pool_t *pool);
 
 ngx_int_t ngx_http_openclaw_status_handler(ngx_http_request_t *r);
 

@@ -165,6 +165,15 @@ sub in_netns {
     return $self->{netns} ? ('ip', 'netns', 'exec', $self->{netns}) : ();
 }
 
+# A namespace has no way out: npm, which 2026.4.26 runs to stage its
+# bundled plugins' runtime dependencies when the stage lacks them, would
+# retry the registry for minutes; offline, it gives up at once and the
+# gateway starts without those plugins (none of which the tests use).
+sub netns_env {
+    my ($self) = @_;
+    return $self->{netns} ? (npm_config_offline => 'true') : ();
+}
+
 sub write_config {
     my ($self) = @_;
     my $config = {
@@ -279,6 +288,7 @@ sub start {
         OPENCLAW_CONFIG_PATH => undef,
         OPENCLAW_STATE_DIR => undef,
         OPENCLAW_GATEWAY_PORT => undef,
+        $self->netns_env,
         %{ $self->{gateway_env} // {} },
     };
     my $pid = fork // die "fork: $!";
@@ -310,6 +320,7 @@ sub cli {
         OPENCLAW_HOME => $self->{home}, HOME => $self->{home},
         PATH => dirname(node()) . ":$ENV{PATH}",
         OPENCLAW_PLUGIN_STAGE_DIR => $STAGE,
+        $self->netns_env,
     }, node(), entry($self->{version}), @args);
     my $deadline = time + 120;
     my $done = 0;

@@ -33,7 +33,7 @@ TESTS_GATEWAY := $(filter t/6%,$(TESTS))
 
 DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev \
         libmojolicious-perl libio-socket-ssl-perl \
-        clang libclang-rt-14-dev gcc make perl openssl \
+        clang libclang-rt-14-dev gcc make perl openssl iproute2 \
         python3 python3-prometheus-client
 
 CFLAGS_DEB := $(shell dpkg-buildflags --get CFLAGS 2>/dev/null) -fPIC \

@@ -10,8 +10,15 @@
 # token is used (nginx then has no shared secret at all); a revoked token
 # falls back to the shared secret and the signed device.
 #
-# The address is this machine's own non-loopback IPv4 address: the
-# gateway then sees that address as the peer, not 127.0.0.1.
+# The gateway runs in a network namespace of this test's own, joined to
+# the root namespace by a veth pair (10.213.N.1/30 on this side, .2 in
+# the namespace): nginx connects to 10.213.N.2, and the gateway sees
+# 10.213.N.1 as the peer, not 127.0.0.1.  Its fake model and its CLI
+# (openclaw devices ...) run in the namespace too, over its loopback.
+# No traffic goes anywhere but loopback and the namespace's addresses.
+# The namespace and the veth go at the end, whatever happened (END);
+# without ip, or without the right to make a namespace (root or
+# CAP_NET_ADMIN), the test is skipped.
 
 use strict;
 use warnings;
@@ -22,22 +29,94 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use File::Path qw(make_path remove_tree);
 use Mojo::JSON qw(decode_json);
+use Scalar::Util qw(weaken);
 use Time::HiRes qw(sleep time);
 
 use OCB;
 use OCGateway;
 
-sub remote_address {
-    for (`ip -4 -o addr show scope global 2>/dev/null`) {
-        return $1 if m{\binet (\d+\.\d+\.\d+\.\d+)/};
-    }
-    return undef;
+# the namespace, its two interfaces (at most 15 characters), and the
+# gateways in it, stopped before it goes
+my $OWNER = $$;
+my $NS = "ocb64-$$";
+my $HOST_IF = "ocb64h-$$";
+my $NS_IF = "ocb64n-$$";
+my ($made_ns, $made_link, @GATEWAYS);
+
+# runs ip with these arguments (names and addresses only: no quoting
+# needed); returns whether it succeeded, and its output
+sub ip {
+    my $out = `ip @_ 2>&1`;
+    return ($? == 0, $out // '');
 }
 
-my $ADDR = remote_address();
-plan skip_all => 'this machine has no non-loopback IPv4 address to reach '
-               . 'a gateway through as a remote one'
-    unless defined $ADDR;
+END {
+    return unless $OWNER && $$ == $OWNER;   # not in a forked child
+    local ($?, $!, $@);
+    for my $gw (grep { defined } @GATEWAYS) {
+        eval { $gw->stop_all };
+    }
+    if ($made_ns) {
+        # anything still in the namespace was started by this test
+        my (undef, $pids) = ip('netns', 'pids', $NS);
+        my @pids = $pids =~ /^(\d+)$/mg;
+        if (@pids) {
+            kill 'KILL', @pids;
+            waitpid($_, 0) for @pids;   # our own children, if they are
+        }
+    }
+    # one end of a veth pair takes the other with it
+    ip('link', 'delete', $HOST_IF) if $made_link;
+    ip('netns', 'delete', $NS) if $made_ns;
+}
+
+# an end by signal runs END as well
+$SIG{$_} = sub { exit 1 } for qw(INT TERM HUP);
+
+sub setup_netns {
+    my ($ok, $out) = ip('-V');
+    return "no ip command (iproute2) to make a network namespace with"
+        unless $ok;
+    ($ok, $out) = ip('netns', 'add', $NS);
+    return "cannot make a network namespace (needs root or "
+           . "CAP_NET_ADMIN): ip netns add: $out" unless $ok;
+    $made_ns = 1;
+    ($ok, $out) = ip('netns', 'exec', $NS, 'ip', 'link', 'set', 'lo', 'up');
+    return "cannot run commands in a network namespace: ip netns exec: $out"
+        unless $ok;
+    ($ok, $out) = ip('link', 'add', $HOST_IF, 'type', 'veth',
+                     'peer', 'name', $NS_IF);
+    return "cannot make a veth pair: ip link add: $out" unless $ok;
+    $made_link = 1;
+
+    # a /30 of 10.213.0.0/16 that no interface here has yet (another run)
+    my (undef, $taken) = ip('-o', 'addr', 'show', 'to', '10.213.0.0/16');
+    my %taken = map { $_ => 1 } $taken =~ /\binet 10\.213\.(\d+)\./g;
+    my ($n) = grep { !$taken{$_} }
+              map { ($$ + $_) % 254 + 1 } 0 .. 253;
+    die "no free 10.213.N.0/30 left\n" unless defined $n;
+
+    for my $cmd (['link', 'set', $NS_IF, 'netns', $NS],
+                 ['addr', 'add', "10.213.$n.1/30", 'dev', $HOST_IF],
+                 ['link', 'set', $HOST_IF, 'up'],
+                 ['-n', $NS, 'addr', 'add', "10.213.$n.2/30", 'dev', $NS_IF],
+                 ['-n', $NS, 'link', 'set', $NS_IF, 'up']) {
+        ($ok, $out) = ip(@$cmd);
+        die "ip @$cmd: $out" unless $ok;
+    }
+    # the namespace's address answers once both ends are up
+    my $deadline = time + 10;
+    until ((ip('-n', $NS, 'link', 'show', $NS_IF))[1] =~ /\bLOWER_UP\b/
+           && (ip('link', 'show', $HOST_IF))[1] =~ /\bLOWER_UP\b/) {
+        die "the veth pair $HOST_IF/$NS_IF did not come up\n"
+            if time > $deadline;
+        sleep 0.1;
+    }
+    return (undef, "10.213.$n.2");
+}
+
+my ($why_not, $ADDR) = setup_netns();
+plan skip_all => $why_not if $why_not;
 
 my @VERSIONS = split /,/, ($ENV{OCB_REMOTE_VERSIONS} // '4,3');
 OCGateway::require_cache(@VERSIONS);
@@ -95,7 +174,10 @@ sub approve {
 
 for my $v (@VERSIONS) {
     subtest "gateway protocol $v over $ADDR" => sub {
-        my $gw = OCGateway->new(version => $v, bind => 'lan');
+        my $gw = OCGateway->new(version => $v, bind => 'lan',
+                                netns => $NS, host => $ADDR);
+        push @GATEWAYS, $gw;
+        weaken($GATEWAYS[-1]);
         note sprintf 'gateway v%d ready after %.1f s in %s', $v,
             $gw->ready_after, $gw->dir;
 

@@ -3,7 +3,10 @@
 # A fake OpenAI-compatible model provider for the real-gateway tests
 # (gateway-protocol.md, section 13.4): plain HTTP/1.1 on 127.0.0.1.
 #
-#   t/gateway/fake-model.pl PORT [REQUEST_LOG]
+#   t/gateway/fake-model.pl PORT [REQUEST_LOG [ADDRESS]]
+#
+# ADDRESS: listen there too (the address of the network namespace the
+# model runs in, for a test in the root namespace).
 #
 # GET  /v1/models            the one model, "fake-model"
 # POST /v1/chat/completions  with "stream":true: SSE chunks (role chunk,
@@ -46,8 +49,9 @@ use Mojo::IOLoop;
 use Mojo::JSON qw(decode_json encode_json);
 use Time::HiRes qw(time);
 
-my $port = shift // die "usage: $0 PORT [REQUEST_LOG]\n";
+my $port = shift // die "usage: $0 PORT [REQUEST_LOG [ADDRESS]]\n";
 my $request_log = shift;
+my $address = shift;
 
 my %knobs = (
     delay_ms => $ENV{FAKE_MODEL_DELAY_MS} // 60,
@@ -262,4 +266,6 @@ any '/*whatever' => { whatever => '' } => sub ($c) {
 
 $SIG{TERM} = sub { Mojo::IOLoop->stop };
 
-app->start('daemon', '-l', "http://127.0.0.1:$port", '-m', 'production');
+app->start('daemon', '-l', "http://127.0.0.1:$port",
+           ($address ? ('-l', "http://$address:$port") : ()),
+           '-m', 'production');

@@ -16,6 +16,12 @@ package OCGateway;
 #   $gw->idle(sub { ... });                    # run while waiting on it
 #   my $ngx = $gw->nginx(workers => 2);        # OCB nginx relaying to it
 #
+# With netns => NAME and host => ADDRESS, the gateway, its fake model
+# and its CLI run inside that network namespace (ip netns exec), talking
+# to each other over the namespace's loopback; the test, in the root
+# namespace, reaches the gateway and the model at ADDRESS, an address of
+# the namespace (url, model_url, /readyz, the spy, nginx()).
+#
 # The one thing shared between homes is the stage of the bundled
 # plugins' runtime dependencies (OPENCLAW_PLUGIN_STAGE_DIR, under
 # build/t/): package files that 2026.4.26 otherwise copies into every
@@ -92,7 +98,8 @@ sub require_cache {
 
 # new(version => 4|3, token => ..., model_env => {FAKE_MODEL_...},
 #     gateway_env => {NAME => value, ...}, ready_timeout => seconds (150),
-#     bind => 'lan' (gateway.bind; 'loopback' by default), no_start => 1)
+#     bind => 'lan' (gateway.bind; 'loopback' by default), no_start => 1,
+#     netns => NAME, host => ADDRESS (see the top))
 sub new {
     my ($class, %o) = @_;
     my $self = bless { version => 4, token => $TOKEN, %o }, $class;
@@ -141,13 +148,31 @@ sub free_port_block {
 
 sub version { $_[0]{version} }
 sub port { $_[0]{port} }
-sub url { "ws://127.0.0.1:$_[0]{port}" }
+sub host { $_[0]{host} // '127.0.0.1' }
+sub netns { $_[0]{netns} }
+sub url { "ws://" . $_[0]->host . ":$_[0]{port}" }
 sub token { $_[0]{token} }
 sub home { $_[0]{home} }
 sub dir { $_[0]{dir} }
 sub pid { $_[0]{pid} }
 sub model_port { $_[0]{model_port} }
-sub model_url { "http://127.0.0.1:$_[0]{model_port}" }
+sub model_url { "http://" . $_[0]->host . ":$_[0]{model_port}" }
+
+# what runs a command in the gateway's network namespace: nothing, or
+# ip netns exec NAME (which execs the command: the PID stays the same)
+sub in_netns {
+    my ($self) = @_;
+    return $self->{netns} ? ('ip', 'netns', 'exec', $self->{netns}) : ();
+}
+
+# A namespace has no way out: npm, which 2026.4.26 runs to stage its
+# bundled plugins' runtime dependencies when the stage lacks them, would
+# retry the registry for minutes; offline, it gives up at once and the
+# gateway starts without those plugins (none of which the tests use).
+sub netns_env {
+    my ($self) = @_;
+    return $self->{netns} ? (npm_config_offline => 'true') : ();
+}
 
 sub write_config {
     my ($self) = @_;
@@ -161,7 +186,8 @@ sub write_config {
             mode => 'merge',
             providers => {
                 fake => {
-                    baseUrl => $self->model_url . '/v1',
+                    # over the loopback of the gateway's namespace
+                    baseUrl => "http://127.0.0.1:$self->{model_port}/v1",
                     apiKey => 'fake-local',
                     api => 'openai-completions',
                     models => [{
@@ -195,7 +221,7 @@ sub spawn {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>>', $out or POSIX::_exit(127);
         open STDERR, '>&', \*STDOUT;
-        exec(@cmd) or POSIX::_exit(127);
+        exec($self->in_netns, @cmd) or POSIX::_exit(127);
     }
     return $pid;
 }
@@ -206,7 +232,8 @@ sub start_model {
     $self->{model_pid} = $self->spawn("$self->{dir}/fake-model.out",
                                       $self->{model_env} // {},
                                       $^X, $script, $self->{model_port},
-                                      "$self->{dir}/model-requests.jsonl");
+                                      "$self->{dir}/model-requests.jsonl",
+                                      $self->{host} ? $self->{host} : ());
     my $http = HTTP::Tiny->new(timeout => 2);
     my $deadline = time + 20;
     while (time < $deadline) {
@@ -261,6 +288,7 @@ sub start {
         OPENCLAW_CONFIG_PATH => undef,
         OPENCLAW_STATE_DIR => undef,
         OPENCLAW_GATEWAY_PORT => undef,
+        $self->netns_env,
         %{ $self->{gateway_env} // {} },
     };
     my $pid = fork // die "fork: $!";
@@ -272,7 +300,8 @@ sub start {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>>', "$self->{dir}/gateway.out" or POSIX::_exit(127);
         open STDERR, '>&', \*STDOUT;
-        exec(node(), entry($self->{version}), 'gateway', 'run')
+        exec($self->in_netns, node(), entry($self->{version}),
+             'gateway', 'run')
             or POSIX::_exit(127);
     }
     $self->{pid} = $pid;
@@ -282,8 +311,8 @@ sub start {
 }
 
 # runs the gateway's own CLI ("devices", "list", "--json", ...) against
-# this gateway's home, as an operator on the gateway host; returns its
-# output and exit status
+# this gateway's home, as an operator on the gateway host (in its
+# network namespace, if it has one); returns its output and exit status
 sub cli {
     my ($self, @args) = @_;
     my $out = "$self->{dir}/cli.out";
@@ -291,6 +320,7 @@ sub cli {
         OPENCLAW_HOME => $self->{home}, HOME => $self->{home},
         PATH => dirname(node()) . ":$ENV{PATH}",
         OPENCLAW_PLUGIN_STAGE_DIR => $STAGE,
+        $self->netns_env,
     }, node(), entry($self->{version}), @args);
     my $deadline = time + 120;
     my $done = 0;
@@ -320,7 +350,7 @@ sub wait_ready {
             die "gateway v$self->{version} exited at start:\n"
                 . tail(slurp("$self->{dir}/gateway.out"), 40);
         }
-        my $r = $http->get("http://127.0.0.1:$self->{port}/readyz");
+        my $r = $http->get("http://" . $self->host . ":$self->{port}/readyz");
         if ($r->{status} == 200) {
             $self->{ready_after} = time - $t0;
             return $self->{ready_after};
@@ -436,14 +466,14 @@ sub spy {
     return if $self->{spy_pid};
     my $pid = fork // die "fork: $!";
     if ($pid == 0) {
-        eval { spy_main($self->{port}, $self->{token}, "$self->{dir}/spy.jsonl") };
+        eval { spy_main($self->url, $self->{token}, "$self->{dir}/spy.jsonl") };
         POSIX::_exit(0);
     }
     $self->{spy_pid} = $pid;
 }
 
 sub spy_main {
-    my ($port, $token, $file) = @_;
+    my ($url, $token, $file) = @_;
     require Mojo::UserAgent;
     require Mojo::IOLoop;
     open my $out, '>>', $file or die "$file: $!";
@@ -454,7 +484,7 @@ sub spy_main {
     my $n = 0;
     my $connect;
     $connect = sub {
-        $ua->websocket("ws://127.0.0.1:$port/" => sub {
+        $ua->websocket("$url/" => sub {
             my ($ua, $tx) = @_;
             if (!$tx->is_websocket) {
                 Mojo::IOLoop->timer(1 => $connect);
@@ -589,7 +619,7 @@ sub nginx {
     my $ngx = OCB->new(
         workers => $o{workers} // 2,
         http => <<"EOF");
-    openclaw_gateway ws://127.0.0.1:$self->{port};
+    openclaw_gateway @{[ $self->url ]};
     openclaw_gateway_token $self->{token};
     $extra
     server {

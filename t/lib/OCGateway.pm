@@ -207,6 +207,8 @@ sub write_config {
             },
         },
         logging => { file => "$self->{home}/gateway-file.log" },
+        # in a namespace npm cannot fetch what the bundled plugins need
+        ($self->{netns} ? (plugins => { enabled => Mojo::JSON->false }) : ()),
     };
     open my $f, '>', "$self->{home}/.openclaw/openclaw.json" or die $!;
     print $f encode_json($config);

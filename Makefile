@@ -180,12 +180,6 @@ demo: module gateways
 # through LSan reports (see t/lib/OCB.pm).
 # The real-gateway tests run last and one at a time: each keeps a
 # gateway busy for minutes, which would upset the timing of the others.
-# t/64 pairs with a protocol 4 gateway in a network namespace; the
-# protocol 3 gateway cannot start there yet (its plugins fetch their npm
-# dependencies at start), so it is run by hand: OCB_REMOTE_VERSIONS=4,3
-OCB_REMOTE_VERSIONS ?= 4
-export OCB_REMOTE_VERSIONS
-
 test: module unit module-asan gateways
 	OCB_ASAN=0 $(PROVE) -j2 $(TESTS_ASAN)
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)

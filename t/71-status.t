@@ -296,6 +296,8 @@ server {
     location = /status { openclaw_bridge_status; }
 }
 EOF
+    # the old generation's workers may still be shutting down below
+    my %old = map { $_ => 1 } $n->worker_pids;
     my @new = sort { $a <=> $b } $n->reload;
     $st = wait_status(sub {
         my @p = sort { $a <=> $b } map { $_->{pid} } @{ $_[0]{workers} };
@@ -305,12 +307,15 @@ EOF
     my @live;
     my $deadline = time + 10;
     while (time < $deadline) {
-        @live = $n->worker_pids;
+        @live = grep { !$old{$_} } $n->worker_pids;
         last if @live == 2 && !grep { $_ == $new[1] } @live;
         sleep 0.05;
     }
     is(scalar @live, 2, 'a killed worker is replaced');
-    $st = wait_status(sub { @{ $_[0]{workers} } == 2 }, 5, $n);
+    $st = wait_status(sub {
+        join(' ', sort { $a <=> $b } map { $_->{pid} } @{ $_[0]{workers} })
+            eq "@live";
+    }, 10, $n);
     is(join(' ', sort { $a <=> $b } map { $_->{pid} } @{ $st->{workers} }), "@live",
        'the status lists the live workers only, not the killed one')
         or diag encode_json($st->{workers});

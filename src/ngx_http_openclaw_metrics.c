@@ -179,30 +179,16 @@ ngx_http_openclaw_metrics_handler(ngx_http_request_t *r)
     ngx_int_t                           rc;
     ngx_buf_t                          *b;
     ngx_uint_t                          i, k, state;
-    ngx_chain_t                         out;
+    ngx_str_t                           type;
     ngx_array_t                        *workers, *zones;
     ngx_http_openclaw_metric_t         *m;
     ngx_http_openclaw_zone_status_t    *zs;
-    ngx_http_openclaw_main_conf_t      *omcf;
     ngx_http_openclaw_worker_status_t  *ws;
 
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return NGX_HTTP_NOT_ALLOWED;
-    }
-
-    rc = ngx_http_discard_request_body(r);
+    rc = ngx_http_openclaw_status_read(r, &workers, &zones);
 
     if (rc != NGX_OK) {
         return rc;
-    }
-
-    omcf = ngx_http_get_module_main_conf(r, ngx_http_openclaw_bridge_module);
-
-    workers = ngx_http_openclaw_status_workers(omcf, r->pool);
-    zones = ngx_http_openclaw_status_zones(r->pool);
-
-    if (workers == NULL || zones == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     ws = workers->elts;
@@ -291,25 +277,10 @@ ngx_http_openclaw_metrics_handler(ngx_http_request_t *r)
     }
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type,
-                "text/plain; version=0.0.4; charset=utf-8");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    ngx_str_set(&type, "text/plain; version=0.0.4; charset=utf-8");
 
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_openclaw_status_send(r, b, &type);
 }
 
 

@@ -260,19 +260,17 @@ ngx_http_openclaw_status_zones(ngx_pool_t *pool)
 }
 
 
+/*
+ * The start of a GET of the status or the metrics: the request is
+ * checked, and the figures are taken.  NGX_OK, or what to return.
+ */
+
 ngx_int_t
-ngx_http_openclaw_status_handler(ngx_http_request_t *r)
+ngx_http_openclaw_status_read(ngx_http_request_t *r, ngx_array_t **workers,
+    ngx_array_t **zones)
 {
-    u_char                             *p;
-    size_t                              size;
-    ngx_int_t                           rc;
-    ngx_buf_t                          *b;
-    ngx_uint_t                          i;
-    ngx_chain_t                         out;
-    ngx_array_t                        *workers, *zones;
-    ngx_http_openclaw_zone_status_t    *zs;
-    ngx_http_openclaw_main_conf_t      *omcf;
-    ngx_http_openclaw_worker_status_t  *ws;
+    ngx_int_t                       rc;
+    ngx_http_openclaw_main_conf_t  *omcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -286,12 +284,68 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
 
     omcf = ngx_http_get_module_main_conf(r, ngx_http_openclaw_bridge_module);
 
-    workers = ngx_http_openclaw_status_workers(omcf, r->pool);
-    zones = ngx_http_openclaw_status_zones(r->pool);
+    *workers = ngx_http_openclaw_status_workers(omcf, r->pool);
+    *zones = ngx_http_openclaw_status_zones(r->pool);
 
-    if (workers == NULL || zones == NULL) {
+    if (*workers == NULL || *zones == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    return NGX_OK;
+}
+
+
+/* the answer, whole in "b", with its content type */
+
+ngx_int_t
+ngx_http_openclaw_status_send(ngx_http_request_t *r, ngx_buf_t *b,
+    ngx_str_t *type)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    r->headers_out.content_type = *type;
+    r->headers_out.content_type_len = type->len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_openclaw_status_handler(ngx_http_request_t *r)
+{
+    u_char                             *p;
+    size_t                              size;
+    ngx_int_t                           rc;
+    ngx_buf_t                          *b;
+    ngx_uint_t                          i;
+    ngx_str_t                           type;
+    ngx_array_t                        *workers, *zones;
+    ngx_http_openclaw_zone_status_t    *zs;
+    ngx_http_openclaw_main_conf_t      *omcf;
+    ngx_http_openclaw_worker_status_t  *ws;
+
+    rc = ngx_http_openclaw_status_read(r, &workers, &zones);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_openclaw_bridge_module);
 
     ws = workers->elts;
     zs = zones->elts;
@@ -335,24 +389,10 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     p = ngx_cpymem(p, "]}\n", 3);
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    ngx_str_set(&type, "application/json");
 
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_openclaw_status_send(r, b, &type);
 }
 
 

@@ -59,6 +59,15 @@ ngx_array_t *ngx_http_openclaw_status_workers(
     ngx_http_openclaw_main_conf_t *omcf, ngx_pool_t *pool);
 ngx_array_t *ngx_http_openclaw_status_zones(ngx_pool_t *pool);
 
+/*
+ * What both endpoints do first (method, body, the figures) and last (the
+ * answer, whole in one buffer): NGX_OK or what the handler returns.
+ */
+ngx_int_t ngx_http_openclaw_status_read(ngx_http_request_t *r,
+    ngx_array_t **workers, ngx_array_t **zones);
+ngx_int_t ngx_http_openclaw_status_send(ngx_http_request_t *r, ngx_buf_t *b,
+    ngx_str_t *type);
+
 ngx_int_t ngx_http_openclaw_status_handler(ngx_http_request_t *r);
 
 

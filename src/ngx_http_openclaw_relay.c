@@ -200,6 +200,10 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
         return rc;
     }
 
+    if (ep->track && in.type != NGX_HTTP_OPENCLAW_MSG_IGNORED) {
+        ep->track(ep, 0, &in.id_json);
+    }
+
     switch (in.type) {
 
     case NGX_HTTP_OPENCLAW_MSG_IGNORED:

@@ -68,6 +68,10 @@ ngx_http_openclaw_reply(ngx_http_openclaw_endpoint_t *ep,
     if (rc == NGX_OK && ngx_strcmp(rp->type, "progress") != 0) {
         ep->messages_out++;
 
+        if (ep->track) {
+            ep->track(ep, 1, rp->id);
+        }
+
         if (rp->error) {
             ep->errors++;
         }

@@ -113,8 +113,8 @@ static void ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub,
 
 static ngx_array_t  *ngx_http_openclaw_hubs;    /* this worker's links */
 
-static const char  *ngx_http_openclaw_hub_states[] = {
-    "down", "connecting", "ready", "draining"
+const char  *ngx_http_openclaw_hub_states[] = {
+    "down", "connecting", "ready", "draining", NULL
 };
 
 
@@ -1446,81 +1446,51 @@ ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub, size_t len,
 }
 
 
-size_t
-ngx_http_openclaw_hub_status_size(ngx_http_openclaw_main_conf_t *omcf)
+/* copies of the links' slots, read without a lock, for status and metrics */
+
+ngx_array_t *
+ngx_http_openclaw_hub_links(ngx_pool_t *pool)
 {
-    size_t                          size;
-    ngx_uint_t                      i;
-    ngx_http_openclaw_hub_conf_t  **hc;
+    ngx_uint_t                       i, n;
+    ngx_array_t                     *links;
+    ngx_http_openclaw_hub_t         *hub;
+    ngx_http_openclaw_hub_slot_t    *slot;
+    ngx_http_openclaw_hub_status_t  *hs;
 
-    size = sizeof(",\"hubs\":[]") - 1;
+    n = ngx_http_openclaw_hubs ? ngx_http_openclaw_hubs->nelts : 0;
 
-    if (omcf->hubs == NULL) {
-        return size;
+    links = ngx_array_create(pool, ngx_max(n, 1),
+                             sizeof(ngx_http_openclaw_hub_status_t));
+    if (links == NULL) {
+        return NULL;
     }
 
-    hc = omcf->hubs->elts;
+    hub = n ? ngx_http_openclaw_hubs->elts : NULL;
 
-    for (i = 0; i < omcf->hubs->nelts; i++) {
-        size += 256 + 6 * (hc[i]->dial.len + hc[i]->location.len
-                           + hc[i]->uid.len + NGX_HTTP_OPENCLAW_HUB_ERRLEN);
-    }
-
-    return size;
-}
-
-
-u_char *
-ngx_http_openclaw_hub_status(u_char *p, ngx_http_openclaw_main_conf_t *omcf)
-{
-    ngx_uint_t                     i;
-    ngx_http_openclaw_hub_t       *hub;
-    ngx_http_openclaw_hub_slot_t  *slot;
-    u_char                         error[NGX_HTTP_OPENCLAW_HUB_ERRLEN];
-
-    p = ngx_cpymem(p, ",\"hubs\":[", 9);
-
-    if (ngx_http_openclaw_hubs == NULL) {
-        *p++ = ']';
-        return p;
-    }
-
-    hub = ngx_http_openclaw_hubs->elts;
-
-    for (i = 0; i < ngx_http_openclaw_hubs->nelts; i++) {
+    for (i = 0; i < n; i++) {
         slot = hub[i].hold.slot;
 
-        /* read without a lock: a copy, cut where the writer may be */
+        hs = ngx_array_push(links);
+        if (hs == NULL) {
+            return NULL;
+        }
 
-        ngx_memcpy(error, slot->last_error, sizeof(error));
-        error[sizeof(error) - 1] = '\0';
+        hs->url = hub[i].conf->dial;
+        hs->location = hub[i].conf->location;
+        hs->uid = hub[i].conf->uid;
+        hs->state = ngx_min(slot->state, NGX_HTTP_OPENCLAW_HUB_DRAINING);
+        hs->pid = (ngx_pid_t) (slot->owner ? slot->owner : slot->draining);
+        hs->since = (time_t) slot->since;
+        hs->reconnects = slot->reconnects;
+        hs->queued = slot->queued;
+        hs->dropped = slot->dropped;
 
-        p = ngx_cpymem(p, i ? ",{\"url\":\"" : "{\"url\":\"", i ? 9 : 8);
-        p = (u_char *) ngx_escape_json(p, hub[i].conf->dial.data,
-                                       hub[i].conf->dial.len);
-        p = ngx_cpymem(p, "\",\"location\":\"", 14);
-        p = (u_char *) ngx_escape_json(p, hub[i].conf->location.data,
-                                       hub[i].conf->location.len);
-        p = ngx_cpymem(p, "\",\"uid\":\"", 9);
-        p = (u_char *) ngx_escape_json(p, hub[i].conf->uid.data,
-                                       hub[i].conf->uid.len);
+        /* a copy, cut where the writer may be */
 
-        p = ngx_sprintf(p, "\",\"state\":\"%s\",\"pid\":%P,\"since\":%T,"
-                        "\"reconnects\":%uA,\"queued\":%uA,"
-                        "\"dropped\":%uA,\"last_error\":\"",
-                        ngx_http_openclaw_hub_states[
-                            ngx_min(slot->state,
-                                    NGX_HTTP_OPENCLAW_HUB_DRAINING)],
-                        (ngx_pid_t) (slot->draining && !slot->owner
-                                     ? slot->draining : slot->owner),
-                        (time_t) slot->since, slot->reconnects,
-                        slot->queued, slot->dropped);
-
-        p = (u_char *) ngx_escape_json(p, error, ngx_strlen(error));
-        p = ngx_cpymem(p, "\"}", 2);
+        ngx_memcpy(hs->last_error, slot->last_error,
+                   sizeof(hs->last_error));
+        hs->last_error[sizeof(hs->last_error) - 1] = '\0';
     }
 
-    *p++ = ']';
-
-    return p;
+    return links;
 }

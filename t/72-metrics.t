@@ -189,6 +189,10 @@ my %want = (
     openclaw_bridge_zone_free_bytes => 'gauge',
     openclaw_bridge_zone_sessions => 'gauge',
     openclaw_bridge_zone_evictions => 'counter',
+    openclaw_bridge_hub_link_state => 'gauge',
+    openclaw_bridge_hub_reconnects => 'counter',
+    openclaw_bridge_hub_replies_queued => 'gauge',
+    openclaw_bridge_hub_replies_dropped => 'counter',
 );
 is_deeply({ map { $_->{name} => $_->{type} } @fam }, \%want, 'the families and their types');
 
@@ -196,7 +200,7 @@ is_deeply({ map { $_->{name} => $_->{type} } @fam }, \%want, 'the families and t
 {
     my %p = map { $_ => 1 } @pids;
     my @bad;
-    for my $f (grep { $_->{name} !~ /^openclaw_bridge_zone_/ } @fam) {
+    for my $f (grep { $_->{name} !~ /^openclaw_bridge_(?:zone|hub)_/ } @fam) {
         my %seen;
         for my $s (@{ $f->{samples} }) {
             my $pid = $s->{labels}{pid};

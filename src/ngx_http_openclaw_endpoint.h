@@ -55,6 +55,15 @@ struct ngx_http_openclaw_endpoint_s {
     ngx_http_openclaw_scope_t           scope;
     ngx_str_t                           sender;
 
+    /*
+     * Runs the agent starts on its sessions: "push" while the transport
+     * takes them, "push_uid" when every session of its uid is its users'
+     * (a hub link stands for its uid as a whole).
+     */
+    ngx_queue_t                         push_link;
+    unsigned                            push:1;
+    unsigned                            push_uid:1;
+
     /* what happened on it, for the log */
     ngx_str_t                           session;    /* the last one used */
     ngx_uint_t                          messages_in;

@@ -886,6 +886,7 @@ ngx_http_openclaw_hub_endpoint(ngx_http_openclaw_hub_t *hub)
     }
 
     hub->ep.scope.fallback_per_message = 1;
+    hub->ep.push_uid = (hc->uid.len != 0);
 
     return NGX_OK;
 }
@@ -916,6 +917,7 @@ ngx_http_openclaw_hub_tick(ngx_event_t *ev)
             }
 
             hub->holder = 1;
+            hub->ep.push = 1;
 
             ngx_log_error(NGX_LOG_NOTICE, &hub->ws.log, 0,
                           "this worker holds the hub link");
@@ -939,6 +941,7 @@ ngx_http_openclaw_hub_tick(ngx_event_t *ev)
         /* taken over while this worker did not answer: the other has it */
 
         hub->holder = 0;
+        hub->ep.push = 0;
 
         ngx_log_error(NGX_LOG_WARN, &hub->ws.log, 0,
                       "another worker took the hub link over, closing "
@@ -966,6 +969,7 @@ ngx_http_openclaw_hub_shutdown(ngx_http_openclaw_hub_t *hub, ngx_uint_t halt)
     }
 
     hub->holder = 0;
+    hub->ep.push = 0;
 
     if (ngx_http_openclaw_hub_owes(hub)
         && hub->ws.state == NGX_HTTP_OPENCLAW_WSCLIENT_READY)

@@ -109,6 +109,11 @@ static ngx_http_openclaw_metric_t  ngx_http_openclaw_metrics[] = {
       "Chat messages in flight.", NULL,
       ngx_http_openclaw_slot(relay.runs) },
 
+    { "openclaw_bridge_agent_runs_total", "counter",
+      "Runs the agent started itself, delivered to the endpoint that owns "
+      "their session.", NULL,
+      ngx_http_openclaw_slot(relay.pushed) },
+
     { "openclaw_bridge_runs_waiting_for_link", "gauge",
       "Chat messages in flight that wait for the gateway connection.",
       NULL,

@@ -470,10 +470,11 @@ ngx_http_openclaw_status_worker(u_char *p,
     p = ngx_sprintf(p, "\"},\"clients\":%ui,\"messages_in\":%ui,"
                     "\"messages_out\":%ui,\"completed\":%ui,"
                     "\"runs_in_flight\":%ui,\"waiting_for_link\":%ui,"
-                    "\"errors\":{\"input\":%ui,\"gateway\":%ui,"
+                    "\"agent_runs\":%ui,\"errors\":{\"input\":%ui,\"gateway\":%ui,"
                     "\"timeout\":%ui,\"link\":%ui,\"overload\":%ui}}",
                     rs->clients, rs->messages_in, rs->messages_out,
-                    rs->completed, rs->runs, rs->waiting, rs->errors_input,
+                    rs->completed, rs->runs, rs->waiting, rs->pushed,
+                    rs->errors_input,
                     rs->errors_gateway, rs->errors_timeout, rs->errors_link,
                     rs->errors_overload);
 

@@ -16,9 +16,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::HiRes qw(time);
-use Mojo::IOLoop;
 use Mojo::JSON qw(decode_json encode_json);
-use Mojo::UserAgent;
 
 use OCB;
 use OCGateway;
@@ -47,63 +45,7 @@ sub pump { OCGateway::Client::pump(@_) }
 
 # one request over an operator connection of the test's own (read scope,
 # the loopback backend path): the gateway's own view
-my $UA = Mojo::UserAgent->new(inactivity_timeout => 0, connect_timeout => 5);
-
-sub gateway_call {
-    my ($method, $params, $timeout) = @_;
-    my ($res, $err);
-    my $ua = $UA;
-    my $timer = Mojo::IOLoop->timer($timeout // 60 => sub {
-        $err = 'timeout';
-        Mojo::IOLoop->stop;
-    });
-    $ua->websocket($gw->url . '/' => sub {
-        my ($ua, $tx) = @_;
-        if (!$tx->is_websocket) {
-            $err = 'no WebSocket';
-            Mojo::IOLoop->stop;
-            return;
-        }
-        $tx->max_websocket_size(64 << 20);
-        $tx->on(finish => sub { Mojo::IOLoop->stop });
-        $tx->on(text => sub {
-            my ($tx, $text) = @_;
-            my $f = eval { decode_json($text) } or return;
-            if (($f->{event} // '') eq 'connect.challenge') {
-                $tx->send(encode_json({
-                    type => 'req', id => 't63-connect', method => 'connect',
-                    params => {
-                        minProtocol => 3, maxProtocol => 4,
-                        client => { id => 'gateway-client',
-                                    displayName => 'ocb-test-63',
-                                    version => '0.0.1', platform => 'linux',
-                                    mode => 'backend',
-                                    instanceId => "ocb-63-$$" },
-                        role => 'operator', scopes => ['operator.read'],
-                        caps => [], auth => { token => $gw->token },
-                    } }));
-                return;
-            }
-            return unless ($f->{type} // '') eq 'res';
-            if ($f->{id} eq 't63-connect') {
-                if (!$f->{ok}) {
-                    $err = 'connect refused: ' . encode_json($f->{error});
-                    $tx->finish;
-                    return;
-                }
-                $tx->send(encode_json({ type => 'req', id => 't63-call',
-                                        method => $method,
-                                        params => $params }));
-            } elsif ($f->{id} eq 't63-call') {
-                $res = $f;
-                $tx->finish;
-            }
-        });
-    });
-    Mojo::IOLoop->start;
-    Mojo::IOLoop->remove($timer);
-    return ($res, $err);
-}
+sub gateway_call { $gw->operator_call(@_[0, 1], timeout => $_[2] // 60) }
 
 # the gateway's own row of $key, or undef; dies when it cannot say
 sub gateway_row {

@@ -18,9 +18,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::HiRes qw(time);
-use Mojo::IOLoop;
 use Mojo::JSON qw(decode_json encode_json);
-use Mojo::UserAgent;
 
 use OCB;
 use OCGateway;
@@ -29,60 +27,9 @@ sub pump { OCGateway::Client::pump(@_) }
 
 # a chat.send over an operator connection of the test's own: its ack
 sub operator_send {
-    my ($gw, $params, $timeout) = @_;
-    my ($res, $err);
-    my $ua = Mojo::UserAgent->new(inactivity_timeout => 0,
-                                  connect_timeout => 5);
-    my $timer = Mojo::IOLoop->timer($timeout // 60 => sub {
-        $err = 'timeout';
-        Mojo::IOLoop->stop;
-    });
-    $ua->websocket($gw->url . '/' => sub {
-        my ($ua, $tx) = @_;
-        if (!$tx->is_websocket) {
-            $err = 'no WebSocket';
-            Mojo::IOLoop->stop;
-            return;
-        }
-        $tx->on(finish => sub { Mojo::IOLoop->stop });
-        $tx->on(text => sub {
-            my ($tx, $text) = @_;
-            my $f = eval { decode_json($text) } or return;
-            if (($f->{event} // '') eq 'connect.challenge') {
-                $tx->send(encode_json({
-                    type => 'req', id => 't68-connect', method => 'connect',
-                    params => {
-                        minProtocol => 3, maxProtocol => 4,
-                        client => { id => 'gateway-client',
-                                    displayName => 'ocb-test-68',
-                                    version => '0.0.1', platform => 'linux',
-                                    mode => 'backend',
-                                    instanceId => "ocb-68-$$" },
-                        role => 'operator',
-                        scopes => ['operator.read', 'operator.write'],
-                        caps => [], auth => { token => $gw->token },
-                    } }));
-                return;
-            }
-            return unless ($f->{type} // '') eq 'res';
-            if ($f->{id} eq 't68-connect') {
-                if (!$f->{ok}) {
-                    $err = 'connect refused: ' . encode_json($f->{error});
-                    $tx->finish;
-                    return;
-                }
-                $tx->send(encode_json({ type => 'req', id => 't68-send',
-                                        method => 'chat.send',
-                                        params => $params }));
-            } elsif ($f->{id} eq 't68-send') {
-                $res = $f;
-                $tx->finish;
-            }
-        });
-    });
-    Mojo::IOLoop->start;
-    Mojo::IOLoop->remove($timer);
-    return ($res, $err);
+    my ($gw, $params) = @_;
+    return $gw->operator_call('chat.send', $params,
+                              scopes => ['operator.read', 'operator.write']);
 }
 
 # the agent's replies a client has (they carry no id)

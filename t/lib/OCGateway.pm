@@ -38,7 +38,9 @@ use File::Basename qw(basename dirname);
 use File::Path qw(make_path remove_tree);
 use HTTP::Tiny;
 use IO::Socket::INET;
+use Mojo::IOLoop;
 use Mojo::JSON qw(decode_json encode_json);
+use Mojo::UserAgent;
 use POSIX qw(:sys_wait_h);
 use Test::More;
 use Time::HiRes qw(sleep time);
@@ -692,6 +694,67 @@ sub check {
     return !@p;
 }
 
+
+# One request over an operator connection of the test's own (the
+# loopback backend path, with the gateway's token): ($res, $err), $res the
+# whole "res" frame.  scopes => [...] (default operator.read), timeout.
+sub operator_call {
+    my ($self, $method, $params, %o) = @_;
+    my ($res, $err);
+    my $ua = Mojo::UserAgent->new(inactivity_timeout => 0,
+                                  connect_timeout => 5);
+    my $timer = Mojo::IOLoop->timer($o{timeout} // 60 => sub {
+        $err = 'timeout';
+        Mojo::IOLoop->stop;
+    });
+    $ua->websocket($self->url . '/' => sub {
+        my ($ua, $tx) = @_;
+        if (!$tx->is_websocket) {
+            $err = 'no WebSocket';
+            Mojo::IOLoop->stop;
+            return;
+        }
+        $tx->max_websocket_size(64 << 20);
+        $tx->on(finish => sub { Mojo::IOLoop->stop });
+        $tx->on(text => sub {
+            my ($tx, $text) = @_;
+            my $f = eval { decode_json($text) } or return;
+            if (($f->{event} // '') eq 'connect.challenge') {
+                $tx->send(encode_json({
+                    type => 'req', id => 'ocb-op-connect', method => 'connect',
+                    params => {
+                        minProtocol => 3, maxProtocol => 4,
+                        client => { id => 'gateway-client',
+                                    displayName => 'ocb-test-operator',
+                                    version => '0.0.1', platform => 'linux',
+                                    mode => 'backend',
+                                    instanceId => "ocb-op-$$" },
+                        role => 'operator',
+                        scopes => $o{scopes} // ['operator.read'],
+                        caps => [], auth => { token => $self->token },
+                    } }));
+                return;
+            }
+            return unless ($f->{type} // '') eq 'res';
+            if ($f->{id} eq 'ocb-op-connect') {
+                if (!$f->{ok}) {
+                    $err = 'connect refused: ' . encode_json($f->{error});
+                    $tx->finish;
+                    return;
+                }
+                $tx->send(encode_json({ type => 'req', id => 'ocb-op-call',
+                                        method => $method,
+                                        params => $params }));
+            } elsif ($f->{id} eq 'ocb-op-call') {
+                $res = $f;
+                $tx->finish;
+            }
+        });
+    });
+    Mojo::IOLoop->start;
+    Mojo::IOLoop->remove($timer);
+    return ($res, $err);
+}
 
 package OCGateway::Client;
 

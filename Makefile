@@ -83,10 +83,10 @@ define configure
 	    || { tail -20 $(1)/configure.log; exit 1; }
 endef
 
-$(BUILD)/Makefile: config
+$(BUILD)/Makefile: config debian/changelog
 	$(call configure,$(BUILD),)
 
-$(BUILD_ASAN)/Makefile: config
+$(BUILD_ASAN)/Makefile: config debian/changelog
 	$(call configure,$(BUILD_ASAN),$(ASAN_FLAGS))
 
 $(BUILD)/$(MODULE): $(BUILD)/Makefile $(SRCS)

@@ -28,9 +28,12 @@ OCB_CACHE  ?= $(HOME)/.cache/openclaw-bridge
 export OCB_CACHE
 
 TESTS      := $(sort $(wildcard t/*.t))
+# the package's test installs the package `make deb` built on the stock
+# nginx: once, without ASan (a few seconds)
+TESTS_DEB  := t/90-deb.t
 # the real-gateway tests take minutes of CPU on their own: ASan adds
 # nothing to them that the fake-gateway tests do not already exercise
-TESTS_ASAN := $(filter-out t/6%,$(TESTS))
+TESTS_ASAN := $(filter-out t/6% $(TESTS_DEB),$(TESTS))
 TESTS_GATEWAY := $(filter t/6%,$(TESTS))
 
 DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev \
@@ -203,8 +206,8 @@ demo: module gateways
 # through LSan reports (see t/lib/OCB.pm).
 # The real-gateway tests run last and one at a time: each keeps a
 # gateway busy for minutes, which would upset the timing of the others.
-test: module unit module-asan gateways
-	OCB_ASAN=0 $(PROVE) -j2 $(TESTS_ASAN)
+test: module unit module-asan gateways deb
+	OCB_ASAN=0 $(PROVE) -j2 $(TESTS_ASAN) $(TESTS_DEB)
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
 	OCB_ASAN=0 $(PROVE) $(TESTS_GATEWAY)
 

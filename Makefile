@@ -9,6 +9,8 @@
 #   make test-stress `make test` three times in a row beside two CPU-bound
 #                    processes, as on a busy machine
 #   make fuzz        build the libFuzzer targets and run each FUZZ_TIME s
+#   make deb         the Debian package, built with dpkg-buildpackage:
+#                    build/libnginx-mod-http-openclaw-bridge_<version>_<arch>.deb
 #
 # The module is built against Debian's nginx + nginx-dev by default, or
 # against an nginx source tree given as NGINX_SRC=/path/to/nginx.
@@ -26,9 +28,12 @@ OCB_CACHE  ?= $(HOME)/.cache/openclaw-bridge
 export OCB_CACHE
 
 TESTS      := $(sort $(wildcard t/*.t))
+# the package's test installs the package `make deb` built on the stock
+# nginx: once, without ASan (a few seconds)
+TESTS_DEB  := t/90-deb.t
 # the real-gateway tests take minutes of CPU on their own: ASan adds
 # nothing to them that the fake-gateway tests do not already exercise
-TESTS_ASAN := $(filter-out t/6%,$(TESTS))
+TESTS_ASAN := $(filter-out t/6% $(TESTS_DEB),$(TESTS))
 TESTS_GATEWAY := $(filter t/6%,$(TESTS))
 
 DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev \
@@ -36,29 +41,50 @@ DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev \
         clang libclang-rt-14-dev gcc make perl openssl iproute2 \
         python3 python3-prometheus-client
 
+# what `make deb` needs beside them: dpkg-buildpackage and debhelper (the
+# nginx addon, dh-sequence-nginx, comes with nginx-dev); no fakeroot, as
+# debian/control says Rules-Requires-Root: no
+DEBS_DEB := dpkg-dev debhelper build-essential
+
+# The version has one place: the first entry of debian/changelog.
+PKG        := libnginx-mod-http-openclaw-bridge
+VERSION    := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
+DEB_ARCH   := $(shell dpkg --print-architecture 2>/dev/null)
+DEB        := $(BUILD)/$(PKG)_$(VERSION)_$(DEB_ARCH).deb
+DEB_INPUTS := $(SRCS) $(wildcard debian/* debian/*/*) README.md \
+              conf-examples/openclaw-bridge.conf conf-examples/nginx.conf
+
 CFLAGS_DEB := $(shell dpkg-buildflags --get CFLAGS 2>/dev/null) -fPIC \
               $(shell dpkg-buildflags --get CPPFLAGS 2>/dev/null)
 LDFLAGS_DEB := $(shell dpkg-buildflags --get LDFLAGS 2>/dev/null) -fPIC
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
 
-.PHONY: all deps gateways module module-asan unit run demo test test-asan \
-        test-stress fuzz clean
+.PHONY: all deps deps-deb gateways module module-asan unit run demo test \
+        test-asan test-stress fuzz deb clean
 
 all: module
 
 # Installs only what is missing, so a ready machine pays nothing.
-deps:
-	@missing=""; for p in $(DEBS); do \
+define install_missing
+	@missing=""; for p in $(1); do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
-	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	$(2) \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	        --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEBS),command -v npm >/dev/null 2>&1 \
+	    || missing="$$missing npm";)
+
+deps-deb: deps
+	$(call install_missing,$(DEBS_DEB),)
 
 # Node 24 and both OpenClaw gateway generations, once, into OCB_CACHE
 gateways: deps
@@ -83,10 +109,10 @@ define configure
 	    || { tail -20 $(1)/configure.log; exit 1; }
 endef
 
-$(BUILD)/Makefile: config
+$(BUILD)/Makefile: config debian/changelog
 	$(call configure,$(BUILD),)
 
-$(BUILD_ASAN)/Makefile: config
+$(BUILD_ASAN)/Makefile: config debian/changelog
 	$(call configure,$(BUILD_ASAN),$(ASAN_FLAGS))
 
 $(BUILD)/$(MODULE): $(BUILD)/Makefile $(SRCS)
@@ -180,8 +206,8 @@ demo: module gateways
 # through LSan reports (see t/lib/OCB.pm).
 # The real-gateway tests run last and one at a time: each keeps a
 # gateway busy for minutes, which would upset the timing of the others.
-test: module unit module-asan gateways
-	OCB_ASAN=0 $(PROVE) -j2 $(TESTS_ASAN)
+test: module unit module-asan gateways deb
+	OCB_ASAN=0 $(PROVE) -j2 $(TESTS_ASAN) $(TESTS_DEB)
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
 	OCB_ASAN=0 $(PROVE) $(TESTS_GATEWAY)
 
@@ -229,6 +255,21 @@ fuzz: deps $(FUZZERS)
 	        -artifact_prefix=$(BUILD)/ $(BUILD)/corpus-$$n \
 	        fuzz/corpus/$$n || exit 1; \
 	done
+
+# The package is built by Debian's tools from a copy of the tree (what
+# dpkg-buildpackage writes beside and inside its source tree stays in
+# build/deb/): debian/rules is dh with the nginx addon, see there.
+deb: deps-deb $(DEB)
+
+$(DEB): $(DEB_INPUTS)
+	rm -rf $(BUILD)/deb
+	mkdir -p $(BUILD)/deb/$(PKG)-$(VERSION)
+	cp -R config src debian README.md conf-examples \
+	    $(BUILD)/deb/$(PKG)-$(VERSION)/
+	cd $(BUILD)/deb/$(PKG)-$(VERSION) && dpkg-buildpackage -b -us -uc \
+	    > ../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
+	cp $(BUILD)/deb/$(notdir $@) $@
+	@echo "$@"
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -49,6 +49,17 @@ typedef struct {
     ngx_str_t                       topic_id;
     ngx_str_t                       thread_id;
     ngx_str_t                       key;
+
+    /*
+     * "attachments" as it came, JSON text, once every element has been
+     * checked: it goes into the gateway request as it is.  The limits
+     * are the gateway's, so the relay checks the largest image against
+     * them.
+     */
+    ngx_str_t                       attachments;
+    ngx_uint_t                      nattachments;
+    ngx_uint_t                      largest;     /* its index */
+    size_t                          largest_size;   /* decoded */
 } ngx_http_openclaw_inbound_t;
 
 

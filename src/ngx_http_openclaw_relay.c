@@ -456,9 +456,10 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t *in)
 {
     u_char                         *p;
-    size_t                          size, queued;
+    size_t                          size, queued, max;
     uint32_t                        hash;
     ngx_int_t                       rc;
+    ngx_uint_t                      advertised;
     ngx_str_t                       session, error, run_id, params;
     const char                     *err;
     ngx_http_openclaw_run_t        *run;
@@ -468,7 +469,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_loc_conf_t   *conf;
     u_char                          key[NGX_HTTP_OPENCLAW_SESSION_MAX];
     u_char                          rid[NGX_HTTP_OPENCLAW_RUN_ID_LEN];
-    u_char                          buf[160];
+    u_char                          buf[192];
 
     rl = &ngx_http_openclaw_relay;
     conf = ep->conf;
@@ -480,6 +481,33 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
                             "connection: wait for their replies");
         return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              NULL, &in->id_json);
+    }
+
+    /*
+     * The gateway would refuse an image over its limit only after the
+     * whole message crossed the link; the limit is the one of the last
+     * hello-ok, so that a message waiting for the link is checked too.
+     */
+
+    if (in->nattachments) {
+        max = ngx_http_openclaw_gateway_max_image(&advertised);
+
+        if (in->largest_size > max) {
+            rl->stats->errors_input++;
+            error.data = buf;
+            error.len = ngx_snprintf(buf, sizeof(buf), "attachments[%ui]"
+                                     ".content is %uz bytes decoded, over "
+                                     "the gateway's limit of %uz bytes for "
+                                     "an image (%s)", in->largest,
+                                     in->largest_size, max,
+                                     advertised
+                                     ? "policy.attachments.maxImageBytes"
+                                     : "the gateway advertises none; "
+                                       "protocol 3's")
+                        - buf;
+            return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL,
+                                                 &error, NULL, &in->id_json);
+        }
     }
 
     /*
@@ -608,6 +636,11 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_json_escaped(&j, "message", in->content.data,
                                    in->content.len);
     ngx_http_openclaw_json_escaped(&j, "idempotencyKey", rid, run_id.len);
+
+    if (in->nattachments) {
+        ngx_http_openclaw_json_raw(&j, "attachments", in->attachments.data,
+                                   in->attachments.len);
+    }
 
     if (ngx_http_openclaw_json_end(&j, &params) != NGX_OK) {
         return NGX_ERROR;

@@ -1078,6 +1078,71 @@ ngx_http_openclaw_message_text(ngx_http_openclaw_jv_t *message,
 }
 
 
+ngx_int_t
+ngx_http_openclaw_message_media(ngx_http_openclaw_jv_t *message,
+    ngx_str_t *media, u_char **buf)
+{
+    u_char                 *p;
+    ngx_http_openclaw_jv_t  content, block, type;
+
+    *buf = NULL;
+    ngx_str_set(media, "");
+
+    if (ngx_http_openclaw_jv_get(message, "content", &content) != 0
+        || content.type != NGX_HTTP_OPENCLAW_JSON_ARRAY)
+    {
+        return NGX_OK;
+    }
+
+    p = NULL;
+    block.start = NULL;
+
+    while (ngx_http_openclaw_jv_next(&content, &block) == 0) {
+
+        /*
+         * Text is the reply's content already; thinking is the model's
+         * own, which no reply shows; a block without a type is nothing
+         * a client could tell apart.
+         */
+
+        if (ngx_http_openclaw_jv_get(&block, "type", &type) != 0
+            || type.type != NGX_HTTP_OPENCLAW_JSON_STRING
+            || ngx_http_openclaw_jv_is(&type, "text")
+            || ngx_http_openclaw_jv_is(&type, "thinking")
+            || ngx_http_openclaw_jv_is(&type, "redacted_thinking"))
+        {
+            continue;
+        }
+
+        if (p == NULL) {
+
+            /* the blocks as they came are never longer than their array */
+
+            p = ngx_alloc(content.len, ngx_cycle->log);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            *buf = p;
+            *p++ = '[';
+
+        } else {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, block.start, block.len);
+    }
+
+    if (p) {
+        *p++ = ']';
+        media->data = *buf;
+        media->len = p - *buf;
+    }
+
+    return NGX_OK;
+}
+
+
 /* the text of a content block of type "text" */
 
 static ngx_int_t

@@ -135,6 +135,15 @@ void ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *sender,
     ngx_str_t *id, u_char *buf);
 
 /*
+ * The content blocks of a gateway message object that are neither text
+ * nor the model's thinking (images, audio, video, files, as the gateway
+ * writes them), as a JSON array of the blocks as they came, in "*buf",
+ * which the caller frees; "media->len" is 0 when there is none.
+ */
+ngx_int_t ngx_http_openclaw_message_media(ngx_http_openclaw_jv_t *message,
+    ngx_str_t *media, u_char **buf);
+
+/*
  * The text of a gateway message object, still escaped: its string
  * "content", or its blocks of type "text" joined; "*buf" is set when the
  * join needed memory of its own, which the caller frees.

@@ -5,7 +5,8 @@
 # error that names it and never reaches the gateway; the limit is the
 # one the gateway advertises in hello-ok (policy.attachments), protocol
 # 3's fixed 5000000 bytes without one, and the whole request still has to
-# fit maxPayload.
+# fit maxPayload.  The blocks of a final message that are not text reach
+# the client on the complete, as "media".
 
 use strict;
 use warnings;
@@ -216,6 +217,50 @@ subtest 'protocol 3: no advertised limit, 5000000 bytes' => sub {
     my %reached = map { $_ => 1 } sent_ids($gw);
     ok($reached{'limit:'}, 'the one at the limit reached the gateway');
     ok(!$reached{'over:'}, 'the one over it did not');
+
+    $c->close;
+    $ngx->stop;
+    $gw->stop;
+};
+
+###########################################################################
+
+subtest 'media of the final message on the complete' => sub {
+    my $media = [
+        { type => 'image', artifactId => 'img-1',
+          url => '/api/chat/media/outgoing/x/1/full', mimeType => 'image/png',
+          alt => 'a chart', width => 10, height => 20 },
+        { type => 'thinking', thinking => 'not for the client' },
+        { type => 'attachment',
+          attachment => { kind => 'document', label => 'r.pdf',
+                          mimeType => 'application/pdf', url => '/u' } },
+        { type => 'text', text => ' and more text' },
+    ];
+    my ($gw, $ngx) = setup(final_media => $media);
+    my $c = RelayClient->new($ngx);
+
+    $c->send_json({ id => 'm', content => 'draw' });
+    my @f = $c->until_terminal(['m'], 10);
+    my ($end) = grep { ($_->{type} // '') =~ /^(complete|error)$/ }
+                map { $_->{json} // () } @f;
+    is($end && $end->{type}, 'complete', 'complete');
+    is($end && $end->{content}, 'echo: draw and more text',
+       'content is every text block');
+    is_deeply($end && $end->{media}, [$media->[0], $media->[2]],
+              'media: the other blocks as they came, thinking left out')
+        or diag encode_json($end);
+    ok(!grep({ ($_->{type} // '') eq 'progress' && exists $_->{media} }
+             map { $_->{json} // () } @f),
+       'no progress carries media');
+    ok(!grep({ ($_->{id} // '') eq 'm' && exists $_->{media} }
+             grep { ($_->{type} // '') eq 'progress' } map { $_->{json} // () } @f),
+       'only the complete does');
+
+    $gw->set(final_media => undef);
+    $c->send_json({ id => 'plain', content => 'plain' });
+    @f = $c->until_terminal(['plain'], 10);
+    ($end) = grep { ($_->{type} // '') eq 'complete' } map { $_->{json} // () } @f;
+    ok($end && !exists $end->{media}, 'a text-only final has no media');
 
     $c->close;
     $ngx->stop;

@@ -18,7 +18,8 @@
  *     jv_get by each name as written finds the first member so spelt, and
  *     when the name has no escape, cJSON_GetObjectItemCaseSensitive finds
  *     the same member (or an earlier one whose name is spelt with escapes);
- *     jv_members agrees with jv_get; names and string values decode to
+ *     jv_members agrees with jv_get; jv_member yields the members in
+ *     order, with the walker's spans; names and string values decode to
  *     cJSON's bytes;
  *   - arrays: jv_next yields as many elements as cJSON has, with the
  *     walker's spans;
@@ -524,6 +525,20 @@ check_object(jv_t *v, cJSON *c)
         n++;
     }
 
+    /* jv_member yields the walker's members, names and values, in order */
+
+    key.start = NULL;
+
+    for (i = 0; ngx_http_openclaw_jv_member(v, &key, &out) == 0; i++) {
+        CHECK(i < n);
+        CHECK(key.type == NGX_HTTP_OPENCLAW_JSON_STRING);
+        CHECK(key.data == m[i].name && key.size == m[i].name_len);
+        CHECK(out.start == m[i].value && out.len == m[i].value_len);
+    }
+
+    CHECK(i == n);
+    CHECK(ngx_http_openclaw_jv_member(v, &key, &out) == -1);
+
     children = NULL;
 
     if (c != NULL) {
@@ -705,6 +720,11 @@ check_value(jv_t *v, cJSON *c)
     if (v->type != NGX_HTTP_OPENCLAW_JSON_ARRAY) {
         item.start = NULL;
         CHECK(ngx_http_openclaw_jv_next(v, &item) == -1);
+    }
+
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_OBJECT) {
+        item.start = NULL;
+        CHECK(ngx_http_openclaw_jv_member(v, &item, &out) == -1);
     }
 
     if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING) {

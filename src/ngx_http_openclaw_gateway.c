@@ -28,6 +28,7 @@
 #define NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX    (64 * 1024 * 1024)
 
 #define NGX_HTTP_OPENCLAW_GW_TICK_DEFAULT   30000
+#define NGX_HTTP_OPENCLAW_GW_IMAGE_DEFAULT  5000000
 
 #define NGX_HTTP_OPENCLAW_GW_VERSION        NGX_HTTP_OPENCLAW_VERSION
 
@@ -43,6 +44,10 @@ typedef struct {
     ngx_uint_t                      next_id;
 
     ngx_event_t                     watchdog;
+
+    /* the decoded size an image attachment may have, from the policy */
+    size_t                          max_image;
+    unsigned                        max_image_advertised:1;
 } ngx_http_openclaw_gateway_t;
 
 
@@ -609,7 +614,8 @@ static ngx_int_t
 ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
     cJSON *frame)
 {
-    cJSON       *ok, *payload, *error, *item, *scopes, *policy, *details;
+    cJSON       *ok, *payload, *error, *item, *scopes, *policy, *details,
+                *attachments;
     cJSON       *message, *code;
     ngx_uint_t   write, again, level;
 
@@ -714,6 +720,29 @@ ngx_http_openclaw_gateway_hello(ngx_http_openclaw_gateway_t *gw,
         gw->info->max_payload = (size_t) item->valuedouble;
     }
 
+    /*
+     * Protocol 4 advertises its attachment ceilings; protocol 3 has none
+     * in its policy, and checks 5000000 bytes in chat.send.  Images face
+     * the smaller of the two protocol 4 limits.
+     */
+
+    gw->max_image = NGX_HTTP_OPENCLAW_GW_IMAGE_DEFAULT;
+    gw->max_image_advertised = 0;
+
+    attachments = cJSON_GetObjectItemCaseSensitive(policy, "attachments");
+
+    item = cJSON_GetObjectItemCaseSensitive(attachments, "maxImageBytes");
+    if (!cJSON_IsNumber(item) || item->valuedouble < 1) {
+        item = cJSON_GetObjectItemCaseSensitive(attachments, "maxBytes");
+    }
+
+    if (cJSON_IsNumber(item) && item->valuedouble >= 1
+        && item->valuedouble < NGX_HTTP_OPENCLAW_GW_PAYLOAD_MAX)
+    {
+        gw->max_image = (size_t) item->valuedouble;
+        gw->max_image_advertised = 1;
+    }
+
     again = gw->ws.failures;
 
     ngx_http_openclaw_wsclient_ready(&gw->ws,
@@ -763,6 +792,26 @@ ngx_http_openclaw_gateway_max_params(const char *method)
     }
 
     return gw->info->max_payload - envelope;
+}
+
+
+size_t
+ngx_http_openclaw_gateway_max_image(ngx_uint_t *advertised)
+{
+    ngx_http_openclaw_gateway_t  *gw;
+
+    gw = ngx_http_openclaw_gw;
+
+    /* before the first hello-ok, what a gateway that advertises none takes */
+
+    if (gw == NULL || gw->max_image == 0) {
+        *advertised = 0;
+        return NGX_HTTP_OPENCLAW_GW_IMAGE_DEFAULT;
+    }
+
+    *advertised = gw->max_image_advertised;
+
+    return gw->max_image;
 }
 
 

@@ -104,6 +104,15 @@ ngx_int_t ngx_http_openclaw_gateway_call(ngx_http_openclaw_rpc_t *rpc,
  */
 size_t ngx_http_openclaw_gateway_max_params(const char *method);
 
+/*
+ * The largest decoded image attachment the gateway takes: the last
+ * hello-ok's policy.attachments.maxImageBytes (else maxBytes), else, and
+ * before any hello-ok, protocol 3's fixed 5000000; "*advertised" says
+ * whether the gateway advertised it.  Kept while the link is down, so
+ * that messages waiting for it are checked against the last limit known.
+ */
+size_t ngx_http_openclaw_gateway_max_image(ngx_uint_t *advertised);
+
 /* the gateway's policy.maxPayload, for errors that name it */
 size_t ngx_http_openclaw_gateway_max_payload(void);
 

@@ -1201,6 +1201,62 @@ ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
 }
 
 
+int
+ngx_http_openclaw_jv_member(ngx_http_openclaw_jv_t *obj,
+    ngx_http_openclaw_jv_t *name, ngx_http_openclaw_jv_t *value)
+{
+    uint32_t        node;
+    const uint8_t  *p, *end;
+
+    if (obj->type != NGX_HTTP_OPENCLAW_JSON_OBJECT) {
+        return -1;
+    }
+
+    if (jv_indexed(obj)) {
+        node = (name->start == NULL) ? obj->node + 1 : jv_after(value);
+
+        if (node >= obj->index->nodes[obj->node].next) {
+            return -1;
+        }
+
+        jv_node(obj->index, node, name);
+        jv_node(obj->index, node + 1, value);
+        return 0;
+    }
+
+    end = obj->start + obj->len - 1;
+
+    if (name->start == NULL) {
+        node = jv_first(obj);
+        p = jv_skip(obj, obj->start + 1, end);
+
+    } else {
+        node = jv_after(value);
+        p = jv_skip(obj, value->start + value->len, end);
+
+        if (p < end && *p == ',') {
+            p = jv_skip(obj, p + 1, end);
+        }
+    }
+
+    if (p >= end) {
+        return -1;
+    }
+
+    jv_describe(p, end, name, obj->index, node);
+    node = jv_after(name);
+
+    /* past the name and the colon */
+
+    p = jv_skip(obj, p + name->len, end);
+    p = jv_skip(obj, p + 1, end);
+
+    jv_describe(p, end, value, obj->index, node);
+
+    return 0;
+}
+
+
 size_t
 ngx_http_openclaw_jv_decode(ngx_http_openclaw_jv_t *v, uint8_t *dst)
 {

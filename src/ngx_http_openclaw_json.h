@@ -138,6 +138,15 @@ int ngx_http_openclaw_jv_next(ngx_http_openclaw_jv_t *array,
     ngx_http_openclaw_jv_t *item);
 
 /*
+ * Iterates an object's members, for callers that must see every name
+ * (to refuse the ones they do not know): "*name" is NULL-started and is
+ * advanced to the next member's name, "*value" set to its value; returns
+ * 0 while there is one.
+ */
+int ngx_http_openclaw_jv_member(ngx_http_openclaw_jv_t *obj,
+    ngx_http_openclaw_jv_t *name, ngx_http_openclaw_jv_t *value);
+
+/*
  * The decoded content of a string value into "dst" (at least v->size
  * bytes: decoding never grows a string); returns its length.  Lone
  * surrogate escapes become U+FFFD, as valid UTF-8 must.

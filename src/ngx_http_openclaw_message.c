@@ -25,6 +25,13 @@ static ngx_int_t ngx_http_openclaw_message_field(ngx_http_openclaw_jv_t *v,
 static ngx_int_t ngx_http_openclaw_message_alias(ngx_http_openclaw_jv_t *v,
     const char **names, ngx_uint_t n, ngx_str_t *value, const char **err);
 static void ngx_http_openclaw_trim(ngx_str_t *s);
+static ngx_int_t ngx_http_openclaw_message_attachments(
+    ngx_http_openclaw_jv_t *v, ngx_http_openclaw_inbound_t *in,
+    const char **err);
+static ngx_int_t ngx_http_openclaw_message_attachment(
+    ngx_http_openclaw_jv_t *att, ngx_uint_t i, size_t *size,
+    const char **err);
+static size_t ngx_http_openclaw_base64_size(u_char *p, size_t len);
 static ngx_int_t ngx_http_openclaw_message_block(ngx_http_openclaw_jv_t *block,
     ngx_http_openclaw_jv_t *text);
 static u_char *ngx_http_openclaw_lower(u_char *dst, u_char *src, size_t n);
@@ -38,7 +45,12 @@ static ngx_int_t ngx_http_openclaw_json_reserve(ngx_http_openclaw_json_t *j,
 enum {
     F_ID = 0, F_TYPE, F_KEY, F_CONTENT, F_SESSION, F_TOPIC, F_THREAD,
     F_PEER_KIND, F_CHAT_TYPE, F_PEER_ID, F_CHAT_ID, F_SENDER_ID, F_DATA,
-    F_ERROR, F_N
+    F_ERROR, F_ATTACHMENTS, F_N
+};
+
+/* the members of an attachment, as chat.send names them */
+enum {
+    A_MIME_TYPE = 0, A_CONTENT, A_FILE_NAME, A_TYPE, A_N
 };
 
 
@@ -64,7 +76,7 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
     static const char                   *names[F_N] = {
         "id", "type", "key", "content", "session", "topicId", "threadId",
         "peerKind", "chatType", "peerId", "chatId", "senderId", "data",
-        "error"
+        "error", "attachments"
     };
     static ngx_http_openclaw_jv_names_t  members =
                                         ngx_http_openclaw_jv_names(names);
@@ -235,7 +247,237 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
         return NGX_ERROR;
     }
 
+    return ngx_http_openclaw_message_attachments(&v[F_ATTACHMENTS], in, err);
+}
+
+
+/*
+ * Attachments as chat.send takes them: [{mimeType, content (base64),
+ * fileName?, type?}].  They are forwarded as they came, so everything
+ * the gateway would read is checked here, and a member the module does
+ * not know (or one given twice, where the gateway would take the last
+ * and this check the first) is refused rather than passed on unchecked.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_message_attachments(ngx_http_openclaw_jv_t *v,
+    ngx_http_openclaw_inbound_t *in, const char **err)
+{
+    size_t                  size;
+    ngx_uint_t              i;
+    ngx_http_openclaw_jv_t  att;
+
+    if (v->start == NULL || v->type == NGX_HTTP_OPENCLAW_JSON_NULL) {
+        return NGX_OK;
+    }
+
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_ARRAY) {
+        *err = "field \"attachments\" must be an array";
+        return NGX_ERROR;
+    }
+
+    att.start = NULL;
+
+    for (i = 0; ngx_http_openclaw_jv_next(v, &att) == 0; i++) {
+        if (ngx_http_openclaw_message_attachment(&att, i, &size, err)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (i == 0 || size > in->largest_size) {
+            in->largest = i;
+            in->largest_size = size;
+        }
+    }
+
+    if (i) {
+        in->attachments.data = (u_char *) v->start;
+        in->attachments.len = v->len;
+        in->nattachments = i;
+    }
+
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_message_attachment(ngx_http_openclaw_jv_t *att,
+    ngx_uint_t i, size_t *size, const char **err)
+{
+    u_char                 *p, *data, *comma;
+    size_t                  len;
+    ngx_uint_t              k;
+    ngx_http_openclaw_jv_t  name, value, a[A_N];
+    static u_char           errbuf[160];
+
+    static const char      *names[A_N] = {
+        "mimeType", "content", "fileName", "type"
+    };
+
+    if (att->type != NGX_HTTP_OPENCLAW_JSON_OBJECT) {
+        p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                         "attachments[%ui] must be an object", i);
+        goto failed;
+    }
+
+    ngx_memzero(a, sizeof(a));
+    name.start = NULL;
+
+    while (ngx_http_openclaw_jv_member(att, &name, &value) == 0) {
+
+        for (k = 0; k < A_N; k++) {
+            if (!name.escaped && name.size == ngx_strlen(names[k])
+                && ngx_strncmp(name.data, names[k], name.size) == 0)
+            {
+                break;
+            }
+        }
+
+        if (k == A_N) {
+            if (!name.escaped && name.size == 3
+                && ngx_strncmp(name.data, "url", 3) == 0)
+            {
+                p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                                 "attachments[%ui].url is not supported: "
+                                 "the gateway takes images only as base64 "
+                                 "\"content\"", i);
+                goto failed;
+            }
+
+            p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                             "attachments[%ui] has an unknown field \"%*s\"",
+                             i, ngx_min(name.size, 32), name.data);
+            goto failed;
+        }
+
+        if (a[k].start) {
+            p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                             "attachments[%ui] has \"%s\" twice",
+                             i, names[k]);
+            goto failed;
+        }
+
+        a[k] = value;
+
+        if (value.type != NGX_HTTP_OPENCLAW_JSON_STRING
+            && (k == A_MIME_TYPE || k == A_CONTENT
+                || value.type != NGX_HTTP_OPENCLAW_JSON_NULL))
+        {
+            p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                             "attachments[%ui].%s must be a string",
+                             i, names[k]);
+            goto failed;
+        }
+    }
+
+    if (a[A_MIME_TYPE].start == NULL) {
+        p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                         "attachments[%ui] has no \"mimeType\"", i);
+        goto failed;
+    }
+
+    if (a[A_CONTENT].start == NULL) {
+        p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                         "attachments[%ui] has no \"content\"", i);
+        goto failed;
+    }
+
+    /*
+     * Images only: the gateway takes other files too, but what it does
+     * with them depends on the model and the file type, and a file it
+     * cannot use it may drop without a word (protocol 3 drops video).
+     */
+
+    data = ngx_http_openclaw_scratch_pos;
+    len = ngx_http_openclaw_jv_decode(&a[A_MIME_TYPE], data);
+
+    if (len <= 6 || ngx_strncasecmp(data, (u_char *) "image/", 6) != 0) {
+        p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                         "attachments[%ui].mimeType must be an image type "
+                         "(image/png, image/jpeg, ...), not \"%*s\"",
+                         i, ngx_min(len, 40), data);
+        goto failed;
+    }
+
+    /* a JSON encoder may write "/" as "\/": the gateway reads it decoded */
+
+    len = ngx_http_openclaw_jv_decode(&a[A_CONTENT], data);
+
+    /* the gateway strips a data: URL's prefix, as browsers write images */
+
+    if (len > 5 && ngx_strncmp(data, "data:", 5) == 0) {
+        comma = ngx_strlchr(data, data + len, ',');
+
+        if (comma == NULL || comma - data < 13
+            || ngx_strncmp(comma - 7, ";base64", 7) != 0)
+        {
+            p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                             "attachments[%ui].content is a data: URL "
+                             "without \";base64,\"", i);
+            goto failed;
+        }
+
+        comma++;
+        len -= comma - data;
+        data = comma;
+    }
+
+    if (len == 0) {
+        p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                         "attachments[%ui].content is empty", i);
+        goto failed;
+    }
+
+    *size = ngx_http_openclaw_base64_size(data, len);
+
+    if (*size == 0) {
+        p = ngx_snprintf(errbuf, sizeof(errbuf) - 1,
+                         "attachments[%ui].content is not valid base64", i);
+        goto failed;
+    }
+
+    return NGX_OK;
+
+failed:
+
+    *p = '\0';
+    *err = (const char *) errbuf;
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * The decoded size of base64 text as the gateway accepts it (padded, no
+ * white space, the standard alphabet: stricter than ngx_decode_base64(),
+ * which takes it unpadded), or 0 when it is not such text.
+ */
+
+static size_t
+ngx_http_openclaw_base64_size(u_char *p, size_t len)
+{
+    size_t  i, pad;
+
+    if (len % 4) {
+        return 0;
+    }
+
+    pad = 0;
+
+    if (p[len - 1] == '=') {
+        pad = (p[len - 2] == '=') ? 2 : 1;
+    }
+
+    for (i = 0; i < len - pad; i++) {
+        if (!((p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z')
+              || (p[i] >= '0' && p[i] <= '9') || p[i] == '+' || p[i] == '/'))
+        {
+            return 0;
+        }
+    }
+
+    return len / 4 * 3 - pad;
 }
 
 
@@ -830,6 +1072,71 @@ ngx_http_openclaw_message_text(ngx_http_openclaw_jv_t *message,
         if (ngx_http_openclaw_message_block(&block, &t) == NGX_OK) {
             p = ngx_cpymem(p, t.data, t.size);
         }
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_openclaw_message_media(ngx_http_openclaw_jv_t *message,
+    ngx_str_t *media, u_char **buf)
+{
+    u_char                 *p;
+    ngx_http_openclaw_jv_t  content, block, type;
+
+    *buf = NULL;
+    ngx_str_set(media, "");
+
+    if (ngx_http_openclaw_jv_get(message, "content", &content) != 0
+        || content.type != NGX_HTTP_OPENCLAW_JSON_ARRAY)
+    {
+        return NGX_OK;
+    }
+
+    p = NULL;
+    block.start = NULL;
+
+    while (ngx_http_openclaw_jv_next(&content, &block) == 0) {
+
+        /*
+         * Text is the reply's content already; thinking is the model's
+         * own, which no reply shows; a block without a type is nothing
+         * a client could tell apart.
+         */
+
+        if (ngx_http_openclaw_jv_get(&block, "type", &type) != 0
+            || type.type != NGX_HTTP_OPENCLAW_JSON_STRING
+            || ngx_http_openclaw_jv_is(&type, "text")
+            || ngx_http_openclaw_jv_is(&type, "thinking")
+            || ngx_http_openclaw_jv_is(&type, "redacted_thinking"))
+        {
+            continue;
+        }
+
+        if (p == NULL) {
+
+            /* the blocks as they came are never longer than their array */
+
+            p = ngx_alloc(content.len, ngx_cycle->log);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            *buf = p;
+            *p++ = '[';
+
+        } else {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, block.start, block.len);
+    }
+
+    if (p) {
+        *p++ = ']';
+        media->data = *buf;
+        media->len = p - *buf;
     }
 
     return NGX_OK;

@@ -49,6 +49,17 @@ typedef struct {
     ngx_str_t                       topic_id;
     ngx_str_t                       thread_id;
     ngx_str_t                       key;
+
+    /*
+     * "attachments" as it came, JSON text, once every element has been
+     * checked: it goes into the gateway request as it is.  The limits
+     * are the gateway's, so the relay checks the largest image against
+     * them.
+     */
+    ngx_str_t                       attachments;
+    ngx_uint_t                      nattachments;
+    ngx_uint_t                      largest;     /* its index */
+    size_t                          largest_size;   /* decoded */
 } ngx_http_openclaw_inbound_t;
 
 
@@ -122,6 +133,15 @@ ngx_int_t ngx_http_openclaw_message_check(ngx_http_openclaw_scope_t *sc,
  */
 void ngx_http_openclaw_message_run_id(ngx_str_t *session, ngx_str_t *sender,
     ngx_str_t *id, u_char *buf);
+
+/*
+ * The content blocks of a gateway message object that are neither text
+ * nor the model's thinking (images, audio, video, files, as the gateway
+ * writes them), as a JSON array of the blocks as they came, in "*buf",
+ * which the caller frees; "media->len" is 0 when there is none.
+ */
+ngx_int_t ngx_http_openclaw_message_media(ngx_http_openclaw_jv_t *message,
+    ngx_str_t *media, u_char **buf);
 
 /*
  * The text of a gateway message object, still escaped: its string

@@ -120,7 +120,9 @@ static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
 static void ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
-    ngx_str_t *text);
+    ngx_str_t *text, ngx_str_t *media);
+static void ngx_http_openclaw_relay_final(ngx_http_openclaw_run_t *run,
+    ngx_http_openclaw_jv_t *message, ngx_str_t *text);
 static void ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
     const char *fmt, ...);
 static void ngx_http_openclaw_relay_free(ngx_http_openclaw_run_t *run,
@@ -456,9 +458,10 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_inbound_t *in)
 {
     u_char                         *p;
-    size_t                          size, queued;
+    size_t                          size, queued, max;
     uint32_t                        hash;
     ngx_int_t                       rc;
+    ngx_uint_t                      advertised;
     ngx_str_t                       session, error, run_id, params;
     const char                     *err;
     ngx_http_openclaw_run_t        *run;
@@ -468,7 +471,7 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_loc_conf_t   *conf;
     u_char                          key[NGX_HTTP_OPENCLAW_SESSION_MAX];
     u_char                          rid[NGX_HTTP_OPENCLAW_RUN_ID_LEN];
-    u_char                          buf[160];
+    u_char                          buf[192];
 
     rl = &ngx_http_openclaw_relay;
     conf = ep->conf;
@@ -480,6 +483,33 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
                             "connection: wait for their replies");
         return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                              NULL, &in->id_json);
+    }
+
+    /*
+     * The gateway would refuse an image over its limit only after the
+     * whole message crossed the link; the limit is the one of the last
+     * hello-ok, so that a message waiting for the link is checked too.
+     */
+
+    if (in->nattachments) {
+        max = ngx_http_openclaw_gateway_max_image(&advertised);
+
+        if (in->largest_size > max) {
+            rl->stats->errors_input++;
+            error.data = buf;
+            error.len = ngx_snprintf(buf, sizeof(buf), "attachments[%ui]"
+                                     ".content is %uz bytes decoded, over "
+                                     "the gateway's limit of %uz bytes for "
+                                     "an image (%s)", in->largest,
+                                     in->largest_size, max,
+                                     advertised
+                                     ? "policy.attachments.maxImageBytes"
+                                     : "the gateway advertises none; "
+                                       "protocol 3's")
+                        - buf;
+            return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL,
+                                                 &error, NULL, &in->id_json);
+        }
     }
 
     /*
@@ -608,6 +638,11 @@ ngx_http_openclaw_relay_chat(ngx_http_openclaw_endpoint_t *ep,
     ngx_http_openclaw_json_escaped(&j, "message", in->content.data,
                                    in->content.len);
     ngx_http_openclaw_json_escaped(&j, "idempotencyKey", rid, run_id.len);
+
+    if (in->nattachments) {
+        ngx_http_openclaw_json_raw(&j, "attachments", in->attachments.data,
+                                   in->attachments.len);
+    }
 
     if (ngx_http_openclaw_json_end(&j, &params) != NGX_OK) {
         return NGX_ERROR;
@@ -970,7 +1005,7 @@ ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
                 return;
             }
 
-            ngx_http_openclaw_relay_complete(run, &text);
+            ngx_http_openclaw_relay_final(run, &message, &text);
 
             if (buf) {
                 ngx_free(buf);
@@ -1205,7 +1240,7 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
             return;
         }
 
-        ngx_http_openclaw_relay_complete(run, &text);
+        ngx_http_openclaw_relay_final(run, message, &text);
 
         if (buf) {
             ngx_free(buf);
@@ -1632,7 +1667,7 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
     text.len = stray->text_len;
 
     if (stray->ended) {
-        ngx_http_openclaw_relay_complete(run, &text);
+        ngx_http_openclaw_relay_complete(run, &text, NULL);
 
     } else {
         ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
@@ -1761,7 +1796,7 @@ ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run)
 
         if (!run->seen_text) {
             ngx_str_set(&none, "");
-            ngx_http_openclaw_relay_complete(run, &none);
+            ngx_http_openclaw_relay_complete(run, &none, NULL);
             return;
         }
 
@@ -1814,10 +1849,11 @@ ngx_http_openclaw_relay_abort(ngx_http_openclaw_run_t *run)
 
 static void
 ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
-    ngx_str_t *text)
+    ngx_str_t *text, ngx_str_t *media)
 {
     ngx_str_t                   delta;
     ngx_uint_t                  replaced;
+    ngx_http_openclaw_reply_t   rp;
     ngx_http_openclaw_relay_t  *rl;
 
     rl = &ngx_http_openclaw_relay;
@@ -1843,11 +1879,50 @@ ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
             rl->stats->messages_out++;
         }
 
-        (void) ngx_http_openclaw_relay_text_reply(run, "complete", text,
-                                                  &delta, replaced, NULL);
+        ngx_memzero(&rp, sizeof(ngx_http_openclaw_reply_t));
+
+        rp.type = "complete";
+        rp.content = text;
+        rp.delta = &delta;
+        rp.replace = replaced;
+        rp.session = &run->session;
+        rp.id = &run->id;
+        rp.agent = run->push;
+        rp.media = media;
+
+        (void) ngx_http_openclaw_reply(run->ep, &rp);
     }
 
     ngx_http_openclaw_relay_free(run, NULL);
+}
+
+
+/*
+ * The final message ends the run with its text and, on the complete, the
+ * blocks that are not text (images the agent made, files), which would
+ * otherwise be lost: deltas carry the cumulative message, so media go
+ * once, on the complete, and not again on every progress.
+ */
+
+static void
+ngx_http_openclaw_relay_final(ngx_http_openclaw_run_t *run,
+    ngx_http_openclaw_jv_t *message, ngx_str_t *text)
+{
+    u_char     *buf;
+    ngx_str_t   media;
+
+    if (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
+        || ngx_http_openclaw_message_media(message, &media, &buf) != NGX_OK)
+    {
+        ngx_str_null(&media);
+        buf = NULL;
+    }
+
+    ngx_http_openclaw_relay_complete(run, text, &media);
+
+    if (buf) {
+        ngx_free(buf);
+    }
 }
 
 

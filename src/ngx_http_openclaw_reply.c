@@ -33,6 +33,11 @@ ngx_http_openclaw_reply(ngx_http_openclaw_endpoint_t *ep,
                                        rp->delta->len);
     }
 
+    if (rp->media && rp->media->len) {
+        ngx_http_openclaw_json_raw(&j, "media", rp->media->data,
+                                   rp->media->len);
+    }
+
     if (rp->replace) {
         ngx_http_openclaw_json_raw(&j, "replace", (u_char *) "true", 4);
     }

@@ -19,8 +19,8 @@
  * A reply to a client, of the documented shapes: chat replies (progress,
  * complete, error) and control replies ({type, data}, errors in
  * data.error and error).  NULL members are left out.  "content" and
- * "delta" are escaped JSON text already, "data" and "id" JSON as they
- * are, "error" and "session" plain text.
+ * "delta" are escaped JSON text already, "data", "media" and "id" JSON
+ * as they are, "error" and "session" plain text.
  */
 
 typedef struct {
@@ -31,6 +31,7 @@ typedef struct {
     ngx_str_t                      *error;
     ngx_str_t                      *session;
     ngx_str_t                      *id;
+    ngx_str_t                      *media;     /* JSON array, or NULL */
     unsigned                        replace:1;
     unsigned                        agent:1;    /* "origin":"agent" */
 } ngx_http_openclaw_reply_t;

@@ -40,6 +40,13 @@
 #   #slow       1000 ms between chunks      #slow=MS   MS between chunks
 #   #history    the sentence also lists every genuine user message of the
 #               request, oldest first: "Seen: a | b | c."
+#
+# Images in the latest user message (OpenAI "image_url" parts with a data:
+# URL, as the gateway sends an image attachment to a model that takes
+# images) are counted in the sentence, with their types and decoded sizes:
+#
+#   Reply to: <text>. Images: 2 (image/png 68 bytes, image/jpeg 600 bytes).
+#   This reply is streamed in pieces.
 
 use strict;
 use warnings;
@@ -68,8 +75,10 @@ app->log->level('warn');
 sub text_of {
     my ($content) = @_;
     return $content if !ref $content;
-    return join '', map { ref $_ eq 'HASH' && ($_->{type} // '') eq 'text'
-                              ? $_->{text} // '' : '' } @$content
+    # parts on lines of their own: 2026.9.6 puts its runtime context in
+    # a text part after the user's, with an image between them
+    return join "\n", map { ref $_ eq 'HASH' && ($_->{type} // '') eq 'text'
+                               ? $_->{text} // () : () } @$content
         if ref $content eq 'ARRAY';
     return '';
 }
@@ -97,6 +106,29 @@ sub first_line {
     $first //= '';
     $first =~ s/\s+\z//;
     return $first;
+}
+
+# the images of the latest user message: "type size" each
+sub user_images {
+    my ($messages) = @_;
+    my ($last) = grep { ref $_ eq 'HASH' && ($_->{role} // '') eq 'user'
+                        && ref $_->{content} eq 'ARRAY'
+                        && grep { ref $_ eq 'HASH'
+                                  && ($_->{type} // '') eq 'image_url' }
+                                @{ $_->{content} } }
+                 reverse @{ $messages // [] };
+    return () unless $last;
+    my @images;
+    for my $part (@{ $last->{content} }) {
+        next unless ref $part eq 'HASH' && ($part->{type} // '') eq 'image_url';
+        my $url = ref $part->{image_url} ? $part->{image_url}{url} // ''
+                                         : $part->{image_url} // '';
+        my ($type, $b64) = $url =~ /\Adata:([^;,]+);base64,(.*)\z/s
+            or do { push @images, 'url'; next };
+        my $pad = $b64 =~ /(=+)\z/ ? length $1 : 0;
+        push @images, "$type " . (length($b64) / 4 * 3 - $pad) . ' bytes';
+    }
+    return @images;
 }
 
 # the genuine user messages, whole
@@ -176,6 +208,9 @@ post '/v1/chat/completions' => sub ($c) {
 
     my $reply = "Reply to: $text.";
     $reply .= ' Seen: ' . join(' | ', @lines) . '.' if $text =~ /#history/;
+    my @images = user_images($body->{messages});
+    $reply .= ' Images: ' . @images . ' (' . join(', ', @images) . ').'
+        if @images;
     $reply .= ' This reply is streamed in pieces.';
 
     my $id = 'chatcmpl-fake-' . ++$next_id;

@@ -102,6 +102,11 @@ package FakeGateway;
 #                           (AUTH_DEVICE_TOKEN_MISMATCH when unknown or
 #                           revoked); ->action('revoke', deviceId => ID)
 #                           revokes its tokens and unpairs it
+#   attachments_policy undef  a hash: hello-ok's policy.attachments, as
+#                           2026.9.6 sends it ({maxBytes, maxImageBytes})
+#   final_media     undef   an array of content blocks added after the
+#                           text of every final message (images, files
+#                           the agent made)
 #   tls_cert        undef   with tls_key, PEM files: the fake listens with
 #   tls_key         undef   TLS (->url is wss://, the control endpoints are
 #                           https:// and not verified); read when the child
@@ -249,6 +254,8 @@ my %DEFAULTS = (
     signature_versions => [3, 2],
     challenge_skew_ms => 0,
     pairing => 0,
+    attachments_policy => undef,
+    final_media => undef,
 );
 
 # closed schemas (gateway-protocol.md 3.2 and 7)
@@ -857,7 +864,9 @@ sub hello {
                   (defined $device_token ? (deviceToken => $device_token) : ()) },
         policy => { maxPayload => 0 + $CFG->{max_payload},
                     maxBufferedBytes => 52428800,
-                    tickIntervalMs => 0 + $CFG->{tick_ms} },
+                    tickIntervalMs => 0 + $CFG->{tick_ms},
+                    ($CFG->{attachments_policy}
+                     ? (attachments => $CFG->{attachments_policy}) : ()) },
     };
     if ($proto != 3) {
         $payload->{features} = { methods => ['health', 'chat.send', 'chat.abort',
@@ -1238,6 +1247,8 @@ sub finish_run {
     my $msg;
     if (defined $text) {
         $msg = assistant($text);
+        push @{ $msg->{content} }, @{ $CFG->{final_media} }
+            if $CFG->{final_media};
         my $hist = { %$msg, stopReason => 'stop' };
         # protocol 4 marks the assistant message with its run (13.9)
         $hist->{__openclaw} = { runId => $run->{key} } if $CFG->{protocol} != 3;

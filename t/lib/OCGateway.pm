@@ -101,6 +101,7 @@ sub require_cache {
 # new(version => 4|3, token => ..., model_env => {FAKE_MODEL_...},
 #     gateway_env => {NAME => value, ...}, ready_timeout => seconds (150),
 #     bind => 'lan' (gateway.bind; 'loopback' by default), no_start => 1,
+#     model_input => ['text', 'image'] (what the fake model takes; text),
 #     netns => NAME, host => ADDRESS (see the top))
 sub new {
     my ($class, %o) = @_;
@@ -194,7 +195,8 @@ sub write_config {
                     api => 'openai-completions',
                     models => [{
                         id => 'fake-model', name => 'Fake Model',
-                        reasoning => Mojo::JSON->false, input => ['text'],
+                        reasoning => Mojo::JSON->false,
+                        input => $self->{model_input} // ['text'],
                         cost => { input => 0, output => 0, cacheRead => 0,
                                   cacheWrite => 0 },
                         contextWindow => 128000, maxTokens => 4096,

@@ -1255,6 +1255,67 @@ test_next(void)
 }
 
 
+/* jv_member, with and without the index, compact and spaced */
+
+static void
+test_member(void)
+{
+    int                           i, k, n;
+    char                          seen[64];
+    const char                   *text;
+    ngx_http_openclaw_jv_t        obj, name, value;
+    ngx_http_openclaw_jv_node_t   nodes[8];
+    ngx_http_openclaw_jv_index_t  index;
+
+    static const char  *texts[] = {
+        "{\"a\":1,\"bc\":[2,{\"x\":3}],\"d\":\"e\"}",
+        " { \"a\" : 1 , \"bc\" : [ 2 , { \"x\" : 3 } ] , \"d\" : \"e\" } "
+    };
+
+    for (i = 0; i < 2; i++) {
+        for (k = 0; k < 3; k++) {
+            text = texts[i];
+            index.nodes = nodes;
+            index.size = (k == 0) ? 8 : (k == 1) ? 3 : 0;
+
+            ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text),
+                                       &obj, k == 2 ? NULL : &index);
+
+            n = 0;
+            seen[0] = '\0';
+            name.start = NULL;
+
+            while (ngx_http_openclaw_jv_member(&obj, &name, &value) == 0) {
+                strncat(seen, (const char *) name.data, name.size);
+                strcat(seen, "=");
+                strncat(seen, (const char *) value.start, value.len);
+                strcat(seen, ";");
+                n++;
+            }
+
+            is(n, 3, "member: three members");
+            ok(strcmp(seen, i == 0 ? "a=1;bc=[2,{\"x\":3}];d=\"e\";"
+                                   : "a=1;bc=[ 2 , { \"x\" : 3 } ];d=\"e\";")
+               == 0, "member: names and values");
+        }
+    }
+
+    text = "{}";
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
+    name.start = NULL;
+    ok(ngx_http_openclaw_jv_member(&obj, &name, &value) == -1,
+       "member: empty object: -1");
+
+    text = "[1]";
+    ngx_http_openclaw_jv_parse((const uint8_t *) text, strlen(text), &obj,
+                               NULL);
+    name.start = NULL;
+    ok(ngx_http_openclaw_jv_member(&obj, &name, &value) == -1,
+       "member: array: -1");
+}
+
+
 /* jv_decode and jv_is */
 
 static void
@@ -1939,6 +2000,7 @@ main(void)
     test_lookup();
     test_plain();
     test_next();
+    test_member();
     test_decode();
     test_is();
     test_index();

@@ -16,6 +16,7 @@
 #include "ngx_http_openclaw_identity.h"
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_inbound.h"
+#include "ngx_http_openclaw_http.h"
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_status.h"
 #include "ngx_http_openclaw_metrics.h"
@@ -121,6 +122,13 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       NULL },
 
     { ngx_string("openclaw_bridge_echo"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_openclaw_bridge,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_http"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_openclaw_bridge,
       NGX_HTTP_LOC_CONF_OFFSET,
@@ -664,19 +672,25 @@ ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_openclaw_main_conf_t  *omcf;
 
     if (olcf->mode != NGX_HTTP_OPENCLAW_MODE_OFF) {
-        return "is duplicate: a location has either openclaw_bridge or "
-               "openclaw_bridge_echo, once";
+        return "is duplicate: a location has one of openclaw_bridge, "
+               "openclaw_bridge_http or openclaw_bridge_echo, once";
     }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
-    if (cmd->name.len == sizeof("openclaw_bridge_echo") - 1) {
+    if (ngx_strcmp(cmd->name.data, "openclaw_bridge_echo") == 0) {
         olcf->mode = NGX_HTTP_OPENCLAW_MODE_ECHO;
         clcf->handler = ngx_http_openclaw_echo_handler;
 
     } else {
-        olcf->mode = NGX_HTTP_OPENCLAW_MODE_BRIDGE;
-        clcf->handler = ngx_http_openclaw_inbound_handler;
+        if (ngx_strcmp(cmd->name.data, "openclaw_bridge_http") == 0) {
+            olcf->mode = NGX_HTTP_OPENCLAW_MODE_HTTP;
+            clcf->handler = ngx_http_openclaw_http_handler;
+
+        } else {
+            olcf->mode = NGX_HTTP_OPENCLAW_MODE_BRIDGE;
+            clcf->handler = ngx_http_openclaw_inbound_handler;
+        }
 
         omcf = ngx_http_conf_get_module_main_conf(cf,
                                             ngx_http_openclaw_bridge_module);

@@ -741,31 +741,35 @@ static void
 ngx_http_openclaw_http_end_handler(ngx_event_t *ev)
 {
     ngx_int_t                      rc;
+    ngx_connection_t              *c;
     ngx_http_request_t            *r;
     ngx_http_openclaw_http_ctx_t  *ctx;
 
     ctx = ev->data;
     r = ctx->r;
+    c = r->connection;
 
     ngx_http_openclaw_http_unwatch(ctx);
 
     if (ctx->failed) {
-        ngx_http_finalize_request(r, NGX_ERROR);
-        return;
-    }
+        rc = NGX_ERROR;
 
-    if (ctx->streaming) {
+    } else if (ctx->streaming) {
 
         /* the last event went with the end of the stream */
 
-        ngx_http_finalize_request(r, NGX_OK);
-        return;
+        rc = NGX_OK;
+
+    } else {
+        rc = ngx_http_openclaw_http_answer(r, ctx->status, ctx->reply.data,
+                                           ctx->reply.len);
     }
 
-    rc = ngx_http_openclaw_http_answer(r, ctx->status, ctx->reply.data,
-                                       ctx->reply.len);
-
     ngx_http_finalize_request(r, rc);
+
+    /* a terminated request ends in a posted request: outside any handler */
+
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -956,7 +960,6 @@ ngx_http_openclaw_http_read(ngx_event_t *rev)
         if (ctx->end.posted) {
             ngx_delete_posted_event(&ctx->end);
             ngx_http_openclaw_http_end_handler(&ctx->end);
-            ngx_http_run_posted_requests(c);
         }
 
         return;

@@ -18,16 +18,20 @@ use warnings;
 
 use IO::Select;
 use IO::Socket::INET;
+use Socket qw(SOL_SOCKET SO_RCVBUF pack_sockaddr_in inet_aton);
 use Mojo::JSON qw(decode_json encode_json);
 use Time::HiRes qw(time);
 
 # open($port, $path, $body (a hash is sent as JSON, a string as it is),
 #      method => 'POST', type => 'application/json' (undef: none),
-#      accept => ..., headers => {...}, chunked => 1)
+#      accept => ..., headers => {...}, chunked => 1, rcvbuf => bytes)
 sub open {
     my ($class, $port, $path, $body, %o) = @_;
-    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
-                                     Proto => 'tcp', Timeout => 5)
+    my $sock = IO::Socket::INET->new(Proto => 'tcp')
+        or die "socket: $!";
+    # a small receive window, set before the connect: a slow reader
+    setsockopt($sock, SOL_SOCKET, SO_RCVBUF, $o{rcvbuf}) if $o{rcvbuf};
+    $sock->connect(pack_sockaddr_in($port, inet_aton('127.0.0.1')))
         or die "connect: $!";
     $sock->autoflush(1);
     $body = encode_json($body) if ref $body;

@@ -97,6 +97,15 @@ typedef struct {
     ngx_msec_t                  close_timeout;
 
     ngx_array_t                *origins;
+
+    /* callbacks (ngx_http_openclaw_callback.c) */
+    ngx_array_t                *callback_allow;    /* of ngx_str_t */
+    void                       *callback_resolve;  /* struct curl_slist */
+    ngx_str_t                   callback_secret;
+    ngx_str_t                   callback_ssl_trusted_certificate;
+    ngx_msec_t                  callback_timeout;
+    ngx_msec_t                  callback_backoff;
+    ngx_uint_t                  callback_attempts;
 } ngx_http_openclaw_loc_conf_t;
 
 

@@ -17,6 +17,7 @@
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_inbound.h"
 #include "ngx_http_openclaw_http.h"
+#include "ngx_http_openclaw_callback.h"
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_status.h"
 #include "ngx_http_openclaw_metrics.h"
@@ -380,6 +381,49 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       offsetof(ngx_http_openclaw_main_conf_t, ssl_server_name),
       NULL },
 
+    { ngx_string("openclaw_bridge_callback_allow"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_openclaw_callback_allow,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_callback_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_secret),
+      NULL },
+
+    { ngx_string("openclaw_bridge_callback_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_timeout),
+      &ngx_http_openclaw_positive_msec_p },
+
+    { ngx_string("openclaw_bridge_callback_backoff"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_backoff),
+      &ngx_http_openclaw_positive_msec_p },
+
+    { ngx_string("openclaw_bridge_callback_attempts"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_attempts),
+      &ngx_http_openclaw_positive_num_p },
+
+    { ngx_string("openclaw_bridge_callback_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t,
+               callback_ssl_trusted_certificate),
+      NULL },
+
     { ngx_string("openclaw_bridge_allow_origin"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_openclaw_allow_origin,
@@ -602,6 +646,10 @@ ngx_http_openclaw_create_loc_conf(ngx_conf_t *cf)
     conf->scope = NGX_CONF_UNSET_UINT;
     conf->control = NGX_CONF_UNSET_UINT;
     conf->namespace = NGX_CONF_UNSET_UINT;
+    conf->callback_allow = NGX_CONF_UNSET_PTR;
+    conf->callback_timeout = NGX_CONF_UNSET_MSEC;
+    conf->callback_backoff = NGX_CONF_UNSET_MSEC;
+    conf->callback_attempts = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -643,6 +691,36 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_uint_value(conf->namespace, prev->namespace,
                               NGX_HTTP_OPENCLAW_NAMESPACE_WEBHOOK);
+
+    /* the prefixes and their addresses go together */
+
+    if (conf->callback_allow == NGX_CONF_UNSET_PTR) {
+        conf->callback_allow = prev->callback_allow;
+        conf->callback_resolve = prev->callback_resolve;
+    }
+
+    if (conf->callback_allow == NGX_CONF_UNSET_PTR) {
+        conf->callback_allow = NULL;
+    }
+
+    ngx_conf_merge_str_value(conf->callback_secret, prev->callback_secret,
+                             "");
+    ngx_conf_merge_str_value(conf->callback_ssl_trusted_certificate,
+                             prev->callback_ssl_trusted_certificate, "");
+    ngx_conf_merge_msec_value(conf->callback_timeout, prev->callback_timeout,
+                              10000);
+    ngx_conf_merge_msec_value(conf->callback_backoff, prev->callback_backoff,
+                              1000);
+    ngx_conf_merge_uint_value(conf->callback_attempts,
+                              prev->callback_attempts, 5);
+
+    if (conf->callback_ssl_trusted_certificate.len
+        && ngx_conf_full_name(cf->cycle,
+                              &conf->callback_ssl_trusted_certificate, 1)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
     /*
      * A uid's sessions stay under its own part of the webhook namespace.
@@ -1240,6 +1318,9 @@ ngx_http_openclaw_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_openclaw_exit_process(ngx_cycle_t *cycle)
 {
+    /* before the link: deliveries still hold runs of the relay */
+    ngx_http_openclaw_callback_exit_process(cycle);
+
     ngx_http_openclaw_gateway_exit_process(cycle);
     ngx_http_openclaw_status_detach();
 }

@@ -22,6 +22,7 @@
 #include "ngx_http_openclaw_http.h"
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_json.h"
+#include "ngx_http_openclaw_callback.h"
 
 
 typedef struct {
@@ -61,6 +62,8 @@ static ngx_http_openclaw_http_ctx_t *ngx_http_openclaw_http_get_ctx(
 static void ngx_http_openclaw_http_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_openclaw_http_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
+static ngx_int_t ngx_http_openclaw_http_callback(ngx_http_request_t *r,
+    ngx_http_openclaw_http_ctx_t *ctx, ngx_str_t *body);
 static ngx_int_t ngx_http_openclaw_http_send(ngx_http_openclaw_endpoint_t *ep,
     u_char *data, size_t len);
 static ngx_int_t ngx_http_openclaw_http_event(ngx_http_openclaw_http_ctx_t *ctx,
@@ -351,6 +354,13 @@ ngx_http_openclaw_http_body(ngx_http_request_t *r)
         return;
     }
 
+    rc = ngx_http_openclaw_http_callback(r, ctx, &body);
+
+    if (rc != NGX_DECLINED) {
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
     ctx->ep.send = ngx_http_openclaw_http_send;
     ctx->ep.data = ctx;
     ctx->ep.log = c->log;
@@ -479,6 +489,117 @@ ngx_http_openclaw_http_read_body(ngx_http_request_t *r, ngx_str_t *body)
     body->len = p - body->data;
 
     return NGX_OK;
+}
+
+
+/*
+ * A message with a "callback" URL is answered 202 at once, and its reply
+ * POSTed to the URL later; one elsewhere than the location allows is
+ * refused before anything runs.  NGX_DECLINED: no callback, the request
+ * waits or streams.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_http_callback(ngx_http_request_t *r,
+    ngx_http_openclaw_http_ctx_t *ctx, ngx_str_t *body)
+{
+    u_char                    *p;
+    ngx_int_t                  rc;
+    ngx_str_t                  url, id, reply, session, delivery, out;
+    const char                *err;
+    ngx_http_openclaw_jv_t     v, cb, jid;
+    ngx_http_openclaw_json_t   j;
+
+    /* not JSON, not an object: the relay says so as it does for all */
+
+    if (ngx_http_openclaw_jv_parse(body->data, body->len, &v, NULL) != 0
+        || v.type != NGX_HTTP_OPENCLAW_JSON_OBJECT
+        || ngx_http_openclaw_jv_get(&v, "callback", &cb) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    ngx_str_null(&id);
+
+    if (ngx_http_openclaw_jv_get(&v, "id", &jid) == 0
+        && (jid.type == NGX_HTTP_OPENCLAW_JSON_STRING
+            || jid.type == NGX_HTTP_OPENCLAW_JSON_NUMBER))
+    {
+        id.data = (u_char *) jid.start;
+        id.len = jid.len;
+    }
+
+    if (cb.type != NGX_HTTP_OPENCLAW_JSON_STRING || cb.size == 0) {
+        return ngx_http_openclaw_http_error(r, NGX_HTTP_BAD_REQUEST,
+                                    "field \"callback\" must be a URL");
+    }
+
+    url.data = ngx_pnalloc(r->pool, cb.size);
+    if (url.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    url.len = ngx_http_openclaw_jv_decode(&cb, url.data);
+
+    if (ngx_http_openclaw_callback_allowed(ctx->ep.conf, &url, &err)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "openclaw_bridge_http: callback \"%V\" refused: %s",
+                      &url, err);
+        return ngx_http_openclaw_http_error(r, NGX_HTTP_BAD_REQUEST, err);
+    }
+
+    rc = ngx_http_openclaw_callback_start(r, &ctx->agent, &ctx->uid,
+                                          &ctx->sender, body, &url, &id,
+                                          &reply, &session, &delivery);
+
+    switch (rc) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DONE:
+        return ngx_http_openclaw_http_answer(r,
+                               ngx_http_openclaw_http_status(reply.data,
+                                                             reply.len),
+                               reply.data, reply.len);
+
+    case NGX_BUSY:
+        return ngx_http_openclaw_http_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "too many callbacks pending in "
+                                            "this worker: try again later");
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    j.log = r->connection->log;
+
+    ngx_http_openclaw_json_begin(&j, "accepted");
+    ngx_http_openclaw_json_string(&j, "session", session.data, session.len);
+
+    if (id.len) {
+        ngx_http_openclaw_json_raw(&j, "id", id.data, id.len);
+    }
+
+    ngx_http_openclaw_json_string(&j, "delivery", delivery.data,
+                                  delivery.len);
+
+    if (ngx_http_openclaw_json_end(&j, &out) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, out.len + 1);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(p, out.data, out.len);
+    p[out.len] = LF;
+
+    return ngx_http_openclaw_http_answer(r, NGX_HTTP_ACCEPTED, p,
+                                         out.len + 1);
 }
 
 

@@ -749,9 +749,13 @@ ngx_http_openclaw_callback_done(ngx_http_openclaw_delivery_t *d,
         retry = (d->status >= 500 || d->status == 408 || d->status == 429);
 
     } else {
+        /* a certificate refused now is refused at every attempt */
+
         retry = (rc != CURLE_OUT_OF_MEMORY && rc != CURLE_FAILED_INIT
                  && rc != CURLE_UNSUPPORTED_PROTOCOL
-                 && rc != CURLE_URL_MALFORMAT);
+                 && rc != CURLE_URL_MALFORMAT
+                 && rc != CURLE_PEER_FAILED_VERIFICATION
+                 && rc != CURLE_SSL_CACERT_BADFILE);
     }
 
     if (!retry || d->attempt >= conf->callback_attempts) {

@@ -5,7 +5,7 @@ package CallbackReceiver;
 # time, headers and body) and answers by its path, so that a test scripts
 # failures per delivery attempt (X-OpenClaw-Attempt):
 #
-#   /ok               200
+#   any other path    200 (the scripts below may follow a prefix)
 #   /status/CODE      CODE every time
 #   /fail/N/CODE/RA   CODE (with Retry-After: RA unless RA is "-") for the
 #                     first N attempts, then 200
@@ -104,21 +104,21 @@ sub serve {
     my ($method, $path) = split / /, $line;
     my $attempt = $h{'x-openclaw-attempt'} // 1;
     my ($code, @extra) = (200);
-    if ($path =~ m{^/status/(\d+)}) {
+    if ($path =~ m{/status/(\d+)}) {
         $code = $1;
-    } elsif ($path =~ m{^/fail/(\d+)/(\d+)/([^/]+)}) {
+    } elsif ($path =~ m{/fail/(\d+)/(\d+)/([^/]+)}) {
         if ($attempt <= $1) {
             $code = $2;
             push @extra, "Retry-After: $3" if $3 ne '-';
         }
-    } elsif ($path =~ m{^/hang/(\d+)/([\d.]+)}) {
+    } elsif ($path =~ m{/hang/(\d+)/([\d.]+)}) {
         if ($attempt <= $1) {
             $self->record({ t => $t, method => $method, path => $path,
                             headers => \%h, body => $body, answer => 'hang' });
             sleep $2;
             return;
         }
-    } elsif ($path =~ m{^/slow/([\d.]+)}) {
+    } elsif ($path =~ m{/slow/([\d.]+)}) {
         sleep $1;
     }
     $self->record({ t => $t, method => $method, path => $path,

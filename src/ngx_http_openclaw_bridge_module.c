@@ -1308,6 +1308,7 @@ ngx_http_openclaw_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_openclaw_relay_set_stats(&ws->relay);
+    ngx_http_openclaw_callback_set_stats(&ws->callbacks);
 
     ngx_http_openclaw_gateway_set_handlers(&ngx_http_openclaw_link_handlers);
 

@@ -75,8 +75,7 @@ typedef struct {
     ngx_queue_t                     waiting;   /* runs in flight */
     ngx_queue_t                     sending;   /* deliveries */
     ngx_uint_t                      pending;   /* both */
-    ngx_uint_t                      delivered;
-    ngx_uint_t                      failed;
+    ngx_http_openclaw_callback_stats_t  *stats;
     unsigned                        ready:1;
 } ngx_http_openclaw_callback_worker_t;
 
@@ -109,6 +108,9 @@ static void ngx_http_openclaw_callback_cleanup_slist(void *data);
 
 
 static ngx_http_openclaw_callback_worker_t  ngx_http_openclaw_callback_worker;
+
+/* until the worker has its status slot */
+static ngx_http_openclaw_callback_stats_t   ngx_http_openclaw_callback_nostats;
 
 
 /*
@@ -343,6 +345,10 @@ ngx_http_openclaw_callback_init(ngx_log_t *log)
     ngx_queue_init(&w->waiting);
     ngx_queue_init(&w->sending);
 
+    if (w->stats == NULL) {
+        w->stats = &ngx_http_openclaw_callback_nostats;
+    }
+
     w->ready = 1;
 
     return NGX_OK;
@@ -429,6 +435,7 @@ ngx_http_openclaw_callback_start(ngx_http_request_t *r, ngx_str_t *agent,
     d->relayed = 1;
     ngx_queue_insert_tail(&w->waiting, &d->link);
     w->pending++;
+    w->stats->pending = w->pending;
 
     (void) ngx_http_openclaw_relay_message(&d->ep, 0, body->data, body->len);
 
@@ -740,7 +747,7 @@ ngx_http_openclaw_callback_done(ngx_http_openclaw_delivery_t *d,
         ngx_log_error(NGX_LOG_INFO, &d->log, 0,
                       "callback delivered, status %i, attempt %ui",
                       (ngx_int_t) d->status, d->attempt);
-        ngx_http_openclaw_callback_worker.delivered++;
+        ngx_http_openclaw_callback_worker.stats->delivered++;
         ngx_http_openclaw_callback_free(d);
         return;
     }
@@ -765,7 +772,7 @@ ngx_http_openclaw_callback_done(ngx_http_openclaw_delivery_t *d,
                       rc == CURLE_OK ? "status" : curl_easy_strerror(rc),
                       rc == CURLE_OK ? "" : ", status",
                       (ngx_int_t) d->status);
-        ngx_http_openclaw_callback_worker.failed++;
+        ngx_http_openclaw_callback_worker.stats->failed++;
         ngx_http_openclaw_callback_free(d);
         return;
     }
@@ -787,6 +794,8 @@ ngx_http_openclaw_callback_done(ngx_http_openclaw_delivery_t *d,
                   rc == CURLE_OK ? "status " : curl_easy_strerror(rc),
                   rc == CURLE_OK ? "" : ", status ", (ngx_int_t) d->status,
                   d->error[0] ? ": " : "", d->error, delay);
+
+    ngx_http_openclaw_callback_worker.stats->retries++;
 
     ngx_add_timer(&d->ev, delay);
 }
@@ -826,6 +835,7 @@ ngx_http_openclaw_callback_free(ngx_http_openclaw_delivery_t *d)
 
     ngx_queue_remove(&d->link);
     w->pending--;
+    w->stats->pending = w->pending;
 
     ngx_destroy_pool(d->pool);
 }
@@ -1131,17 +1141,10 @@ ngx_http_openclaw_callback_log_error(ngx_log_t *log, u_char *buf, size_t len)
 }
 
 
-ngx_uint_t
-ngx_http_openclaw_callback_failed(void)
+void
+ngx_http_openclaw_callback_set_stats(ngx_http_openclaw_callback_stats_t *stats)
 {
-    return ngx_http_openclaw_callback_worker.failed;
-}
-
-
-ngx_uint_t
-ngx_http_openclaw_callback_delivered(void)
-{
-    return ngx_http_openclaw_callback_worker.delivered;
+    ngx_http_openclaw_callback_worker.stats = stats;
 }
 
 
@@ -1166,7 +1169,7 @@ ngx_http_openclaw_callback_exit_process(ngx_cycle_t *cycle)
                       "callback not delivered: the worker is exiting, "
                       "after %ui attempt%s", d->attempt,
                       d->attempt == 1 ? "" : "s");
-        w->failed++;
+        w->stats->failed++;
         ngx_http_openclaw_callback_free(d);
     }
 
@@ -1179,7 +1182,7 @@ ngx_http_openclaw_callback_exit_process(ngx_cycle_t *cycle)
         ngx_log_error(NGX_LOG_ERR, &d->log, 0,
                       "callback not delivered: the worker is exiting "
                       "before the reply");
-        w->failed++;
+        w->stats->failed++;
         ngx_http_openclaw_callback_free(d);
     }
 

@@ -15,6 +15,16 @@
 #include "ngx_http_openclaw_bridge.h"
 
 
+/* a worker's figures, in its status slot */
+
+typedef struct {
+    ngx_uint_t                      pending;   /* accepted, not yet done */
+    ngx_uint_t                      delivered;
+    ngx_uint_t                      failed;    /* after the last attempt */
+    ngx_uint_t                      retries;
+} ngx_http_openclaw_callback_stats_t;
+
+
 /* pending deliveries a worker holds: past them a callback is refused */
 #define NGX_HTTP_OPENCLAW_CALLBACK_QUEUE  10000
 
@@ -44,9 +54,8 @@ ngx_int_t ngx_http_openclaw_callback_start(ngx_http_request_t *r,
     ngx_str_t *url, ngx_str_t *id, ngx_str_t *reply, ngx_str_t *session,
     ngx_str_t *delivery);
 
-/* deliveries that failed for good, and that succeeded, in this worker */
-ngx_uint_t ngx_http_openclaw_callback_failed(void);
-ngx_uint_t ngx_http_openclaw_callback_delivered(void);
+void ngx_http_openclaw_callback_set_stats(
+    ngx_http_openclaw_callback_stats_t *stats);
 
 void ngx_http_openclaw_callback_exit_process(ngx_cycle_t *cycle);
 

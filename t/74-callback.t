@@ -315,6 +315,20 @@ subtest 'https, verified against a test CA' => sub {
     is(scalar(deliveries($self, $a->{delivery})), 0, 'nothing reached it');
 };
 
+subtest 'the status counts the deliveries' => sub {
+    my $cb;
+    ok(wait_for(sub {
+        my $st = HttpClient::post($ngx->port, '/status', '', method => 'GET');
+        $cb = $st->{json} && $st->{json}{workers}[0]{callbacks};
+        $cb && $cb->{pending} == 0;
+    }, 10), 'nothing pending') or diag explain $cb;
+    # ok, 503 x2, 500 x3, hang, refused, https: delivered; 404, down,
+    # self-signed: failed
+    is($cb->{delivered}, 6, 'delivered');
+    is($cb->{failed}, 3, 'failed after the last attempt');
+    cmp_ok($cb->{retries}, '>=', 2 + 3 + 1 + 1 + 3, 'the retries');
+};
+
 subtest '1000 callbacks pending, the worker stays responsive' => sub {
     my $t0 = time;
     my $n = 0;
@@ -335,6 +349,9 @@ subtest '1000 callbacks pending, the worker stays responsive' => sub {
     my $conns = () = grep { /^\s*\d+: \S+ 0100007F:@{[ sprintf '%04X', $never_port ]} 01 /
                            } do { open my $f, '<', '/proc/net/tcp'; <$f> };
     cmp_ok($conns, '>=', 900, "$conns connections wait on the receiver");
+    my $st = HttpClient::post($ngx->port, '/status', '', method => 'GET');
+    is($st->{json}{workers}[0]{callbacks}{pending}, 1000,
+       'the status counts them pending');
 
     my (@st, @msg);
     for my $i (1 .. 20) {

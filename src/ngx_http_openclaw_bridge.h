@@ -101,6 +101,7 @@ typedef struct {
     /* callbacks (ngx_http_openclaw_callback.c) */
     ngx_array_t                *callback_allow;    /* of ngx_str_t */
     void                       *callback_resolve;  /* struct curl_slist */
+    ngx_str_t                   callback_url;      /* the default */
     ngx_str_t                   callback_secret;
     ngx_str_t                   callback_ssl_trusted_certificate;
     ngx_msec_t                  callback_timeout;

@@ -388,6 +388,13 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       0,
       NULL },
 
+    { ngx_string("openclaw_bridge_callback_url"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_url),
+      NULL },
+
     { ngx_string("openclaw_bridge_callback_secret"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -661,6 +668,8 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_openclaw_loc_conf_t *prev = parent;
     ngx_http_openclaw_loc_conf_t *conf = child;
 
+    const char  *err;
+
     ngx_conf_merge_size_value(conf->max_message_size, prev->max_message_size,
                               1024 * 1024);
     ngx_conf_merge_size_value(conf->send_buffer, prev->send_buffer,
@@ -703,8 +712,19 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->callback_allow = NULL;
     }
 
+    ngx_conf_merge_str_value(conf->callback_url, prev->callback_url, "");
     ngx_conf_merge_str_value(conf->callback_secret, prev->callback_secret,
                              "");
+
+    if (conf->mode == NGX_HTTP_OPENCLAW_MODE_HTTP && conf->callback_url.len
+        && ngx_http_openclaw_callback_allowed(conf, &conf->callback_url, &err)
+           != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "openclaw_bridge_callback_url \"%V\": %s",
+                           &conf->callback_url, err);
+        return NGX_CONF_ERROR;
+    }
     ngx_conf_merge_str_value(conf->callback_ssl_trusted_certificate,
                              prev->callback_ssl_trusted_certificate, "");
     ngx_conf_merge_msec_value(conf->callback_timeout, prev->callback_timeout,

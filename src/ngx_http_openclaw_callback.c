@@ -62,6 +62,7 @@ struct ngx_http_openclaw_delivery_s {
     time_t                          retry_after;
     char                            error[CURL_ERROR_SIZE];
 
+    unsigned                        progress:1; /* deliver progress too */
     unsigned                        ended:1;   /* the final reply came */
     unsigned                        relayed:1; /* an endpoint of the relay */
     unsigned                        sending:1; /* in the multi handle */
@@ -83,6 +84,10 @@ typedef struct {
 static ngx_int_t ngx_http_openclaw_callback_init(ngx_log_t *log);
 static ngx_int_t ngx_http_openclaw_callback_send(
     ngx_http_openclaw_endpoint_t *ep, u_char *data, size_t len);
+static void ngx_http_openclaw_callback_progress(
+    ngx_http_openclaw_delivery_t *parent, u_char *data, size_t len);
+static ngx_http_openclaw_delivery_t *ngx_http_openclaw_callback_new(
+    ngx_http_openclaw_loc_conf_t *conf, ngx_str_t *url, ngx_str_t *id);
 static void ngx_http_openclaw_callback_ended(ngx_event_t *ev);
 static void ngx_http_openclaw_callback_attempt(ngx_event_t *ev);
 static ngx_int_t ngx_http_openclaw_callback_sign(
@@ -358,14 +363,14 @@ ngx_http_openclaw_callback_init(ngx_log_t *log)
 ngx_int_t
 ngx_http_openclaw_callback_start(ngx_http_request_t *r, ngx_str_t *agent,
     ngx_str_t *uid, ngx_str_t *sender, ngx_str_t *body, ngx_str_t *url,
-    ngx_str_t *id, ngx_str_t *reply, ngx_str_t *session, ngx_str_t *delivery)
+    ngx_str_t *id, ngx_uint_t progress, ngx_str_t *reply, ngx_str_t *session,
+    ngx_str_t *delivery)
 {
     u_char                               *p;
     ngx_pool_t                           *pool;
     ngx_http_openclaw_loc_conf_t         *conf;
     ngx_http_openclaw_delivery_t         *d;
     ngx_http_openclaw_callback_worker_t  *w;
-    u_char                                rnd[16];
 
     w = &ngx_http_openclaw_callback_worker;
     conf = ngx_http_get_module_loc_conf(r, ngx_http_openclaw_bridge_module);
@@ -378,43 +383,13 @@ ngx_http_openclaw_callback_start(ngx_http_request_t *r, ngx_str_t *agent,
         return NGX_BUSY;
     }
 
-    pool = ngx_create_pool(1024, ngx_cycle->log);
-    if (pool == NULL) {
-        return NGX_ERROR;
-    }
-
-    d = ngx_pcalloc(pool, sizeof(ngx_http_openclaw_delivery_t));
+    d = ngx_http_openclaw_callback_new(conf, url, id);
     if (d == NULL) {
-        ngx_destroy_pool(pool);
         return NGX_ERROR;
     }
 
-    d->pool = pool;
-    d->conf = conf;
-
-    /* the request is gone long before the delivery: a log of its own */
-
-    d->log = *ngx_cycle->log;
-    d->log.handler = ngx_http_openclaw_callback_log_error;
-    d->log.data = d;
-    d->log.action = "delivering a callback";
-    pool->log = &d->log;
-
-    d->url = ngx_pnalloc(pool, url->len + 1);
-    d->id.data = ngx_pnalloc(pool, id->len + 1);
-
-    if (d->url == NULL || d->id.data == NULL
-        || RAND_bytes(rnd, sizeof(rnd)) != 1)
-    {
-        ngx_destroy_pool(pool);
-        return NGX_ERROR;
-    }
-
-    d->id.len = id->len;
-    ngx_memcpy(d->id.data, id->data, id->len);
-
-    (void) ngx_cpystrn((u_char *) d->url, url->data, url->len + 1);
-    ngx_hex_dump(d->delivery, rnd, sizeof(rnd));
+    pool = d->pool;
+    d->progress = progress;
 
     d->ev.handler = ngx_http_openclaw_callback_ended;
     d->ev.data = d;
@@ -481,7 +456,113 @@ ngx_http_openclaw_callback_start(ngx_http_request_t *r, ngx_str_t *agent,
 }
 
 
-/* the relay's replies: only the last one is delivered */
+/* a delivery with its own pool, log and id, to "url" */
+
+static ngx_http_openclaw_delivery_t *
+ngx_http_openclaw_callback_new(ngx_http_openclaw_loc_conf_t *conf,
+    ngx_str_t *url, ngx_str_t *id)
+{
+    ngx_pool_t                    *pool;
+    ngx_http_openclaw_delivery_t  *d;
+    u_char                         rnd[16];
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        return NULL;
+    }
+
+    d = ngx_pcalloc(pool, sizeof(ngx_http_openclaw_delivery_t));
+    if (d == NULL) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    d->pool = pool;
+    d->conf = conf;
+
+    /* the request is gone long before the delivery: a log of its own */
+
+    d->log = *ngx_cycle->log;
+    d->log.handler = ngx_http_openclaw_callback_log_error;
+    d->log.data = d;
+    d->log.action = "delivering a callback";
+    pool->log = &d->log;
+
+    d->url = ngx_pnalloc(pool, url->len + 1);
+    d->id.data = ngx_pnalloc(pool, id->len + 1);
+
+    if (d->url == NULL || d->id.data == NULL
+        || RAND_bytes(rnd, sizeof(rnd)) != 1)
+    {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    (void) ngx_cpystrn((u_char *) d->url, url->data, url->len + 1);
+    ngx_hex_dump(d->delivery, rnd, sizeof(rnd));
+
+    d->id.len = id->len;
+    ngx_memcpy(d->id.data, id->data, id->len);
+
+    return d;
+}
+
+
+/*
+ * A progress, asked for with "callbackProgress": a delivery of its own,
+ * sent at once; deliveries are not ordered among themselves (a retry
+ * may overtake), so receivers keep the longest "content".  Not when the
+ * queue is full: the final reply matters more.
+ */
+
+static void
+ngx_http_openclaw_callback_progress(ngx_http_openclaw_delivery_t *parent,
+    u_char *data, size_t len)
+{
+    ngx_str_t                             url;
+    ngx_http_openclaw_delivery_t         *d;
+    ngx_http_openclaw_callback_worker_t  *w;
+
+    w = &ngx_http_openclaw_callback_worker;
+
+    if (w->pending >= NGX_HTTP_OPENCLAW_CALLBACK_QUEUE) {
+        ngx_log_error(NGX_LOG_INFO, &parent->log, 0,
+                      "callback of a progress dropped: %ui deliveries "
+                      "pending", w->pending);
+        return;
+    }
+
+    url.data = (u_char *) parent->url;
+    url.len = ngx_strlen(parent->url);
+
+    d = ngx_http_openclaw_callback_new(parent->conf, &url, &parent->id);
+    if (d == NULL) {
+        return;
+    }
+
+    d->body.data = ngx_pnalloc(d->pool, len);
+    if (d->body.data == NULL) {
+        ngx_destroy_pool(d->pool);
+        return;
+    }
+
+    ngx_memcpy(d->body.data, data, len);
+    d->body.len = len;
+    d->ended = 1;
+
+    d->ev.handler = ngx_http_openclaw_callback_attempt;
+    d->ev.data = d;
+    d->ev.log = &d->log;
+
+    ngx_queue_insert_tail(&w->sending, &d->link);
+    w->pending++;
+    w->stats->pending = w->pending;
+
+    ngx_http_openclaw_callback_attempt(&d->ev);
+}
+
+
+/* the relay's replies: the last one is delivered, progress if asked */
 
 static ngx_int_t
 ngx_http_openclaw_callback_send(ngx_http_openclaw_endpoint_t *ep,
@@ -499,6 +580,10 @@ ngx_http_openclaw_callback_send(ngx_http_openclaw_endpoint_t *ep,
         && ngx_strncmp(data, "{\"type\":\"progress\"",
                        sizeof("{\"type\":\"progress\"") - 1) == 0)
     {
+        if (d->progress) {
+            ngx_http_openclaw_callback_progress(d, data, len);
+        }
+
         return NGX_OK;
     }
 

@@ -42,8 +42,8 @@ ngx_int_t ngx_http_openclaw_callback_allowed(
 
 /*
  * Relays the message "body" from an endpoint of its own, outside the
- * request, and POSTs its final reply to "url"; "id" is the message's id,
- * as JSON, for the log.  NGX_OK: accepted, with
+ * request, and POSTs its final reply to "url" (and each progress, with
+ * "progress"); "id" is the message's id, as JSON, for the log.  NGX_OK: accepted, with
  * the session key and the delivery id in "session" and "delivery";
  * NGX_DONE: the relay answered at once (bad input), the reply, to
  * answer the request with, is in "reply"; NGX_BUSY: the worker's queue
@@ -51,8 +51,8 @@ ngx_int_t ngx_http_openclaw_callback_allowed(
  */
 ngx_int_t ngx_http_openclaw_callback_start(ngx_http_request_t *r,
     ngx_str_t *agent, ngx_str_t *uid, ngx_str_t *sender, ngx_str_t *body,
-    ngx_str_t *url, ngx_str_t *id, ngx_str_t *reply, ngx_str_t *session,
-    ngx_str_t *delivery);
+    ngx_str_t *url, ngx_str_t *id, ngx_uint_t progress, ngx_str_t *reply,
+    ngx_str_t *session, ngx_str_t *delivery);
 
 void ngx_http_openclaw_callback_set_stats(
     ngx_http_openclaw_callback_stats_t *stats);

@@ -493,8 +493,10 @@ ngx_http_openclaw_http_read_body(ngx_http_request_t *r, ngx_str_t *body)
 
 
 /*
- * A message with a "callback" URL is answered 202 at once, and its reply
- * POSTed to the URL later; one elsewhere than the location allows is
+ * A message with a "callback" URL (or any, where the location names one
+ * with openclaw_bridge_callback_url) is answered 202 at once, and its
+ * reply POSTed to the URL later, with its progress if the message has
+ * "callbackProgress": true; a URL elsewhere than the location allows is
  * refused before anything runs.  NGX_DECLINED: no callback, the request
  * waits or streams.
  */
@@ -506,17 +508,41 @@ ngx_http_openclaw_http_callback(ngx_http_request_t *r,
     u_char                    *p;
     ngx_int_t                  rc;
     ngx_str_t                  url, id, reply, session, delivery, out;
+    ngx_uint_t                 progress;
     const char                *err;
-    ngx_http_openclaw_jv_t     v, cb, jid;
+    ngx_http_openclaw_jv_t     v, cb, jid, jp;
     ngx_http_openclaw_json_t   j;
 
     /* not JSON, not an object: the relay says so as it does for all */
 
     if (ngx_http_openclaw_jv_parse(body->data, body->len, &v, NULL) != 0
-        || v.type != NGX_HTTP_OPENCLAW_JSON_OBJECT
-        || ngx_http_openclaw_jv_get(&v, "callback", &cb) != 0)
+        || v.type != NGX_HTTP_OPENCLAW_JSON_OBJECT)
     {
         return NGX_DECLINED;
+    }
+
+    if (ngx_http_openclaw_jv_get(&v, "callback", &cb) != 0) {
+
+        /* the location's own, for a request that does not ask to stream */
+
+        if (ctx->ep.conf->callback_url.len == 0 || ctx->sse) {
+            return NGX_DECLINED;
+        }
+
+        url = ctx->ep.conf->callback_url;
+
+    } else {
+        if (cb.type != NGX_HTTP_OPENCLAW_JSON_STRING || cb.size == 0) {
+            return ngx_http_openclaw_http_error(r, NGX_HTTP_BAD_REQUEST,
+                                        "field \"callback\" must be a URL");
+        }
+
+        url.data = ngx_pnalloc(r->pool, cb.size);
+        if (url.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        url.len = ngx_http_openclaw_jv_decode(&cb, url.data);
     }
 
     ngx_str_null(&id);
@@ -529,17 +555,8 @@ ngx_http_openclaw_http_callback(ngx_http_request_t *r,
         id.len = jid.len;
     }
 
-    if (cb.type != NGX_HTTP_OPENCLAW_JSON_STRING || cb.size == 0) {
-        return ngx_http_openclaw_http_error(r, NGX_HTTP_BAD_REQUEST,
-                                    "field \"callback\" must be a URL");
-    }
-
-    url.data = ngx_pnalloc(r->pool, cb.size);
-    if (url.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    url.len = ngx_http_openclaw_jv_decode(&cb, url.data);
+    progress = (ngx_http_openclaw_jv_get(&v, "callbackProgress", &jp) == 0
+                && jp.type == NGX_HTTP_OPENCLAW_JSON_TRUE);
 
     if (ngx_http_openclaw_callback_allowed(ctx->ep.conf, &url, &err)
         != NGX_OK)
@@ -552,7 +569,8 @@ ngx_http_openclaw_http_callback(ngx_http_request_t *r,
 
     rc = ngx_http_openclaw_callback_start(r, &ctx->agent, &ctx->uid,
                                           &ctx->sender, body, &url, &id,
-                                          &reply, &session, &delivery);
+                                          progress, &reply, &session,
+                                          &delivery);
 
     switch (rc) {
 

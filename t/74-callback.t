@@ -111,6 +111,12 @@ server {
         openclaw_bridge_callback_attempts 1;
     }
 
+    location = /dflt {
+        openclaw_bridge_http;
+        openclaw_bridge_callback_allow @{[ $rx->url('/hooks/') ]};
+        openclaw_bridge_callback_url @{[ $rx->url('/hooks/dflt') ]};
+    }
+
     location = /nocb {
         openclaw_bridge_http;
     }
@@ -128,8 +134,8 @@ ok($ngx->wait_log(qr/gateway link up/, 10), 'link up') or diag $ngx->error_log;
 sub post { HttpClient::post($ngx->port, @_) }
 
 sub accepted {
-    my ($name, $msg) = @_;
-    my $r = post('/http', $msg);
+    my ($name, $msg, $path) = @_;
+    my $r = post($path // '/http', $msg);
     is($r->{status}, 202, "$name: 202") or diag $r->{body};
     is($r->{json}{type}, 'accepted', "$name: accepted");
     is($r->{json}{id}, $msg->{id}, "$name: the id");
@@ -187,8 +193,53 @@ subtest 'one message, one signed delivery of its reply' => sub {
     ok(!signature_ok(\%bad), 'a changed body does not verify');
 };
 
+subtest 'progress too, when asked' => sub {
+    my $a = accepted('progress', { id => 'p1', content => 'with progress',
+                                   callbackProgress => \1,
+                                   callback => $rx->url('/hooks/progress') });
+    my @d = wait_for(sub {
+        my @x = grep { $_->{path} eq '/hooks/progress' } $rx->records;
+        (grep { $_->{body} =~ /"complete"/ } @x) ? @x : ();
+    }, 10);
+    my @types = map { eval { decode_json($_->{body})->{type} } // '?' } @d;
+    is(scalar(grep { $_ eq 'complete' } @types), 1, 'one complete');
+    cmp_ok(scalar(grep { $_ eq 'progress' } @types), '>=', 1, 'and progress')
+        or diag "@types";
+    my %ids = map { $_->{headers}{'x-openclaw-delivery'} => 1 } @d;
+    is(scalar keys %ids, scalar @d, 'each a delivery of its own');
+    ok($ids{ $a->{delivery} }, 'the complete under the id of the 202')
+        or diag explain \%ids;
+    ok(!(grep { !signature_ok($_) } @d), 'all signed');
+};
+
+subtest "the location's default URL" => sub {
+    my $a = accepted('default', { id => 'd1', content => 'by default' }, '/dflt');
+    my @d = wait_for(sub { deliveries($rx, $a->{delivery}) }, 10);
+    is(scalar @d, 1, 'delivered');
+    is($d[0]{path}, '/hooks/dflt', 'to the default URL');
+    my $s = HttpClient->open($ngx->port, '/dflt', { id => 'd2', content => 'stream' },
+                             accept => 'text/event-stream');
+    is($s->head(5)->{status}, 200, 'a request for a stream still streams');
+    $s->vanish;
+
+    my $bad = OCB->new(no_start => 1, http => <<"EOF2");
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location = /x {
+        openclaw_bridge_http;
+        openclaw_bridge_callback_allow http://127.0.0.1:1/a/;
+        openclaw_bridge_callback_url http://127.0.0.1:1/b;
+    }
+}
+EOF2
+    my ($rc, $out) = $bad->test_conf;
+    isnt($rc, 0, 'a default URL outside the prefixes: nginx -t fails');
+    like($out, qr/openclaw_bridge_callback_url .*not under a prefix/, 'and says why');
+};
+
 subtest 'refused before anything runs' => sub {
     my $before = () = $gw->requests('chat.send');
+    my $received = () = $rx->records;
     for my $case (['another host', 'http://evil.example/hooks/'],
                   ['outside the prefix path', $rx->url('/other')],
                   ['the prefix without its slash', $rx->url('/hooks')],
@@ -212,8 +263,7 @@ subtest 'refused before anything runs' => sub {
     my $after = () = $gw->requests('chat.send');
     is($after, $before, 'nothing reached the gateway');
     sleep 0.3;
-    is(scalar(grep { $_->{path} !~ m{^/hooks/ok$} } $rx->records), 0,
-       'and nothing was delivered');
+    is(scalar(() = $rx->records), $received, 'and nothing was delivered');
 };
 
 subtest '503 with Retry-After, then accepted' => sub {
@@ -322,9 +372,9 @@ subtest 'the status counts the deliveries' => sub {
         $cb = $st->{json} && $st->{json}{workers}[0]{callbacks};
         $cb && $cb->{pending} == 0;
     }, 10), 'nothing pending') or diag explain $cb;
-    # ok, 503 x2, 500 x3, hang, refused, https: delivered; 404, down,
-    # self-signed: failed
-    is($cb->{delivered}, 6, 'delivered');
+    # ok, progress (3 or more), default, 503 x2, 500 x3, hang, refused,
+    # https: delivered; 404, down, self-signed: failed
+    cmp_ok($cb->{delivered}, '>=', 10, 'delivered');
     is($cb->{failed}, 3, 'failed after the last attempt');
     cmp_ok($cb->{retries}, '>=', 2 + 3 + 1 + 1 + 3, 'the retries');
 };

@@ -38,6 +38,8 @@ typedef struct {
     ngx_uint_t                      status;
     off_t                           queued;    /* event bytes passed on */
     off_t                           base;      /* c->sent as they began */
+    ngx_chain_t                    *free;      /* event buffers, sent */
+    ngx_chain_t                    *busy;      /* and being sent */
 
     unsigned                        sse:1;
     unsigned                        streaming:1;
@@ -68,6 +70,8 @@ static ngx_int_t ngx_http_openclaw_http_send(ngx_http_openclaw_endpoint_t *ep,
     u_char *data, size_t len);
 static ngx_int_t ngx_http_openclaw_http_event(ngx_http_openclaw_http_ctx_t *ctx,
     u_char *data, size_t len, ngx_uint_t last);
+static ngx_buf_t *ngx_http_openclaw_http_buf(
+    ngx_http_openclaw_http_ctx_t *ctx, size_t n);
 static ngx_int_t ngx_http_openclaw_http_stream(
     ngx_http_openclaw_http_ctx_t *ctx);
 static void ngx_http_openclaw_http_end_handler(ngx_event_t *ev);
@@ -694,7 +698,7 @@ ngx_http_openclaw_http_event(ngx_http_openclaw_http_ctx_t *ctx, u_char *data,
     size_t                         n;
     ngx_int_t                      rc;
     ngx_buf_t                     *b;
-    ngx_chain_t                    out;
+    ngx_chain_t                   *cl;
     ngx_connection_t              *c;
     ngx_http_request_t            *r;
 
@@ -724,7 +728,7 @@ ngx_http_openclaw_http_event(ngx_http_openclaw_http_ctx_t *ctx, u_char *data,
     n = sizeof("event: ") - 1 + (end - type) + sizeof("\ndata: ") - 1 + len
         + sizeof("\n\n") - 1;
 
-    b = ngx_create_temp_buf(r->pool, n);
+    b = ngx_http_openclaw_http_buf(ctx, n);
     if (b == NULL) {
         return NGX_ERROR;
     }
@@ -740,18 +744,69 @@ ngx_http_openclaw_http_event(ngx_http_openclaw_http_ctx_t *ctx, u_char *data,
     b->last_buf = last;
     b->last_in_chain = 1;
 
-    out.buf = b;
-    out.next = NULL;
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->buf = b;
+    cl->next = NULL;
 
     ctx->queued += n;
 
-    rc = ngx_http_output_filter(r, &out);
+    rc = ngx_http_output_filter(r, cl);
+
+    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &cl,
+                            (ngx_buf_tag_t) &ngx_http_openclaw_bridge_module);
 
     if (rc == NGX_ERROR) {
         return NGX_ERROR;
     }
 
     return ngx_http_openclaw_http_schedule(r);
+}
+
+
+/*
+ * A buffer for an event of "n" bytes.  Every reply carries the whole text
+ * so far, so that a stream's events grow: a buffer per event from the
+ * request's pool would take memory that grows with the square of the
+ * reply.  Sent buffers are reused, a new one has room to grow by half,
+ * and one outgrown is freed (the pool's large allocations are).
+ */
+
+static ngx_buf_t *
+ngx_http_openclaw_http_buf(ngx_http_openclaw_http_ctx_t *ctx, size_t n)
+{
+    size_t        size;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    while (ctx->free) {
+        cl = ctx->free;
+        ctx->free = cl->next;
+        b = cl->buf;
+        ngx_free_chain(ctx->r->pool, cl);
+
+        if ((size_t) (b->end - b->start) >= n) {
+            b->pos = b->start;
+            b->last = b->start;
+            return b;
+        }
+
+        (void) ngx_pfree(ctx->r->pool, b->start);
+    }
+
+    size = ngx_max(n + n / 2, 1024);
+
+    b = ngx_create_temp_buf(ctx->r->pool, size);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    b->tag = (ngx_buf_tag_t) &ngx_http_openclaw_bridge_module;
+
+    return b;
 }
 
 
@@ -850,9 +905,11 @@ ngx_http_openclaw_http_schedule(ngx_http_request_t *r)
 static void
 ngx_http_openclaw_http_writer(ngx_http_request_t *r)
 {
-    ngx_int_t          rc;
-    ngx_event_t       *wev;
-    ngx_connection_t  *c;
+    ngx_int_t                      rc;
+    ngx_event_t                   *wev;
+    ngx_chain_t                   *out;
+    ngx_connection_t              *c;
+    ngx_http_openclaw_http_ctx_t  *ctx;
 
     c = r->connection;
     wev = c->write;
@@ -866,6 +923,14 @@ ngx_http_openclaw_http_writer(ngx_http_request_t *r)
     }
 
     rc = ngx_http_output_filter(r, NULL);
+
+    ctx = ngx_http_openclaw_http_get_ctx(r);
+
+    if (ctx) {
+        out = NULL;
+        ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &out,
+                            (ngx_buf_tag_t) &ngx_http_openclaw_bridge_module);
+    }
 
     if (rc == NGX_ERROR || ngx_http_openclaw_http_schedule(r) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_ERROR);

@@ -230,6 +230,35 @@ subtest 'a client that does not read is not buffered for without end' => sub {
     $s->vanish;
 };
 
+subtest 'a long stream takes no memory per event' => sub {
+    # 400 events of a 24 kB reply, 5 ms apart: their data adds up to
+    # 5 MB, since each carries the whole text so far
+    my ($pid) = $ngx->worker_pids;
+    my $rss = sub {
+        open my $f, '<', "/proc/$pid/status" or return 0;
+        my ($kb) = join('', <$f>) =~ /^VmRSS:\s+(\d+)/m;
+        return $kb // 0;
+    };
+    my $text = '{{slow 400 5}} ' . ('m' x 24000);
+    my $before = $rss->();
+    my $s = HttpClient->open($ngx->port, '/http',
+                             { id => 'long', content => $text },
+                             accept => $SSE);
+    my ($n, $bytes, $last) = (0, 0);
+    while (my $e = $s->next_event(20)) {
+        $n++;
+        $bytes += length $e->{data};
+        $last = $e;
+    }
+    $s->vanish;
+    my $grew = $rss->() - $before;
+    is($last && $last->{event}, 'complete', 'the stream ends with its complete');
+    cmp_ok($n, '>=', 300, "$n events");
+    note sprintf '%d events, %.1f MB of data; the worker grew by %d kB', $n,
+                 $bytes / 1e6, $grew;
+    cmp_ok($grew, '<', 2048, 'the worker did not grow with them');
+};
+
 subtest 'the counters balance' => sub {
     my $st = status($ngx);
     my $w = $st->{workers}[0];

@@ -4,7 +4,8 @@
 # (openclaw@2026.9.6) with the fake model of t/gateway/fake-model.pl: a
 # POST answered with the whole reply (curl and a Perl client), the same
 # session remembered across requests, the reply as Server-Sent Events
-# checked event by event (the Perl client, and curl -N), and a client that
+# checked event by event (the Perl client, and curl -N), a callback (202,
+# then the reply and its progress delivered, signed), and a client that
 # leaves mid-stream.  Short on purpose: t/60 covers the relay itself.
 
 use strict;
@@ -17,13 +18,17 @@ use Test::More;
 use Time::HiRes qw(time);
 use Mojo::JSON qw(decode_json encode_json);
 
+use Digest::SHA qw(hmac_sha256_hex);
+
 use OCB;
 use OCGateway;
 use HttpClient;
 use RelayClient;
+use CallbackReceiver;
 
 OCGateway::require_cache(4);
 
+my $rx = CallbackReceiver->new;
 my $gw = OCGateway->new(version => 4);
 note sprintf 'gateway 2026.9.6 ready after %.1f s in %s', $gw->ready_after,
     $gw->dir;
@@ -39,6 +44,8 @@ server {
     location = /http {
         openclaw_bridge_http;
         openclaw_bridge_sender \$arg_sender;
+        openclaw_bridge_callback_allow @{[ $rx->url('/') ]};
+        openclaw_bridge_callback_secret t65-secret;
     }
 
     location = /status {
@@ -127,6 +134,32 @@ is($ev[-1][1], 'event: complete', 'curl -N: the complete comes last');
 cmp_ok($ev[-1][0] - $ev[0][0], '>=', 0.25,
        'curl -N: saw the first event well before the last');
 
+# a callback: 202 at once, then the reply delivered, signed, once
+$r = HttpClient::post($ngx->port, '/http?sender=u1',
+                      { id => 'h6', content => 'call back #slow=100',
+                        session => 't65-cb', callbackProgress => \1,
+                        callback => $rx->url('/hooks') });
+is($r->{status}, 202, 'callback: 202');
+my $delivery = $r->{json}{delivery} // '';
+my @d;
+my $until = time + 120;
+while (time < $until) {
+    @d = grep { ($_->{headers}{'x-openclaw-delivery'} // '') eq $delivery }
+         $rx->records;
+    last if @d;
+    select undef, undef, undef, 0.2;
+}
+is(scalar @d, 1, 'callback: the reply delivered once');
+my $cj = eval { decode_json($d[0]{body}) } // {};
+is($cj->{type}, 'complete', 'callback: the complete');
+is($cj->{content}, reply_for('call back #slow=100'), "callback: the model's reply");
+my $ts = $d[0]{headers}{'x-openclaw-timestamp'} // '';
+is($d[0]{headers}{'x-openclaw-signature'},
+   'sha256=' . hmac_sha256_hex("$ts.$d[0]{body}", 't65-secret'),
+   'callback: signed');
+my @progress = grep { ($_->{body} // '') =~ /"type":"progress"/ } $rx->records;
+cmp_ok(scalar @progress, '>=', 1, 'callback: and its progress, as asked');
+
 # a client that leaves mid-stream: its run is aborted, nginx lets go
 $s = HttpClient->open($ngx->port, '/http?sender=u1',
                       { id => 'h5', content => 'leave #slow=1000',
@@ -150,5 +183,6 @@ is($st && $st->{workers}[0]{messages_out}, $st && $st->{workers}[0]{messages_in}
 
 $ngx->stop;
 $gw->stop;
+$rx->stop;
 
 done_testing;

@@ -32,6 +32,7 @@
 
 #include "ngx_http_openclaw_callback.h"
 #include "ngx_http_openclaw_relay.h"
+#include "ngx_http_openclaw_headers.h"
 
 
 #define NGX_HTTP_OPENCLAW_CALLBACK_BACKOFF_MAX  60000
@@ -1148,39 +1149,22 @@ ngx_http_openclaw_callback_header(char *buf, size_t size, size_t n,
 {
     ngx_http_openclaw_delivery_t *d = data;
 
-    u_char     *p, *last;
-    time_t      t;
-    ngx_int_t   secs;
+    long            secs;
+    size_t          len;
+    time_t          t;
+    const uint8_t  *value;
 
-    p = (u_char *) buf;
-    last = p + size * n;
-
-    if (last - p < (ssize_t) sizeof("Retry-After:") - 1
-        || ngx_strncasecmp(p, (u_char *) "Retry-After:",
-                           sizeof("Retry-After:") - 1) != 0)
+    if (!ngx_http_openclaw_header_value((uint8_t *) buf, size * n,
+                                        "Retry-After", &value, &len))
     {
         return size * n;
     }
 
-    p += sizeof("Retry-After:") - 1;
+    secs = ngx_http_openclaw_delta_seconds(value, len,
+                                      NGX_HTTP_OPENCLAW_CALLBACK_RETRY_MAX);
 
-    while (p < last && (*p == ' ' || *p == '\t')) {
-        p++;
-    }
-
-    while (last > p && (last[-1] == CR || last[-1] == LF || last[-1] == ' '))
-    {
-        last--;
-    }
-
-    if (p == last) {
-        return size * n;
-    }
-
-    secs = ngx_atoi(p, last - p);
-
-    if (secs == NGX_ERROR) {
-        t = ngx_parse_http_time(p, last - p);
+    if (secs < 0) {
+        t = ngx_parse_http_time((u_char *) value, len);
 
         if (t == NGX_ERROR) {
             return size * n;

@@ -43,8 +43,9 @@ ngx_int_t ngx_http_openclaw_callback_allowed(
 /*
  * Relays the message "body" from an endpoint of its own, outside the
  * request, and POSTs its final reply to "url" (and each progress, with
- * "progress"); "id" is the message's id, as JSON, for the log.  NGX_OK: accepted, with
- * the session key and the delivery id in "session" and "delivery";
+ * "progress"); "id" is the message's id, as JSON, for the log.  NGX_OK:
+ * accepted, with the session key and the delivery id in "session" and
+ * "delivery";
  * NGX_DONE: the relay answered at once (bad input), the reply, to
  * answer the request with, is in "reply"; NGX_BUSY: the worker's queue
  * of deliveries is full; NGX_ERROR.  All copied into "r"'s pool.

@@ -23,6 +23,7 @@
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_json.h"
 #include "ngx_http_openclaw_callback.h"
+#include "ngx_http_openclaw_headers.h"
 
 
 typedef struct {
@@ -229,7 +230,6 @@ ngx_http_openclaw_http_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_openclaw_http_content_type(ngx_http_request_t *r)
 {
-    u_char     *p, *last;
     ngx_str_t  *type;
 
     if (r->headers_in.content_type == NULL) {
@@ -238,29 +238,13 @@ ngx_http_openclaw_http_content_type(ngx_http_request_t *r)
 
     type = &r->headers_in.content_type->value;
 
-    p = type->data;
-    last = ngx_strlchr(p, p + type->len, ';');
-
-    if (last == NULL) {
-        last = p + type->len;
-    }
-
-    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
-        last--;
-    }
-
-    if (last - p == sizeof("application/json") - 1
-        && ngx_strncasecmp(p, (u_char *) "application/json",
-                           sizeof("application/json") - 1) == 0)
-    {
-        return NGX_OK;
-    }
-
-    return NGX_DECLINED;
+    return ngx_http_openclaw_media_is(type->data, type->len,
+                                      "application/json")
+           ? NGX_OK : NGX_DECLINED;
 }
 
 
-/* "Accept: text/event-stream", among others or alone */
+/* "Accept: text/event-stream", among others or alone, and not q=0 */
 
 static ngx_uint_t
 ngx_http_openclaw_http_accepts_sse(ngx_http_request_t *r)
@@ -287,11 +271,8 @@ ngx_http_openclaw_http_accepts_sse(ngx_http_request_t *r)
         if (h[i].key.len == sizeof("Accept") - 1
             && ngx_strncasecmp(h[i].key.data, (u_char *) "Accept",
                                sizeof("Accept") - 1) == 0
-            && ngx_strlcasestrn(h[i].value.data,
-                                h[i].value.data + h[i].value.len,
-                                (u_char *) "text/event-stream",
-                                sizeof("text/event-stream") - 1 - 1)
-               != NULL)
+            && ngx_http_openclaw_accepts(h[i].value.data, h[i].value.len,
+                                         "text/event-stream"))
         {
             return 1;
         }

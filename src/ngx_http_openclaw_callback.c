@@ -131,15 +131,15 @@ ngx_http_openclaw_callback_allow(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_openclaw_loc_conf_t *olcf = conf;
 
-    u_char              *p, *slash, *last;
+    u_char              *p, *e, *slash, *last;
     size_t               skip;
     ngx_url_t            u;
     in_port_t            port;
     ngx_str_t           *value, *prefix;
     ngx_uint_t           i, k;
     ngx_pool_cleanup_t  *cln;
-    struct curl_slist   *list, *next;
-    u_char               entry[NGX_SOCKADDR_STRLEN + 300];
+    struct curl_slist   *list;
+    u_char               entry[8 * (NGX_SOCKADDR_STRLEN + 3) + 300];
     u_char               addr[NGX_SOCKADDR_STRLEN];
 
     if (olcf->callback_allow == NGX_CONF_UNSET_PTR) {
@@ -206,35 +206,42 @@ ngx_http_openclaw_callback_allow(ngx_conf_t *cf, ngx_command_t *cmd,
 
         *prefix = value[i];
 
-        /* libcurl takes these addresses instead of resolving the host */
+        /*
+         * libcurl takes these addresses instead of resolving the host,
+         * all in one entry: a second entry of a host and port replaces
+         * the first
+         */
 
-        list = olcf->callback_resolve;
+        e = ngx_snprintf(entry, sizeof(entry) - 1, "%V:%d:", &u.host,
+                         (int) (u.no_port ? port : u.port));
 
-        for (k = 0; k < u.naddrs; k++) {
+        for (k = 0; k < u.naddrs && k < 8; k++) {
             p = addr;
+
+            if (k) {
+                *p++ = ',';
+            }
 
             if (u.addrs[k].sockaddr->sa_family == AF_INET6) {
                 *p++ = '[';
             }
 
             p += ngx_sock_ntop(u.addrs[k].sockaddr, u.addrs[k].socklen, p,
-                               NGX_SOCKADDR_STRLEN - 2, 0);
+                               NGX_SOCKADDR_STRLEN - 3, 0);
 
             if (u.addrs[k].sockaddr->sa_family == AF_INET6) {
                 *p++ = ']';
             }
 
-            p = ngx_snprintf(entry, sizeof(entry) - 1, "%V:%d:%*s", &u.host,
-                             (int) (u.no_port ? port : u.port), p - addr,
-                             addr);
-            *p = '\0';
+            e = ngx_snprintf(e, entry + sizeof(entry) - 1 - e, "%*s",
+                             p - addr, addr);
+        }
 
-            next = curl_slist_append(list, (char *) entry);
-            if (next == NULL) {
-                return NGX_CONF_ERROR;
-            }
+        *e = '\0';
 
-            list = next;
+        list = curl_slist_append(olcf->callback_resolve, (char *) entry);
+        if (list == NULL) {
+            return NGX_CONF_ERROR;
         }
 
         olcf->callback_resolve = list;
@@ -271,6 +278,7 @@ ngx_http_openclaw_callback_allowed(ngx_http_openclaw_loc_conf_t *conf,
     ngx_str_t *url, const char **err)
 {
     size_t      i;
+    u_char     *p;
     ngx_str_t  *prefix;
     ngx_uint_t  n;
 
@@ -289,6 +297,31 @@ ngx_http_openclaw_callback_allowed(ngx_http_openclaw_loc_conf_t *conf,
         if (url->data[i] <= ' ' || url->data[i] >= 0x7f) {
             *err = "the callback URL has a space, a control or a "
                    "non-ASCII character";
+            return NGX_DECLINED;
+        }
+    }
+
+    /*
+     * A path may not climb out of its prefix: libcurl squashes dot
+     * segments ("/hooks/../admin" goes to "/admin"), and receivers decode
+     * "%2e" and may take a backslash for a slash.
+     */
+
+    for (i = 0; i + 1 < url->len; i++) {
+        p = url->data + i;
+
+        if ((p[0] == '/' && p[1] == '.'
+             && (i + 2 == url->len || p[2] == '/' || p[2] == '?'
+                 || p[2] == '#'
+                 || (p[2] == '.'
+                     && (i + 3 == url->len || p[3] == '/' || p[3] == '?'
+                         || p[3] == '#'))))
+            || (p[0] == '%' && i + 2 < url->len && p[1] == '2'
+                && (p[2] == 'e' || p[2] == 'E'))
+            || p[0] == '\\')
+        {
+            *err = "the callback URL has a dot segment, an encoded dot or "
+                   "a backslash";
             return NGX_DECLINED;
         }
     }
@@ -654,6 +687,7 @@ ngx_http_openclaw_callback_attempt(ngx_event_t *ev)
         curl_easy_setopt(d->easy, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(d->easy, CURLOPT_PROTOCOLS_STR, "http,https");
         curl_easy_setopt(d->easy, CURLOPT_FOLLOWLOCATION, 0L);
+        curl_easy_setopt(d->easy, CURLOPT_PATH_AS_IS, 1L);
         curl_easy_setopt(d->easy, CURLOPT_SSL_VERIFYPEER, 1L);
         curl_easy_setopt(d->easy, CURLOPT_SSL_VERIFYHOST, 2L);
         curl_easy_setopt(d->easy, CURLOPT_ERRORBUFFER, d->error);

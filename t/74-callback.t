@@ -244,7 +244,11 @@ subtest 'refused before anything runs' => sub {
                   ['outside the prefix path', $rx->url('/other')],
                   ['the prefix without its slash', $rx->url('/hooks')],
                   ['another port', 'http://127.0.0.1:1/hooks/'],
-                  ['a space', $rx->url('/hooks/a b')])
+                  ['a space', $rx->url('/hooks/a b')],
+                  ['a dot segment', $rx->url('/hooks/../admin')],
+                  ['a dot segment at the end', $rx->url('/hooks/x/..')],
+                  ['an encoded dot', $rx->url('/hooks/%2e%2e/admin')],
+                  ['a backslash', $rx->url('/hooks/..\\admin')])
     {
         my $r = post('/http', { id => 'x', content => 'no',
                                 callback => $case->[1] });

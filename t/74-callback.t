@@ -400,8 +400,13 @@ subtest '1000 callbacks pending, the worker stays responsive' => sub {
         my $st = HttpClient::post($ngx->port, '/status', '', method => 'GET');
         $st->{json} && $st->{json}{workers}[0]{runs_in_flight} == 0;
     }, 30), 'the runs have ended');
-    my $conns = () = grep { /^\s*\d+: \S+ 0100007F:@{[ sprintf '%04X', $never_port ]} 01 /
-                           } do { open my $f, '<', '/proc/net/tcp'; <$f> };
+    my $count = sub {
+        my $hex = sprintf '%04X', $never_port;
+        open my $f, '<', '/proc/net/tcp' or return 0;
+        return scalar grep { /^\s*\d+: \S+ 0100007F:$hex 01 / } <$f>;
+    };
+    my $conns = wait_for(sub { my $n = $count->(); $n >= 900 ? $n : 0 }, 20)
+                || $count->();
     cmp_ok($conns, '>=', 900, "$conns connections wait on the receiver");
     my $st = HttpClient::post($ngx->port, '/status', '', method => 'GET');
     is($st->{json}{workers}[0]{callbacks}{pending}, 1000,

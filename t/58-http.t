@@ -105,7 +105,7 @@ my ($gw, $ngx) = setup('');
 
 subtest 'a message, and its complete' => sub {
     my $r = post($ngx, '/http', { id => 'm1', content => 'hello' });
-    is($r->{status}, 200, '200');
+    is($r->{status}, 200, 'status 200');
     is($r->{headers}{'content-type'}, 'application/json', 'JSON');
     is($r->{json}{type}, 'complete', 'the complete');
     is($r->{json}{content}, 'echo: hello', 'its whole text');
@@ -306,7 +306,7 @@ subtest 'shutdown: a waiting request gets its error at once' => sub {
     $ngx->signal('QUIT');
     my $h = $c->head(10);
     cmp_ok(time - $t0, '<', 3, 'answered at once');
-    is($h && $h->{status}, 503, '503');
+    is($h && $h->{status}, 503, 'status 503');
     my $b = eval { decode_json($c->body(5)) } // {};
     like($b->{error}, qr/^connection closing \(server shutting down\)/,
          'the error says so, and to send it again');

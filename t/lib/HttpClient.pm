@@ -170,8 +170,8 @@ sub post {
     my $h = $c->head($o{timeout} // 10) or return { status => 0 };
     my $b = $c->body($o{timeout} // 10);
     $c->vanish;
-    return { %$h, body => $b,
-             json => (defined $b ? eval { decode_json($b) } : undef) };
+    my $j = defined $b ? eval { decode_json($b) } : undef;
+    return { %$h, body => $b, json => $j };
 }
 
 1;

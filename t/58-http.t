@@ -6,8 +6,8 @@
 # request timeout 503, a run past the run timeout 504, a message already
 # in flight 409, each with the error JSON of the WebSocket protocol; the
 # method (405), the content type (415) and the size (413) are checked
-# before anything is relayed; nginx's own access control and body size
-# apply; a client that leaves mid-wait has its run aborted; a waiting
+# before anything is relayed; nginx's own access control, limit_req and
+# body size apply; a client that leaves mid-wait has its run aborted; a waiting
 # request gets its error at once on shutdown; the counters balance.
 
 use strict;
@@ -35,6 +35,7 @@ sub setup {
 openclaw_gateway ws://127.0.0.1:@{[ $gw->port ]};
 openclaw_gateway_token $TOKEN;
 openclaw_bridge_zone sessions:1m;
+limit_req_zone \$binary_remote_addr zone=one:1m rate=1r/m;
 $http
 
 server {
@@ -59,6 +60,11 @@ server {
     location = /small {
         openclaw_bridge_http;
         client_max_body_size 100;
+    }
+
+    location = /limited {
+        openclaw_bridge_http;
+        limit_req zone=one nodelay;
     }
 
     location = /denied {
@@ -181,8 +187,13 @@ subtest 'method, type and size' => sub {
        413, "nginx's client_max_body_size applies");
     is(post($ngx, '/denied', { content => 'x' })->{status}, 403,
        "nginx's access control applies");
-    my @s = grep { $_->{params}{message} =~ /^z+$/ } $gw->requests('chat.send');
-    is(scalar @s, 0, 'none reached the gateway');
+    is(post($ngx, '/limited', { id => 'l1', content => 'first' })->{status},
+       200, 'limit_req: the first message passes');
+    is(post($ngx, '/limited', { id => 'l2', content => 'second' })->{status},
+       503, 'limit_req applies to the next');
+    my @s = grep { $_->{params}{message} =~ /^(z+|second)$/ }
+            $gw->requests('chat.send');
+    is(scalar @s, 0, 'none of the refused reached the gateway');
 };
 
 subtest 'the gateway refuses, the agent fails: 502' => sub {

@@ -233,7 +233,8 @@ test-stress: module unit module-asan gateways
 test-asan: module-asan unit
 	OCB_ASAN=1 OCB_MODULE=$(BUILD_ASAN)/$(MODULE) $(PROVE) -j2 $(TESTS_ASAN)
 
-FUZZERS := $(BUILD)/fuzz_frame $(BUILD)/fuzz_utf8 $(BUILD)/fuzz_json
+FUZZERS := $(BUILD)/fuzz_frame $(BUILD)/fuzz_utf8 $(BUILD)/fuzz_json \
+           $(BUILD)/fuzz_headers
 
 # the JSON scanner is checked against cJSON
 $(BUILD)/fuzz_json: fuzz/fuzz_json.c src/ngx_http_openclaw_json.c \
@@ -241,6 +242,13 @@ $(BUILD)/fuzz_json: fuzz/fuzz_json.c src/ngx_http_openclaw_json.c \
 	mkdir -p $(BUILD)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
 	    src/ngx_http_openclaw_json.c $< -lcjson -o $@
+
+# the header values of the HTTP endpoint and the callbacks
+$(BUILD)/fuzz_headers: fuzz/fuzz_headers.c src/ngx_http_openclaw_headers.c \
+                       src/ngx_http_openclaw_headers.h
+	mkdir -p $(BUILD)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+	    src/ngx_http_openclaw_headers.c $< -o $@
 
 $(BUILD)/fuzz_%: fuzz/fuzz_%.c src/ngx_http_openclaw_ws.c \
                  src/ngx_http_openclaw_ws.h

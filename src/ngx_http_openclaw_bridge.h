@@ -16,6 +16,7 @@
 #define NGX_HTTP_OPENCLAW_MODE_OFF     0
 #define NGX_HTTP_OPENCLAW_MODE_BRIDGE  1
 #define NGX_HTTP_OPENCLAW_MODE_ECHO    2
+#define NGX_HTTP_OPENCLAW_MODE_HTTP    3
 
 #define NGX_HTTP_OPENCLAW_SCOPE_PER_SENDER   0
 #define NGX_HTTP_OPENCLAW_SCOPE_GLOBAL       1
@@ -108,6 +109,16 @@ typedef struct {
     ngx_flag_t                  hub_ssl_verify;
     ngx_str_t                   hub_ssl_trusted_certificate;
     void                       *hub_ssl;       /* ngx_ssl_t */
+
+    /* callbacks (ngx_http_openclaw_callback.c) */
+    ngx_array_t                *callback_allow;    /* of ngx_str_t */
+    void                       *callback_resolve;  /* struct curl_slist */
+    ngx_str_t                   callback_url;      /* the default */
+    ngx_str_t                   callback_secret;
+    ngx_str_t                   callback_ssl_trusted_certificate;
+    ngx_msec_t                  callback_timeout;
+    ngx_msec_t                  callback_backoff;
+    ngx_uint_t                  callback_attempts;
 } ngx_http_openclaw_loc_conf_t;
 
 

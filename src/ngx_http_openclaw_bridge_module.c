@@ -18,6 +18,8 @@
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_inbound.h"
 #include "ngx_http_openclaw_hub.h"
+#include "ngx_http_openclaw_http.h"
+#include "ngx_http_openclaw_callback.h"
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_status.h"
 #include "ngx_http_openclaw_metrics.h"
@@ -133,6 +135,13 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
     { ngx_string("openclaw_bridge_hub"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_openclaw_hub,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_http"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_openclaw_bridge,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -410,6 +419,56 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       offsetof(ngx_http_openclaw_main_conf_t, ssl_server_name),
       NULL },
 
+    { ngx_string("openclaw_bridge_callback_allow"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_openclaw_callback_allow,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_callback_url"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_url),
+      NULL },
+
+    { ngx_string("openclaw_bridge_callback_secret"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_secret),
+      NULL },
+
+    { ngx_string("openclaw_bridge_callback_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_timeout),
+      &ngx_http_openclaw_positive_msec_p },
+
+    { ngx_string("openclaw_bridge_callback_backoff"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_backoff),
+      &ngx_http_openclaw_positive_msec_p },
+
+    { ngx_string("openclaw_bridge_callback_attempts"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, callback_attempts),
+      &ngx_http_openclaw_positive_num_p },
+
+    { ngx_string("openclaw_bridge_callback_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t,
+               callback_ssl_trusted_certificate),
+      NULL },
+
     { ngx_string("openclaw_bridge_allow_origin"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_openclaw_allow_origin,
@@ -635,6 +694,10 @@ ngx_http_openclaw_create_loc_conf(ngx_conf_t *cf)
     conf->hub_headers = NGX_CONF_UNSET_PTR;
     conf->hub_queue = NGX_CONF_UNSET_SIZE;
     conf->hub_ssl_verify = NGX_CONF_UNSET;
+    conf->callback_allow = NGX_CONF_UNSET_PTR;
+    conf->callback_timeout = NGX_CONF_UNSET_MSEC;
+    conf->callback_backoff = NGX_CONF_UNSET_MSEC;
+    conf->callback_attempts = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -645,6 +708,8 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     ngx_http_openclaw_loc_conf_t *prev = parent;
     ngx_http_openclaw_loc_conf_t *conf = child;
+
+    const char  *err;
 
     ngx_conf_merge_size_value(conf->max_message_size, prev->max_message_size,
                               1024 * 1024);
@@ -677,6 +742,47 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->namespace, prev->namespace,
                               NGX_HTTP_OPENCLAW_NAMESPACE_WEBHOOK);
 
+    /* the prefixes and their addresses go together */
+
+    if (conf->callback_allow == NGX_CONF_UNSET_PTR) {
+        conf->callback_allow = prev->callback_allow;
+        conf->callback_resolve = prev->callback_resolve;
+    }
+
+    if (conf->callback_allow == NGX_CONF_UNSET_PTR) {
+        conf->callback_allow = NULL;
+    }
+
+    ngx_conf_merge_str_value(conf->callback_url, prev->callback_url, "");
+    ngx_conf_merge_str_value(conf->callback_secret, prev->callback_secret,
+                             "");
+
+    if (conf->mode == NGX_HTTP_OPENCLAW_MODE_HTTP && conf->callback_url.len
+        && ngx_http_openclaw_callback_allowed(conf, &conf->callback_url, &err)
+           != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "openclaw_bridge_callback_url \"%V\": %s",
+                           &conf->callback_url, err);
+        return NGX_CONF_ERROR;
+    }
+    ngx_conf_merge_str_value(conf->callback_ssl_trusted_certificate,
+                             prev->callback_ssl_trusted_certificate, "");
+    ngx_conf_merge_msec_value(conf->callback_timeout, prev->callback_timeout,
+                              10000);
+    ngx_conf_merge_msec_value(conf->callback_backoff, prev->callback_backoff,
+                              1000);
+    ngx_conf_merge_uint_value(conf->callback_attempts,
+                              prev->callback_attempts, 5);
+
+    if (conf->callback_ssl_trusted_certificate.len
+        && ngx_conf_full_name(cf->cycle,
+                              &conf->callback_ssl_trusted_certificate, 1)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     /*
      * A uid's sessions stay under its own part of the webhook namespace.
      * Either may be inherited, so this is known only here: the error
@@ -705,19 +811,25 @@ ngx_http_openclaw_bridge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_openclaw_main_conf_t  *omcf;
 
     if (olcf->mode != NGX_HTTP_OPENCLAW_MODE_OFF) {
-        return "is duplicate: a location has either openclaw_bridge or "
-               "openclaw_bridge_echo, once";
+        return "is duplicate: a location has one of openclaw_bridge, "
+               "openclaw_bridge_http or openclaw_bridge_echo, once";
     }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
-    if (cmd->name.len == sizeof("openclaw_bridge_echo") - 1) {
+    if (ngx_strcmp(cmd->name.data, "openclaw_bridge_echo") == 0) {
         olcf->mode = NGX_HTTP_OPENCLAW_MODE_ECHO;
         clcf->handler = ngx_http_openclaw_echo_handler;
 
     } else {
-        olcf->mode = NGX_HTTP_OPENCLAW_MODE_BRIDGE;
-        clcf->handler = ngx_http_openclaw_inbound_handler;
+        if (ngx_strcmp(cmd->name.data, "openclaw_bridge_http") == 0) {
+            olcf->mode = NGX_HTTP_OPENCLAW_MODE_HTTP;
+            clcf->handler = ngx_http_openclaw_http_handler;
+
+        } else {
+            olcf->mode = NGX_HTTP_OPENCLAW_MODE_BRIDGE;
+            clcf->handler = ngx_http_openclaw_inbound_handler;
+        }
 
         omcf = ngx_http_conf_get_module_main_conf(cf,
                                             ngx_http_openclaw_bridge_module);
@@ -1178,6 +1290,7 @@ ngx_http_openclaw_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_openclaw_relay_set_stats(&ws->relay);
+    ngx_http_openclaw_callback_set_stats(&ws->callbacks);
 
     ngx_http_openclaw_gateway_set_handlers(&ngx_http_openclaw_link_handlers);
 
@@ -1195,6 +1308,10 @@ static void
 ngx_http_openclaw_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_openclaw_hub_exit_process(cycle);
+
+    /* before the link: deliveries still hold runs of the relay */
+    ngx_http_openclaw_callback_exit_process(cycle);
+
     ngx_http_openclaw_gateway_exit_process(cycle);
     ngx_http_openclaw_status_detach();
 }

@@ -119,6 +119,23 @@ static ngx_http_openclaw_metric_t  ngx_http_openclaw_metrics[] = {
       NULL,
       ngx_http_openclaw_slot(relay.waiting) },
 
+    { "openclaw_bridge_callbacks_pending", "gauge",
+      "Callbacks accepted and not yet delivered or given up.", NULL,
+      ngx_http_openclaw_slot(callbacks.pending) },
+
+    { "openclaw_bridge_callbacks_total", "counter",
+      "Callbacks done, by result: delivered, or failed after the last "
+      "attempt.", "result=\"delivered\"",
+      ngx_http_openclaw_slot(callbacks.delivered) },
+
+    { "openclaw_bridge_callbacks_total", NULL, NULL,
+      "result=\"failed\"",
+      ngx_http_openclaw_slot(callbacks.failed) },
+
+    { "openclaw_bridge_callback_retries_total", "counter",
+      "Callback attempts that failed and were tried again.", NULL,
+      ngx_http_openclaw_slot(callbacks.retries) },
+
     { "openclaw_bridge_link_reconnects_total", "counter",
       "Reconnects of the worker's gateway connection.", NULL,
       ngx_http_openclaw_slot(link.reconnects) },

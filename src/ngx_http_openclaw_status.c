@@ -22,7 +22,7 @@
  * written as \u00XX).
  */
 #define NGX_HTTP_OPENCLAW_STATUS_WORKER                                       \
-    (1024 + 6 * NGX_HTTP_OPENCLAW_LINK_ERRLEN)
+    (1280 + 6 * NGX_HTTP_OPENCLAW_LINK_ERRLEN)
 
 
 typedef struct {
@@ -470,13 +470,18 @@ ngx_http_openclaw_status_worker(u_char *p,
     p = ngx_sprintf(p, "\"},\"clients\":%ui,\"messages_in\":%ui,"
                     "\"messages_out\":%ui,\"completed\":%ui,"
                     "\"runs_in_flight\":%ui,\"waiting_for_link\":%ui,"
-                    "\"agent_runs\":%ui,\"errors\":{\"input\":%ui,\"gateway\":%ui,"
-                    "\"timeout\":%ui,\"link\":%ui,\"overload\":%ui}}",
+                    "\"agent_runs\":%ui,\"errors\":{\"input\":%ui,"
+                    "\"gateway\":%ui,\"timeout\":%ui,\"link\":%ui,"
+                    "\"overload\":%ui},"
+                    "\"callbacks\":{\"pending\":%ui,\"delivered\":%ui,"
+                    "\"failed\":%ui,\"retries\":%ui}}",
                     rs->clients, rs->messages_in, rs->messages_out,
                     rs->completed, rs->runs, rs->waiting, rs->pushed,
                     rs->errors_input,
                     rs->errors_gateway, rs->errors_timeout, rs->errors_link,
-                    rs->errors_overload);
+                    rs->errors_overload, ws->callbacks.pending,
+                    ws->callbacks.delivered, ws->callbacks.failed,
+                    ws->callbacks.retries);
 
     return p;
 }

@@ -16,6 +16,7 @@
 #include "ngx_http_openclaw_gateway.h"
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_sessions.h"
+#include "ngx_http_openclaw_callback.h"
 
 
 /*
@@ -28,6 +29,7 @@ typedef struct {
     time_t                           started;
     ngx_http_openclaw_link_info_t    link;
     ngx_http_openclaw_relay_stats_t  relay;
+    ngx_http_openclaw_callback_stats_t  callbacks;
 } ngx_http_openclaw_worker_status_t;
 
 

@@ -55,6 +55,10 @@ package TestHub;
 #                           its socket with 1009
 #   record_max      65536   frames up to this size are recorded whole;
 #                           longer ones by their first 256 bytes
+#   refuse          undef   {status => 503, count => N, clients => 0}: the
+#                           "refuse" action in effect from the start (a
+#                           hub that comes back refusing: ->set it, then
+#                           ->start); ->refuse(status => 0) ends it
 #
 # Actions (->action(NAME, ARGS), or the methods below).  ARGS select the
 # sockets: role => bridge|client|all (bridge by default), uid => U,
@@ -227,7 +231,12 @@ sub action {
 
 sub close_all { my ($self, %a) = @_; return $self->action('close', code => 1001, %a) }
 sub drop      { my ($self, %a) = @_; return $self->action('drop', %a) }
-sub refuse    { my ($self, %a) = @_; return $self->action('refuse', %a) }
+sub refuse {
+    my ($self, %a) = @_;
+    # a refusal ended now is not resumed by a later restart
+    delete $self->{opts}{refuse} unless $a{status} && ($a{count} // -1);
+    return $self->action('refuse', %a);
+}
 sub pause     { my ($self, %a) = @_; return $self->action('pause', %a) }
 sub resume    { my ($self, %a) = @_; return $self->action('resume', %a) }
 sub inject    { my ($self, %a) = @_; return $self->action('send', %a) }
@@ -433,6 +442,9 @@ sub run {
     $NCONN = 0;
     if (open my $f, '<', $CONN_FILE) { $NCONN = <$f> // 0; chomp $NCONN; close $f }
     %REFUSE = (status => 0, count => 0, clients => 0);
+    # refusing from the first upgrade on (a hub that comes back refusing)
+    %REFUSE = (status => 0, count => -1, clients => 0, %{ $CFG->{refuse} })
+        if ref $CFG->{refuse} eq 'HASH' && $CFG->{refuse}{status};
     $ECHO_JSON = JSON::PP->new->utf8->canonical->space_after->allow_nonref(1);
 
     my $app = Mojolicious->new;

@@ -1,0 +1,268 @@
+#!/usr/bin/perl
+
+# Hub mode with several workers: exactly one live link per (hub URL, uid)
+# across the workers, counted at the hub; a link whose worker is killed
+# (SIGKILL) is taken over by another worker, still one link, and messages
+# flow; "nginx -s reload" with runs in flight (a slow fake gateway): each
+# message in flight ends in exactly one complete, and each message sent
+# while the reload goes on is answered exactly once, never twice, though
+# for a while the old worker's link and the new owner's both receive it.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use HTTP::Tiny;
+use Mojo::JSON qw(decode_json encode_json);
+use Time::HiRes qw(sleep time);
+
+use OCB;
+use FakeGateway;
+use RelayClient;
+use TestHub;
+
+my $TOKEN = 'tok-81-hubw-9c2b';
+
+my $gw = FakeGateway->new(token => $TOKEN, deltas => 3, delta_ms => 10);
+my $hub = TestHub->new(mode => 'rooms');
+my $hub2 = TestHub->new(mode => 'rooms');
+
+my %URL = (
+    w1 => $hub->url('/ws') . '?uid=w1',
+    w2 => $hub->url('/ws') . '?uid=w2',
+    x1 => $hub2->url('/ws') . '?uid=w1',
+);
+
+my $ngx = OCB->new(workers => 3, http => <<"EOF");
+openclaw_gateway ws://127.0.0.1:@{[ $gw->port ]};
+openclaw_gateway_token $TOKEN;
+openclaw_bridge_zone hubw:1m;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+
+    location = /status {
+        openclaw_bridge_status;
+    }
+
+    location /bridge-w1 {
+        openclaw_bridge_hub @{[ $hub->url('/ws') ]};
+        openclaw_bridge_hub @{[ $hub2->url('/ws') ]};
+        openclaw_bridge_uid w1;
+        openclaw_bridge_session_zone hubw;
+    }
+
+    location /bridge-w2 {
+        openclaw_bridge_hub @{[ $hub->url('/ws') ]};
+        openclaw_bridge_uid w2;
+        openclaw_bridge_session_zone hubw;
+    }
+}
+EOF
+
+my $http = HTTP::Tiny->new(timeout => 5);
+
+sub status {
+    my $r = $http->get($ngx->http_url('/status'));
+    return undef unless $r->{status} == 200;
+    return eval { decode_json($r->{content}) };
+}
+
+# the entries of a URL (a reload may show an old one draining)
+sub hub_entries {
+    my ($st, $url) = @_;
+    return grep { ($_->{url} // '') eq $url } @{ ($st // {})->{hubs} // [] };
+}
+
+sub ready_entry {
+    my ($st, $url) = @_;
+    my ($h) = grep { ($_->{state} // '') eq 'ready' } hub_entries($st, $url);
+    return $h;
+}
+
+sub wait_for {
+    my ($cond, $timeout) = @_;
+    my $deadline = time + ($timeout // 10);
+    for (;;) {
+        my $v = $cond->();
+        return $v if $v || time >= $deadline;
+        sleep 0.02;
+    }
+}
+
+sub show_status { diag encode_json(status() // {}) }
+
+sub sends_of {
+    my ($text) = @_;
+    return grep { ($_->{params}{message} // '') eq $text } $gw->requests('chat.send');
+}
+
+# exactly one complete, the fake's echo of $text, no error
+sub once {
+    my ($name, $replies, $text) = @_;
+    my @done = grep { $_->{type} eq 'complete' } @$replies;
+    my @err = grep { $_->{type} eq 'error' } @$replies;
+    return 1 if @done == 1 && !@err && $done[0]{content} eq "echo: $text";
+    diag "$name: " . encode_json($replies);
+    return 0;
+}
+
+###########################################################################
+# one link per (URL, uid)
+
+my %owner;
+{
+    for my $k (sort keys %URL) {
+        my $h;
+        ok(wait_for(sub { $h = ready_entry(status(), $URL{$k}) }, 20), "link $k ready")
+            or show_status();
+        $owner{$k} = $h && $h->{pid};
+    }
+    my %live = map { $_ => 1 } $ngx->worker_pids;
+    ok($live{ $owner{$_} }, "link $_: owned by a live worker ($owner{$_})") for sort keys %URL;
+    is(scalar(hub_entries(status(), $URL{$_})), 1, "link $_: one status entry")
+        for sort keys %URL;
+
+    is(scalar $hub->bridges('w1'), 1, 'hub: one socket of w1');
+    is(scalar $hub->bridges('w2'), 1, 'hub: one socket of w2');
+    is(scalar $hub2->bridges('w1'), 1, 'hub 2: one socket of w1');
+    is(scalar $hub->upgrades(uid => 'w1', role => 'bridge'), 1,
+       'hub: one upgrade of w1 ever (no worker tried a second link)');
+    is(scalar $hub->upgrades(uid => 'w2', role => 'bridge'), 1, 'hub: one upgrade of w2 ever');
+    is(scalar $hub2->upgrades(uid => 'w1', role => 'bridge'), 1, 'hub 2: one upgrade ever');
+
+    my $u1 = $hub->client(uid => 'w1');
+    my $u2 = $hub->client(uid => 'w2');
+    my $v1 = $hub2->client(uid => 'w1');
+    $u1->send_json({ id => 'a1', content => 'w1 first' });
+    $u2->send_json({ id => 'a2', content => 'w2 first' });
+    $v1->send_json({ id => 'a3', content => 'hub2 first' });
+    my %r1 = $u1->collect(['a1'], 15);
+    my %r2 = $u2->collect(['a2'], 15);
+    my %r3 = $v1->collect(['a3'], 15);
+    ok(once('w1', $r1{a1}, 'w1 first'), 'w1: one complete');
+    ok(once('w2', $r2{a2}, 'w2 first'), 'w2: one complete');
+    ok(once('hub 2', $r3{a3}, 'hub2 first'), 'hub 2 w1: one complete');
+    is(scalar(sends_of($_)), 1, "\"$_\" reached the gateway once")
+        for 'w1 first', 'w2 first', 'hub2 first';
+    $_->close for $u1, $u2, $v1;
+}
+
+###########################################################################
+# the owner of w1 is killed: another worker takes the link over
+
+{
+    my $victim = $owner{w1};
+    my ($old) = $hub->bridges('w1');
+    my $max = 0;
+    kill 'KILL', $victim;
+    my $took = wait_for(sub {
+        my @b = $hub->bridges('w1');
+        $max = @b if @b > $max;
+        my $h = ready_entry(status(), $URL{w1});
+        @b == 1 && $b[0]{conn} != $old->{conn} && $h && $h->{pid} != $victim
+            && kill(0, $h->{pid});
+    }, 40);
+    ok($took, 'killed owner: w1 is taken over') or show_status();
+    cmp_ok($max, '<=', 1, 'killed owner: never two links of w1 at the hub');
+    my $h = ready_entry(status(), $URL{w1});
+    isnt($h && $h->{pid}, $victim, 'killed owner: the status names the new owner');
+    is(scalar(hub_entries(status(), $URL{w1})), 1, 'killed owner: one entry of w1');
+
+    # every link is up once more, one each
+    for my $k (sort keys %URL) {
+        ok(wait_for(sub { ready_entry(status(), $URL{$k}) }, 40), "killed owner: link $k ready");
+    }
+    is(scalar $hub->bridges('w2'), 1, 'killed owner: one socket of w2');
+    is(scalar $hub2->bridges('w1'), 1, 'killed owner: one socket of w1 at hub 2');
+
+    my $u1 = $hub->client(uid => 'w1');
+    my @r = $u1->ask('k1', 'after the kill', _timeout => 15);
+    ok(once('after the kill', \@r, 'after the kill'), 'killed owner: messages flow');
+    is(scalar(sends_of('after the kill')), 1, 'killed owner: sent to the gateway once');
+    $u1->close;
+}
+
+###########################################################################
+# reload with runs in flight
+
+{
+    my $u = $hub->client(uid => 'w1', name => 'in-flight');
+    my $s = $hub->client(uid => 'w1', name => 'during');
+    my $slow = ' {{slow 10 300}}';
+    my %text = map { ("f$_" => "in flight $_$slow") } 1 .. 5;
+    $u->send_json({ id => $_, content => $text{$_} }) for sort keys %text;
+    ok(wait_for(sub { !grep { !sends_of($text{$_}) } keys %text }, 15),
+       'reload: five runs in flight');
+
+    my %old = map { $_ => 1 } $ngx->worker_pids;
+    my ($old_link) = $hub->bridges('w1');
+    kill 'HUP', $ngx->pid;
+
+    # send a message about every 50 ms until the new generation owns the
+    # link, then three more
+    my ($n, $after, $new_up) = (0, 0, 0);
+    my $deadline = time + 40;
+    while (time < $deadline && $after < 3) {
+        my $id = 'd' . ++$n;
+        $text{$id} = "during the reload $n";
+        $s->send_json({ id => $id, content => $text{$id} });
+        $s->next_frame(0.05);
+        if (!$new_up) {
+            my %new = map { $_ => 1 } grep { !$old{$_} } $ngx->worker_pids;
+            my $h = ready_entry(status(), $URL{w1});
+            $new_up = 1 if $h && $new{ $h->{pid} };
+        } else {
+            $after++;
+        }
+    }
+    ok($new_up, "reload: a new worker owns w1 (after $n messages)") or show_status();
+
+    my @ids = sort keys %text;
+    my %r = (%{{ $u->collect([grep { /^f/ } @ids], 40) }},
+             %{{ $s->collect([grep { /^d/ } @ids], 40) }});
+    # a barrier through the new link: anything late about the others
+    # would come before its complete
+    my @bar = $s->ask('barrier', 'reload barrier', _timeout => 15);
+    ok(once('barrier', \@bar, 'reload barrier'), 'reload: the barrier is answered');
+    %r = map { ($_ => [ ($_ =~ /^f/ ? $u : $s)->replies($_) ]) } @ids;
+
+    my @bad = grep { !once($_, $r{$_}, $text{$_}) } grep { /^f/ } @ids;
+    ok(!@bad, 'reload: each run in flight ended in exactly one complete') or diag "@bad";
+    @bad = grep { !once($_, $r{$_}, $text{$_}) } grep { /^d/ } @ids;
+    ok(!@bad, "reload: each of the $n messages sent meanwhile answered exactly once")
+        or diag "@bad";
+    @bad = grep { scalar(sends_of($text{$_})) != 1 } @ids;
+    ok(!@bad, 'reload: each message reached the gateway once') or diag "@bad";
+
+    # in the end: the old worker gone, one link
+    ok(wait_for(sub { !grep { $old{$_} } $ngx->worker_pids }, 40),
+       'reload: the old workers exit');
+    ok(wait_for(sub { my @b = $hub->bridges('w1'); @b == 1 && $b[0]{conn} != $old_link->{conn} }, 20),
+       'reload: one link of w1, a new one');
+    is(scalar $hub->bridges('w2'), 1, 'reload: one link of w2');
+    is(scalar $hub2->bridges('w1'), 1, 'reload: one link of w1 at hub 2');
+    my $st = status();
+    is(scalar(hub_entries($st, $URL{$_})), 1, "reload: one status entry of $_") for sort keys %URL;
+    $_->close for $u, $s;
+}
+
+# the kill is an [alert] of its own; anything else is not
+$ngx->stop(no_check => 1);
+my @bad = grep { /\[(alert|emerg)\]/ && !/exited on signal 9/ } split /\n/, $ngx->error_log;
+ok(!@bad, 'no [alert] or [emerg] but the kill') or diag join "\n", @bad;
+my $reports = '';
+for my $f (glob $ngx->prefix . '/logs/asan* ' . $ngx->prefix . '/logs/ubsan*') {
+    open my $h, '<', $f or next;
+    local $/;
+    $reports .= "== $f\n" . $_ for OCB::sanitizer_reports(<$h>);
+}
+ok($reports eq '', 'no sanitizer report') or diag $reports;
+
+$gw->stop;
+$_->stop for $hub, $hub2;
+
+done_testing;

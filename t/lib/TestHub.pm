@@ -311,6 +311,17 @@ sub wait_until {
     }
 }
 
+# a user's raw socket (OCB::Raw), as OCB's ws(): ws(path => P, name => N,
+# headers => {}); so that clients written for nginx (OCGateway::Client)
+# can be users of the hub
+sub ws {
+    my ($self, %o) = @_;
+    return OCB::Raw->connect($self->{port}, path => $o{path} // '/ws',
+        headers => { Host => "127.0.0.1:$self->{port}",
+                     'X-Hub-Client' => $o{name} // 'user',
+                     %{ $o{headers} // {} } });
+}
+
 # a user of the hub: client(uid => U, name => N, path => P, headers => {})
 sub client {
     my ($self, %o) = @_;

@@ -16,6 +16,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Mojo::JSON qw(decode_json encode_json);
+use File::Path ();
 use Time::HiRes qw(time);
 
 use OCB;
@@ -206,6 +207,33 @@ sub next_data {
     is($f && $f->{payload}, '{"a": 2, "z": 1}', 'echo: to the sender too');
     ok($hub->records(kind => 'dropped'), 'echo: the dropped frame is recorded');
     $hub->stop;
+}
+
+###########################################################################
+# TLS: the hub on wss://, its users and controls on a plain port
+
+{
+    my $pki = OCB::top() . "/build/t/79-testhub-$$-pki";
+    File::Path::make_path($pki);
+    my $out = `cd '$pki' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout hub.key -out hub.pem -days 2 -subj '/CN=hub.test' -addext 'subjectAltName=IP:127.0.0.1' 2>&1`;
+    is($?, 0, 'tls: a certificate') or diag $out;
+    my $hub = TestHub->new(mode => 'rooms', tls_cert => "$pki/hub.pem", tls_key => "$pki/hub.key");
+    like($hub->url, qr{^wss://127\.0\.0\.1:\d+/ws$}, 'tls: wss:// URL');
+    require IO::Socket::SSL;
+    my $s = IO::Socket::SSL->new(PeerAddr => '127.0.0.1', PeerPort => $hub->port,
+                                 SSL_verify_mode => 0);
+    ok($s, 'tls: a TLS connection');
+    print $s OCB::Raw->request(path => '/ws?uid=t', headers => { Host => 'h' });
+    my $line = <$s>;
+    like($line // '', qr{^HTTP/1\.1 101}, 'tls: upgraded over TLS');
+    ok($hub->wait_until(sub { $hub->bridges('t') == 1 }, 5), 'tls: listed');
+    my ($up) = $hub->upgrades(uid => 't');
+    is($up->{tls}, 1, 'tls: recorded as TLS');
+    my $u = $hub->client(uid => 't');
+    ok($u, 'tls: a user on the plain port');
+    close $s;
+    $hub->stop;
+    system('rm', '-rf', $pki);
 }
 
 done_testing;

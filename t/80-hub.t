@@ -16,7 +16,8 @@
 # replies never answered (each message reaches the gateway once, each
 # user sees one complete); binary, non-JSON and oversized frames answered
 # with an error while the link stays up and nothing else is disturbed; a
-# hub refusing the upgrade (its status line in error.log, state and
+# wss:// hubs (a trusted CA, an untrusted certificate, verification off);
+# a hub refusing the upgrade (its status line in error.log, state and
 # last_error in the status JSON, then the link comes up); a hub that
 # restarts, or closes with 1001; a hub that stops reading (the worker
 # keeps serving an inbound client); replies made while a link is down
@@ -32,6 +33,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use HTTP::Tiny;
+use File::Path ();
 use Mojo::JSON qw(decode_json encode_json);
 use Time::HiRes qw(sleep time);
 
@@ -44,12 +46,41 @@ my $TOKEN = 'tok-80-hub-4e1d';
 
 my $gw = FakeGateway->new(token => $TOKEN, deltas => 3, delta_ms => 10);
 
+# certificates for the wss:// hubs: one signed by a test CA, for
+# 127.0.0.1, and a self-signed one
+my $PKI = OCB::top() . "/build/t/80-hub-$$-pki";
+File::Path::remove_tree($PKI);
+File::Path::make_path($PKI);
+sub openssl {
+    my $out = `cd '$PKI' && openssl @_ 2>&1`;
+    die "openssl @_ failed:\n$out" if $?;
+}
+{
+    my $ec = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
+    openssl("req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj '/CN=hub test CA'"
+            . " -addext 'basicConstraints=critical,CA:TRUE'"
+            . " -addext 'keyUsage=critical,keyCertSign,cRLSign'");
+    openssl("req $ec -keyout hub.key -out hub.csr -subj '/CN=hub.test'");
+    open my $f, '>', "$PKI/hub.ext" or die $!;
+    print $f "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n"
+           . "extendedKeyUsage = serverAuth\n";
+    close $f;
+    openssl('x509 -req -in hub.csr -CA ca.pem -CAkey ca.key -CAcreateserial'
+            . ' -out hub.pem -days 2 -extfile hub.ext');
+    openssl("req -x509 $ec -keyout self.key -out self.pem -days 2 -subj '/CN=hub.test'"
+            . " -addext 'subjectAltName=IP:127.0.0.1'");
+}
+
 my $hubA = TestHub->new(mode => 'rooms');       # shop-1, shop-2, /ws/<uid>
 my $hubB = TestHub->new(mode => 'rooms');       # shop-1's second hub
 my $hubE = TestHub->new(mode => 'echo');
 my $hubR = TestHub->new(mode => 'rooms', refuse => { status => 400, count => -1 });
 my $hubP = TestHub->new(mode => 'rooms');       # stops reading
 my $hubQ = TestHub->new(mode => 'rooms');       # goes away while replies come
+my $hubT = TestHub->new(mode => 'rooms', tls_cert => "$PKI/hub.pem",
+                        tls_key => "$PKI/hub.key");
+my $hubS = TestHub->new(mode => 'rooms', tls_cert => "$PKI/self.pem",
+                        tls_key => "$PKI/self.key");
 
 my %URL = (
     a1 => $hubA->url('/ws') . '?uid=shop-1',
@@ -61,6 +92,9 @@ my %URL = (
     p  => $hubP->url('/ws') . '?uid=bp',
     q  => $hubQ->url('/ws') . '?uid=q',
     qs => $hubQ->url('/ws') . '?uid=qs',
+    t  => $hubT->url('/ws') . '?uid=tls',
+    tb => $hubS->url('/ws') . '?uid=tlsbad',
+    to => $hubS->url('/ws') . '?uid=tlsoff',
 );
 
 my $ngx = OCB->new(workers => 1, http => <<"EOF");
@@ -125,6 +159,25 @@ server {
         openclaw_bridge_hub @{[ $hubQ->url('/ws') ]};
         openclaw_bridge_uid q;
         openclaw_bridge_hub_queue 1m;
+    }
+
+    location /bridge-tls {
+        openclaw_bridge_hub @{[ $hubT->url('/ws') ]};
+        openclaw_bridge_uid tls;
+        openclaw_bridge_hub_ssl_verify on;
+        openclaw_bridge_hub_ssl_trusted_certificate $PKI/ca.pem;
+    }
+
+    location /bridge-tls-bad {
+        openclaw_bridge_hub @{[ $hubS->url('/ws') ]};
+        openclaw_bridge_uid tlsbad;
+        openclaw_bridge_hub_ssl_trusted_certificate $PKI/ca.pem;
+    }
+
+    location /bridge-tls-off {
+        openclaw_bridge_hub @{[ $hubS->url('/ws') ]};
+        openclaw_bridge_uid tlsoff;
+        openclaw_bridge_hub_ssl_verify off;
     }
 
     location /bridge-qs {
@@ -206,7 +259,7 @@ my $wpid = ($ngx->worker_pids)[0];
 # the links come up, one socket per (hub, uid)
 
 {
-    for my $k (qw(a1 a2 ap b1 e p q qs)) {
+    for my $k (qw(a1 a2 ap b1 e p q qs t to)) {
         my $h = wait_hub($URL{$k}, \&ready, 20);
         ok($h && ready($h), "link $k ($URL{$k}) ready") or show_status();
     }
@@ -225,7 +278,25 @@ my $wpid = ($ngx->worker_pids)[0];
     is($h->{dropped}, 0, 'status: nothing dropped');
     is($h->{last_error}, '', 'status: no last_error');
     my @hubs = @{ status()->{hubs} };
-    is(scalar @hubs, 9, 'status: one entry per link') or show_status();
+    is(scalar @hubs, 12, 'status: one entry per link') or show_status();
+}
+
+###########################################################################
+# wss:// hubs: verified against the trusted CA by default
+
+{
+    my ($up) = $hubT->upgrades(role => 'bridge');
+    is($up && $up->{tls}, 1, 'wss: the link came over TLS');
+    my $u = $hubT->client(uid => 'tls');
+    my @r = $u->ask('t1', 'over tls');
+    one_complete('wss: a message', \@r, 'over tls', 'agent:main:webhook:uid:tls:hub:msg:t1');
+    $u->close;
+
+    my $h = wait_hub($URL{tb}, sub { ($_[0]{last_error} // '') ne '' }, 20);
+    ok($h && !ready($h), 'wss: an untrusted certificate: not ready') or show_status();
+    isnt($h && $h->{last_error}, '', 'wss: last_error says why');
+    is(scalar $hubS->upgrades(uid => 'tlsbad'), 0, 'wss: no request sent to it');
+    is(scalar $hubS->bridges('tlsoff'), 1, 'wss: with verification off, the link is up');
 }
 
 ###########################################################################
@@ -662,6 +733,7 @@ EOF
 }
 
 $gw->stop;
-$_->stop for $hubA, $hubB, $hubE, $hubR, $hubP, $hubQ;
+$_->stop for $hubA, $hubB, $hubE, $hubR, $hubP, $hubQ, $hubT, $hubS;
+File::Path::remove_tree($PKI);
 
 done_testing;

@@ -55,6 +55,10 @@ package TestHub;
 #                           its socket with 1009
 #   record_max      65536   frames up to this size are recorded whole;
 #                           longer ones by their first 256 bytes
+#   tls_cert        undef   with tls_key, PEM files: the hub listens with
+#   tls_key         undef   TLS (->url is wss://); users and the control
+#                           endpoints then use a plain port of their own
+#                           (->user_port), the same hub behind it
 #   refuse          undef   {status => 503, count => N, clients => 0}: the
 #                           "refuse" action in effect from the start (a
 #                           hub that comes back refusing: ->set it, then
@@ -79,7 +83,7 @@ package TestHub;
 # Records (->records(kind => ...)), each with t, kind and conn (a socket
 # number, from 1 for the hub's whole life, restarts included):
 #
-#   upgrade     request_line ("GET /ws?uid=a HTTP/1.1"), method, target,
+#   upgrade     request_line ("GET /ws?uid=a HTTP/1.1"), method, target, tls,
 #               version, headers => [[name, value], ...] as received,
 #               uid (resolved, or undef), role, name, remote
 #   refused     status, reason: an upgrade answered without 101
@@ -119,6 +123,7 @@ sub new {
     my ($class, %o) = @_;
     my $self = bless {
         port => delete $o{port} // free_port(),
+        plain_port => free_port(),
         dir => tempdir('testhub-XXXXXX', TMPDIR => 1, CLEANUP => 1),
         opts => { %DEFAULTS, %o },
         http => HTTP::Tiny->new(timeout => 10),
@@ -138,11 +143,19 @@ sub new {
 sub port { $_[0]{port} }
 sub mode { $_[0]{opts}{mode} }
 sub running { $_[0]{pid} ? 1 : 0 }
+sub tls { $_[0]{opts}{tls_cert} ? 1 : 0 }
 
-# ws://127.0.0.1:PORT/ws, or another path
-sub url { my ($self, $path) = @_; return "ws://127.0.0.1:$self->{port}" . ($path // '/ws') }
+# where users and the control endpoints connect: the port, or with TLS a
+# plain port of their own
+sub user_port { $_[0]->tls ? $_[0]{plain_port} : $_[0]{port} }
 
-sub _control_url { "http://127.0.0.1:$_[0]{port}/_hub/$_[1]" }
+# ws://127.0.0.1:PORT/ws (wss:// with TLS), or another path
+sub url {
+    my ($self, $path) = @_;
+    return ($self->tls ? 'wss' : 'ws') . "://127.0.0.1:$self->{port}" . ($path // '/ws');
+}
+
+sub _control_url { "http://127.0.0.1:" . $_[0]->user_port . "/_hub/$_[1]" }
 
 sub start {
     my ($self) = @_;
@@ -155,7 +168,7 @@ sub start {
         open STDOUT, '>>', "$self->{dir}/hub.log";
         open STDERR, '>>', "$self->{dir}/hub.log";
         eval { TestHub::Server->run($self->{port}, $self->{opts},
-                                    $self->{records_file}) };
+                                    $self->{records_file}, $self->{plain_port}) };
         print STDERR "test hub died: $@" if $@;
         POSIX::_exit(0);
     }
@@ -316,8 +329,8 @@ sub wait_until {
 # can be users of the hub
 sub ws {
     my ($self, %o) = @_;
-    return OCB::Raw->connect($self->{port}, path => $o{path} // '/ws',
-        headers => { Host => "127.0.0.1:$self->{port}",
+    return OCB::Raw->connect($self->user_port, path => $o{path} // '/ws',
+        headers => { Host => '127.0.0.1:' . $self->user_port,
                      'X-Hub-Client' => $o{name} // 'user',
                      %{ $o{headers} // {} } });
 }
@@ -354,8 +367,8 @@ sub new {
     my $name = $o{name} // 'user-' . ++$NCLIENT;
     my $path = $o{path}
         // ($hub->mode eq 'rooms' ? '/ws?uid=' . url_escape($o{uid} // '') : '/ws');
-    my $raw = OCB::Raw->connect($hub->port, path => $path,
-        headers => { Host => '127.0.0.1:' . $hub->port, 'X-Hub-Client' => $name,
+    my $raw = OCB::Raw->connect($hub->user_port, path => $path,
+        headers => { Host => '127.0.0.1:' . $hub->user_port, 'X-Hub-Client' => $name,
                      %{ $o{headers} // {} } });
     die "no 101 from the hub: " . ($raw->status_line // 'nothing') . "\n"
         unless ($raw->status // 0) == 101;
@@ -429,6 +442,7 @@ use JSON::PP ();
 use Mojo::IOLoop;
 use Mojo::JSON qw(decode_json encode_json);
 use Mojo::Server::Daemon;
+use Mojo::URL;
 use Mojo::Util qw(url_unescape);
 use Mojo::WebSocket qw(WS_TEXT WS_BINARY WS_CLOSE);
 use Mojolicious;
@@ -444,7 +458,7 @@ sub record {
 }
 
 sub run {
-    my ($class, $port, $opts, $file) = @_;
+    my ($class, $port, $opts, $file, $plain_port) = @_;
     $CFG = { %$opts };
     open $REC, '>>', $file or die "$file: $!";
     $REC->autoflush(1);
@@ -487,8 +501,14 @@ sub run {
     $r->any('/*any' => { any => '' } => \&upgrade);
     $r->any('/' => \&upgrade);
 
+    my @listen = ("http://127.0.0.1:$port");
+    if ($CFG->{tls_cert}) {
+        my $u = Mojo::URL->new("https://127.0.0.1:$port");
+        $u->query(cert => $CFG->{tls_cert}, key => $CFG->{tls_key});
+        @listen = ("$u", "http://127.0.0.1:$plain_port");
+    }
     my $daemon = Mojo::Server::Daemon->new(
-        app => $app, listen => ["http://127.0.0.1:$port"], silent => 1,
+        app => $app, listen => \@listen, silent => 1,
         inactivity_timeout => 0, max_clients => 10000);
     $daemon->start;
     Mojo::IOLoop->start;
@@ -527,7 +547,9 @@ sub upgrade {
         $bad = [400, 'Bad Request'] unless $path eq '/ws';
     }
 
-    record(kind => 'upgrade', conn => $n,
+    my $stream = Mojo::IOLoop->stream($c->tx->connection);
+    my $tls = $stream && $stream->handle->isa('IO::Socket::SSL') ? 1 : 0;
+    record(kind => 'upgrade', conn => $n, tls => $tls,
            request_line => $req->method . ' ' . $target . ' HTTP/' . $req->version,
            method => $req->method, target => $target, version => $req->version,
            headers => \@headers, uid => $uid, role => $role, name => $name,

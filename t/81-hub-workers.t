@@ -213,8 +213,8 @@ my %owner;
         $s->next_frame(0.05);
         if (!$new_up) {
             my %new = map { $_ => 1 } grep { !$old{$_} } $ngx->worker_pids;
-            my $h = ready_entry(status(), $URL{w1});
-            $new_up = 1 if $h && $new{ $h->{pid} };
+            $new_up = 1 if grep { ($_->{state} // '') eq 'ready' && $new{ $_->{pid} } }
+                           hub_entries(status(), $URL{w1});
         } else {
             $after++;
         }

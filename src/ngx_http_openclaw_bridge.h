@@ -65,6 +65,9 @@ typedef struct {
 
     ngx_shm_zone_t             *status;
 
+    ngx_array_t                *hubs;      /* ngx_http_openclaw_hub_conf_t * */
+    ngx_shm_zone_t             *hub_zone;
+
     unsigned                    tls:1;
     unsigned                    ssl_ip:1;
     unsigned                    used:1;
@@ -96,6 +99,14 @@ typedef struct {
     ngx_msec_t                  close_timeout;
 
     ngx_array_t                *origins;
+
+    /* hub links: dialled, not inherited */
+    ngx_array_t                *hubs;
+    ngx_array_t                *hub_headers;   /* ngx_keyval_t */
+    size_t                      hub_queue;
+    ngx_flag_t                  hub_ssl_verify;
+    ngx_str_t                   hub_ssl_trusted_certificate;
+    void                       *hub_ssl;       /* ngx_ssl_t */
 } ngx_http_openclaw_loc_conf_t;
 
 

@@ -16,6 +16,7 @@
 #include "ngx_http_openclaw_identity.h"
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_inbound.h"
+#include "ngx_http_openclaw_hub.h"
 #include "ngx_http_openclaw_sessions.h"
 #include "ngx_http_openclaw_status.h"
 #include "ngx_http_openclaw_metrics.h"
@@ -79,7 +80,8 @@ static const ngx_http_openclaw_gateway_handlers_t
     ngx_http_openclaw_link_handlers = {
     ngx_http_openclaw_relay_link_up,
     ngx_http_openclaw_relay_link_down,
-    ngx_http_openclaw_relay_chat_event
+    ngx_http_openclaw_relay_chat_event,
+    ngx_http_openclaw_hub_delivering
 };
 
 
@@ -125,6 +127,41 @@ static ngx_command_t  ngx_http_openclaw_bridge_commands[] = {
       ngx_http_openclaw_bridge,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_hub"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_openclaw_hub,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_hub_header"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_openclaw_hub_header,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("openclaw_bridge_hub_queue"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, hub_queue),
+      &ngx_http_openclaw_positive_size_p },
+
+    { ngx_string("openclaw_bridge_hub_ssl_verify"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, hub_ssl_verify),
+      NULL },
+
+    { ngx_string("openclaw_bridge_hub_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_openclaw_loc_conf_t, hub_ssl_trusted_certificate),
       NULL },
 
     { ngx_string("openclaw_bridge_max_message_size"),
@@ -594,6 +631,9 @@ ngx_http_openclaw_create_loc_conf(ngx_conf_t *cf)
     conf->scope = NGX_CONF_UNSET_UINT;
     conf->control = NGX_CONF_UNSET_UINT;
     conf->namespace = NGX_CONF_UNSET_UINT;
+    conf->hub_headers = NGX_CONF_UNSET_PTR;
+    conf->hub_queue = NGX_CONF_UNSET_SIZE;
+    conf->hub_ssl_verify = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -651,7 +691,7 @@ ngx_http_openclaw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    return NGX_CONF_OK;
+    return ngx_http_openclaw_hub_merge(cf, prev, conf);
 }
 
 
@@ -1219,13 +1259,20 @@ ngx_http_openclaw_init_process(ngx_cycle_t *cycle)
 
     ngx_http_openclaw_gateway_set_handlers(&ngx_http_openclaw_link_handlers);
 
-    return ngx_http_openclaw_gateway_init_process(cycle, omcf, &ws->link);
+    if (ngx_http_openclaw_gateway_init_process(cycle, omcf, &ws->link)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_openclaw_hub_init_process(cycle, omcf);
 }
 
 
 static void
 ngx_http_openclaw_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_openclaw_hub_exit_process(cycle);
     ngx_http_openclaw_gateway_exit_process(cycle);
     ngx_http_openclaw_status_detach();
 }

@@ -55,6 +55,8 @@ static void ngx_http_openclaw_gateway_closed(ngx_http_openclaw_wsclient_t *ws,
     ngx_uint_t failed);
 static void ngx_http_openclaw_gateway_progress(
     ngx_http_openclaw_wsclient_t *ws);
+static ngx_uint_t ngx_http_openclaw_gateway_keep(
+    ngx_http_openclaw_wsclient_t *ws);
 static ngx_int_t ngx_http_openclaw_gateway_event(
     ngx_http_openclaw_gateway_t *gw, ngx_http_openclaw_jv_t *event,
     ngx_http_openclaw_jv_t *payload);
@@ -136,6 +138,7 @@ ngx_http_openclaw_gateway_init_process(ngx_cycle_t *cycle,
     ws->message = ngx_http_openclaw_gateway_message;
     ws->closed = ngx_http_openclaw_gateway_closed;
     ws->progress = ngx_http_openclaw_gateway_progress;
+    ws->keep = ngx_http_openclaw_gateway_keep;
     ws->data = gw;
 
     if (ngx_http_openclaw_wsclient_init(ws, cycle) != NGX_OK) {
@@ -255,6 +258,16 @@ ngx_http_openclaw_gateway_closed(ngx_http_openclaw_wsclient_t *ws,
     if (was_ready) {
         ngx_http_openclaw_gateway_handlers->down();
     }
+}
+
+
+/* runs still owed to a draining hub link keep the gateway link too */
+
+static ngx_uint_t
+ngx_http_openclaw_gateway_keep(ngx_http_openclaw_wsclient_t *ws)
+{
+    return ngx_http_openclaw_gateway_handlers->keep
+           && ngx_http_openclaw_gateway_handlers->keep();
 }
 
 

@@ -69,12 +69,16 @@ typedef struct {
  * What the link tells the layer that relays over it, registered by the
  * module before init_process, so that the link calls nothing above it.
  * "chat_event" is the payload of a chat event, valid during the call.
+ * A link kept at shutdown is closed by the worker's exit.
  */
 
 typedef struct {
     void                      (*up)(ngx_uint_t protocol);
     void                      (*down)(void);
     void                      (*chat_event)(ngx_http_openclaw_jv_t *payload);
+
+    /* optional: the worker shuts down; non-zero keeps the link open */
+    ngx_uint_t                (*keep)(void);
 } ngx_http_openclaw_gateway_handlers_t;
 
 

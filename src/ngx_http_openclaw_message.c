@@ -37,7 +37,8 @@ static ngx_int_t ngx_http_openclaw_json_reserve(ngx_http_openclaw_json_t *j,
 /* the members of a client message, found in one pass */
 enum {
     F_ID = 0, F_TYPE, F_KEY, F_CONTENT, F_SESSION, F_TOPIC, F_THREAD,
-    F_PEER_KIND, F_CHAT_TYPE, F_PEER_ID, F_CHAT_ID, F_SENDER_ID, F_N
+    F_PEER_KIND, F_CHAT_TYPE, F_PEER_ID, F_CHAT_ID, F_SENDER_ID, F_DATA,
+    F_ERROR, F_N
 };
 
 
@@ -62,7 +63,8 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
 
     static const char                   *names[F_N] = {
         "id", "type", "key", "content", "session", "topicId", "threadId",
-        "peerKind", "chatType", "peerId", "chatId", "senderId"
+        "peerKind", "chatType", "peerId", "chatId", "senderId", "data",
+        "error"
     };
     static ngx_http_openclaw_jv_names_t  members =
                                         ngx_http_openclaw_jv_names(names);
@@ -178,6 +180,18 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
     }
 
     if (in->type != NGX_HTTP_OPENCLAW_MSG_CHAT) {
+
+        /*
+         * A control reply ({"type":"session.list","data":...}) coming
+         * back through an echoing hub is not a request: answering it
+         * would answer the answer, for ever, as the Go bridge does.
+         */
+
+        if (v[F_DATA].start || v[F_ERROR].start) {
+            in->type = NGX_HTTP_OPENCLAW_MSG_IGNORED;
+            return NGX_OK;
+        }
+
         return ngx_http_openclaw_message_field(&v[F_KEY], "key", &in->key,
                                                &none, err);
     }
@@ -369,34 +383,7 @@ ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
         goto fixed;
 
     case NGX_HTTP_OPENCLAW_SCOPE_PER_MESSAGE:
-
-        /* per sender too: two senders' message 1 are two sessions */
-
-        len = sc->prefix.len + 1 + sc->fallback.len + sizeof(":msg:") - 1
-              + (in->id.len ? in->id.len : 2 * sizeof(rnd));
-
-        if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
-            goto too_long;
-        }
-
-        p = ngx_cpymem(p, sc->prefix.data, sc->prefix.len);
-        *p++ = ':';
-        p = ngx_cpymem(p, sc->fallback.data, sc->fallback.len);
-        p = ngx_cpymem(p, ":msg:", 5);
-
-        if (in->id.len) {
-            p = ngx_http_openclaw_lower(p, in->id.data, in->id.len);
-
-        } else {
-            if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-                *err = "cannot make a session key";
-                return NGX_ERROR;
-            }
-
-            p = ngx_hex_dump(p, rnd, sizeof(rnd));
-        }
-
-        goto done;
+        goto per_message;
 
     default:
         break;
@@ -414,9 +401,47 @@ ngx_http_openclaw_message_session(ngx_http_openclaw_inbound_t *in,
             return NGX_ERROR;
         }
 
+        if (sc->fallback_per_message) {
+            goto per_message;
+        }
+
         len = sc->prefix.len + 1 + sc->fallback.len;
         goto fixed;
     }
+
+    goto peer;
+
+per_message:
+
+    /* per sender too: two senders' message 1 are two sessions */
+
+    len = sc->prefix.len + 1 + sc->fallback.len + sizeof(":msg:") - 1
+          + (in->id.len ? in->id.len : 2 * sizeof(rnd));
+
+    if (len > NGX_HTTP_OPENCLAW_SESSION_MAX) {
+        goto too_long;
+    }
+
+    p = ngx_cpymem(p, sc->prefix.data, sc->prefix.len);
+    *p++ = ':';
+    p = ngx_cpymem(p, sc->fallback.data, sc->fallback.len);
+    p = ngx_cpymem(p, ":msg:", 5);
+
+    if (in->id.len) {
+        p = ngx_http_openclaw_lower(p, in->id.data, in->id.len);
+
+    } else {
+        if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+            *err = "cannot make a session key";
+            return NGX_ERROR;
+        }
+
+        p = ngx_hex_dump(p, rnd, sizeof(rnd));
+    }
+
+    goto done;
+
+peer:
 
     /* the Go bridge's keys: webhook:<dm|group|channel>:<peer>[...] */
 
@@ -681,7 +706,9 @@ ngx_http_openclaw_message_check(ngx_http_openclaw_scope_t *sc,
     n = last - p;
 
     if (!((n > 7 && ngx_strncmp(p, "sender:", 7) == 0)
-          || (n > 5 && ngx_strncmp(p, "conn:", 5) == 0)))
+          || (n > 5 && ngx_strncmp(p, "conn:", 5) == 0)
+          || (n >= 3 && ngx_strncmp(p, "hub", 3) == 0
+              && (n == 3 || p[3] == ':'))))
     {
         return NGX_OK;
     }
@@ -695,7 +722,7 @@ ngx_http_openclaw_message_check(ngx_http_openclaw_scope_t *sc,
     }
 
     *err = "the session key is another sender's own: keys under "
-           ":sender:<s> and :conn:<id> belong to that sender";
+           ":sender:<s>, :conn:<id> and :hub belong to that sender";
     return NGX_ERROR;
 }
 

@@ -70,6 +70,13 @@ typedef struct {
     ngx_str_t                       uid;
     ngx_str_t                       prefix;
     ngx_str_t                       fallback;
+
+    /*
+     * No session and no peer: a session per message under "fallback"
+     * rather than the fallback itself, for an endpoint that carries many
+     * end users whom it cannot tell apart (a hub link).
+     */
+    ngx_uint_t                      fallback_per_message;
 } ngx_http_openclaw_scope_t;
 
 

@@ -1819,6 +1819,30 @@ ngx_http_openclaw_relay_reply(ngx_http_openclaw_endpoint_t *ep,
 
 
 /*
+ * A message the transport could not take whole (larger than the
+ * location allows, on a link that must stay open for others): it counts
+ * as a message in, and ends in its error.
+ */
+
+ngx_int_t
+ngx_http_openclaw_relay_refuse(ngx_http_openclaw_endpoint_t *ep,
+    const char *error)
+{
+    ngx_str_t  text;
+
+    ngx_http_openclaw_relay.stats->messages_in++;
+    ngx_http_openclaw_relay.stats->errors_input++;
+    ep->messages_in++;
+
+    text.data = (u_char *) error;
+    text.len = ngx_strlen(error);
+
+    return ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &text,
+                                         NULL, NULL);
+}
+
+
+/*
  * The server is closing the connection (shutdown, idle or keepalive
  * timeout): every message in flight still gets its error.  Runs are not
  * aborted, so that the same message sent again, with the same id, finds

@@ -63,6 +63,10 @@ ngx_int_t ngx_http_openclaw_relay_endpoint(ngx_http_openclaw_endpoint_t *ep,
 ngx_int_t ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
     ngx_uint_t binary, u_char *data, size_t len);
 
+/* a message the transport could not take, answered with "error" */
+ngx_int_t ngx_http_openclaw_relay_refuse(ngx_http_openclaw_endpoint_t *ep,
+    const char *error);
+
 /*
  * The transport is closing the endpoint but can still send: every
  * message in flight gets its error now.

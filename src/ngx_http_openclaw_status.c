@@ -9,6 +9,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_openclaw_status.h"
+#include "ngx_http_openclaw_hub.h"
 #include "ngx_http_openclaw_identity.h"
 
 
@@ -351,6 +352,7 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     zs = zones->elts;
 
     size = sizeof("{\"identity\":,\"workers\":[],\"zones\":[]}\n")
+           + ngx_http_openclaw_hub_status_size(omcf)
            + NGX_HTTP_OPENCLAW_IDENTITY_STATUS_LEN
            + workers->nelts * NGX_HTTP_OPENCLAW_STATUS_WORKER;
 
@@ -386,7 +388,9 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
                         zs[i].info.sessions, zs[i].info.evicted);
     }
 
-    p = ngx_cpymem(p, "]}\n", 3);
+    *p++ = ']';
+    p = ngx_http_openclaw_hub_status(p, omcf);
+    p = ngx_cpymem(p, "}\n", 2);
 
     b->last = p;
 

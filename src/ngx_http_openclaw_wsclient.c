@@ -24,6 +24,7 @@
 
 
 static void ngx_http_openclaw_wsclient_connect(ngx_event_t *ev);
+static void ngx_http_openclaw_wsclient_keepalive(ngx_event_t *ev);
 static void ngx_http_openclaw_wsclient_connected(
     ngx_http_openclaw_wsclient_t *ws);
 #if (NGX_HTTP_SSL)
@@ -104,6 +105,11 @@ ngx_http_openclaw_wsclient_init(ngx_http_openclaw_wsclient_t *ws,
     ws->reconnect.log = &ws->log;
     ws->reconnect.cancelable = 1;
 
+    ws->keepalive.handler = ngx_http_openclaw_wsclient_keepalive;
+    ws->keepalive.data = ws;
+    ws->keepalive.log = &ws->log;
+    ws->keepalive.cancelable = 1;
+
     return NGX_OK;
 }
 
@@ -118,7 +124,7 @@ ngx_http_openclaw_wsclient_start(ngx_http_openclaw_wsclient_t *ws)
 
 
 void
-ngx_http_openclaw_wsclient_stop(ngx_http_openclaw_wsclient_t *ws)
+ngx_http_openclaw_wsclient_halt(ngx_http_openclaw_wsclient_t *ws)
 {
     if (ws->connection) {
         ngx_http_openclaw_wsclient_close(ws, NGX_HTTP_OPENCLAW_WS_GOING_AWAY);
@@ -127,6 +133,13 @@ ngx_http_openclaw_wsclient_stop(ngx_http_openclaw_wsclient_t *ws)
     if (ws->reconnect.timer_set) {
         ngx_del_timer(&ws->reconnect);
     }
+}
+
+
+void
+ngx_http_openclaw_wsclient_stop(ngx_http_openclaw_wsclient_t *ws)
+{
+    ngx_http_openclaw_wsclient_halt(ws);
 
     /*
      * The buffers outlive the links (closing one keeps them for the
@@ -153,12 +166,21 @@ void
 ngx_http_openclaw_wsclient_ready(ngx_http_openclaw_wsclient_t *ws,
     size_t max_message)
 {
-    ws->parser.max_message = max_message;
+    /* an owner that hears of oversized messages skips them itself */
+
+    ws->parser.max_message = ws->oversized ? 0 : max_message;
+    ws->max_data = max_message;
+    ws->skipping = 0;
 
     /* the handshake timeout ends here */
 
     if (ws->connection->read->timer_set) {
         ngx_del_timer(ws->connection->read);
+    }
+
+    if (ws->ping_interval) {
+        ws->ping_at = 0;
+        ngx_add_timer(&ws->keepalive, ws->ping_interval);
     }
 
     ws->state = NGX_HTTP_OPENCLAW_WSCLIENT_READY;
@@ -507,6 +529,20 @@ ngx_http_openclaw_wsclient_read_handler(ngx_event_t *rev)
     ws = c->data;
 
     if (c->close) {
+
+        if (ws->keep && !c->error && ws->keep(ws)) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                           "openclaw %s link kept for its replies",
+                           ws->name);
+            c->close = 0;
+            c->idle = 0;
+            return;
+        }
+
+        if (ws->connection == NULL) {
+            return;     /* the owner closed it meanwhile */
+        }
+
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
                        "openclaw %s link closed for shutdown", ws->name);
         ngx_http_openclaw_wsclient_close(ws, NGX_HTTP_OPENCLAW_WS_GOING_AWAY);
@@ -750,6 +786,35 @@ ngx_http_openclaw_wsclient_frames(ngx_http_openclaw_wsclient_t *ws,
             return NGX_ERROR;
 
         default: /* NGX_HTTP_OPENCLAW_WS_DATA */
+
+            if (ws->oversized && ws->max_data
+                && (ws->skipping
+                    || ws->msg_len + ev.len + (size_t) ws->parser.remaining
+                       > ws->max_data))
+            {
+                /* what is skipped is counted, and never kept */
+
+                if (!ws->skipping) {
+                    ws->skipping = 1;
+                    ws->skipped = ws->msg_len;
+                    ws->msg_len = 0;
+                }
+
+                ws->skipped += ev.len;
+
+                if (!ev.last) {
+                    continue;
+                }
+
+                ws->skipping = 0;
+
+                if (ws->oversized(ws, ev.opcode, ws->skipped) != NGX_OK)
+                {
+                    return NGX_ERROR;
+                }
+
+                continue;
+            }
 
             if (ev.first && ev.last) {
                 if (ws->message(ws, ev.opcode, ev.data, ev.len) != NGX_OK) {
@@ -1063,6 +1128,12 @@ ngx_http_openclaw_wsclient_close(ngx_http_openclaw_wsclient_t *ws,
     ngx_close_connection(c);
     ws->connection = NULL;
 
+    if (ws->keepalive.timer_set) {
+        ngx_del_timer(&ws->keepalive);
+    }
+
+    ws->skipping = 0;
+
     if (ws->pool) {
         ngx_destroy_pool(ws->pool);
         ws->pool = NULL;
@@ -1228,4 +1299,52 @@ ngx_http_openclaw_wsclient_log_error(ngx_log_t *log, u_char *buf, size_t len)
     p = ngx_snprintf(buf, len, ", %s: %V", ws->name, &ws->log_name);
 
     return p;
+}
+
+
+/*
+ * Input of any kind shows the peer alive; after "ping_interval" of
+ * silence a ping asks, and silence for "pong_timeout" after it fails the
+ * link, which a peer that stopped reading, or a proxy that dropped the
+ * connection without a word, would otherwise hold forever.
+ */
+
+static void
+ngx_http_openclaw_wsclient_keepalive(ngx_event_t *ev)
+{
+    ngx_msec_t                     idle;
+    ngx_http_openclaw_wsclient_t  *ws;
+
+    ws = ev->data;
+
+    if (ws->state != NGX_HTTP_OPENCLAW_WSCLIENT_READY) {
+        return;
+    }
+
+    if (ws->ping_at && (ngx_msec_int_t) (ws->last_rx - ws->ping_at) < 0) {
+        ngx_http_openclaw_wsclient_fail(ws, NGX_LOG_WARN,
+                                        "%s did not answer a ping within "
+                                        "%M ms", ws->name, ws->pong_timeout);
+        return;
+    }
+
+    ws->ping_at = 0;
+    idle = ngx_current_msec - ws->last_rx;
+
+    if (idle < ws->ping_interval) {
+        ngx_add_timer(&ws->keepalive, ws->ping_interval - idle);
+        return;
+    }
+
+    if (ngx_http_openclaw_wsclient_send(ws, NGX_HTTP_OPENCLAW_WS_PING,
+                                        NULL, 0, NULL, 0, NULL, 0)
+        != NGX_OK)
+    {
+        ngx_http_openclaw_wsclient_fail(ws, NGX_LOG_ERR, "cannot send a "
+                                        "ping to the %s", ws->name);
+        return;
+    }
+
+    ws->ping_at = ngx_current_msec;
+    ngx_add_timer(&ws->keepalive, ws->pong_timeout);
 }

@@ -62,6 +62,13 @@ typedef enum {
  * progress: optional; the link moved on before it is open (CONNECTING,
  *     UPGRADING), or the next attempt was scheduled ("reconnects"
  *     counted), for an owner that publishes them.
+ * oversized: optional; once ready, a data message larger than
+ *     "max_message" is skipped as it arrives and reported here, instead
+ *     of failing the link (a hub carries many users: one user's message
+ *     must not cut off the others).
+ * keep: optional; the worker is shutting down and closes its idle
+ *     connections: a non-zero answer keeps the link open (the owner
+ *     still has replies to deliver over it, and stops it itself).
  */
 
 typedef ngx_int_t (*ngx_http_openclaw_wsclient_open_pt)(
@@ -72,6 +79,10 @@ typedef ngx_int_t (*ngx_http_openclaw_wsclient_message_pt)(
 typedef void (*ngx_http_openclaw_wsclient_closed_pt)(
     ngx_http_openclaw_wsclient_t *ws, ngx_uint_t failed);
 typedef void (*ngx_http_openclaw_wsclient_progress_pt)(
+    ngx_http_openclaw_wsclient_t *ws);
+typedef ngx_int_t (*ngx_http_openclaw_wsclient_oversized_pt)(
+    ngx_http_openclaw_wsclient_t *ws, ngx_uint_t opcode, size_t size);
+typedef ngx_uint_t (*ngx_http_openclaw_wsclient_keep_pt)(
     ngx_http_openclaw_wsclient_t *ws);
 
 
@@ -111,7 +122,16 @@ struct ngx_http_openclaw_wsclient_s {
     ngx_http_openclaw_wsclient_message_pt   message;
     ngx_http_openclaw_wsclient_closed_pt    closed;
     ngx_http_openclaw_wsclient_progress_pt  progress;
+    ngx_http_openclaw_wsclient_oversized_pt oversized;
+    ngx_http_openclaw_wsclient_keep_pt      keep;
     void                                   *data;
+
+    /*
+     * Once ready, a ping after "ping_interval" without input, and the
+     * link fails when nothing comes within "pong_timeout"; 0: no pings.
+     */
+    ngx_msec_t                              ping_interval;
+    ngx_msec_t                              pong_timeout;
 
     /* the owner may read these, and set retry_after */
 
@@ -150,6 +170,12 @@ struct ngx_http_openclaw_wsclient_s {
     size_t                                  random_pos;
 
     ngx_event_t                             reconnect;
+    ngx_event_t                             keepalive;
+    ngx_msec_t                              ping_at;   /* 0: no ping
+                                                          unanswered */
+    size_t                                  max_data;  /* once ready */
+    size_t                                  skipped;
+    unsigned                                skipping:1;
 
     ngx_msec_t                              backoff;
     ngx_msec_t                              ready_at;
@@ -166,7 +192,13 @@ ngx_int_t ngx_http_openclaw_wsclient_init(ngx_http_openclaw_wsclient_t *ws,
 /* the first attempt, after a little jitter */
 void ngx_http_openclaw_wsclient_start(ngx_http_openclaw_wsclient_t *ws);
 
-/* closes the link for good: no handler is called, no attempt follows */
+/*
+ * Closes the link, if open, and cancels the next attempt: no handler is
+ * called; ngx_http_openclaw_wsclient_start() may dial again.
+ */
+void ngx_http_openclaw_wsclient_halt(ngx_http_openclaw_wsclient_t *ws);
+
+/* closes the link for good and frees its buffers */
 void ngx_http_openclaw_wsclient_stop(ngx_http_openclaw_wsclient_t *ws);
 
 /*

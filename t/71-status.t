@@ -381,7 +381,7 @@ EOF
     my $r = status_res($bare);
     is($r->{status}, 200, 'status without openclaw_bridge: 200');
     my $j = eval { decode_json($r->{content}) };
-    is_deeply($j, { identity => undef, workers => [], zones => [] },
+    is_deeply($j, { identity => undef, workers => [], zones => [], hubs => [] },
               'status without openclaw_bridge: no identity, empty lists')
         or diag $r->{content};
     $bare->stop;

@@ -1,0 +1,1377 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+/*
+ * Hub links as endpoints of the relay.  The configuration resolves each
+ * "openclaw_bridge_hub" of a location with the location's final settings
+ * (they cannot depend on a request: there is none); in each worker a link
+ * object waits for its slot in the hub zone, dials while it holds it,
+ * hands what arrives to the relay and sends the relay's replies, kept
+ * in a bounded queue while the link is down.  At shutdown a link that
+ * still owes replies stays open (and keeps the gateway link) until they
+ * are sent, while the new owner's link takes the new messages.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_openclaw_hub.h"
+#include "ngx_http_openclaw_hub_zone.h"
+#include "ngx_http_openclaw_wsclient.h"
+#include "ngx_http_openclaw_endpoint.h"
+#include "ngx_http_openclaw_relay.h"
+
+
+#define NGX_HTTP_OPENCLAW_HUB_TICK      200
+#define NGX_HTTP_OPENCLAW_HUB_VERSION   "1"
+
+
+typedef struct {
+    ngx_queue_t                     queue;
+    size_t                          len;
+    u_char                          data[1];
+} ngx_http_openclaw_hub_reply_t;
+
+
+typedef struct {
+    ngx_http_openclaw_hub_conf_t   *conf;
+    ngx_http_openclaw_hub_hold_t    hold;
+    ngx_http_openclaw_wsclient_t    ws;
+    ngx_http_openclaw_endpoint_t    ep;
+
+    ngx_event_t                     tick;       /* claims, heartbeats */
+    ngx_event_t                     drain;      /* keeps an exiting worker */
+    ngx_msec_t                      drain_start;
+
+    ngx_queue_t                     replies;    /* kept while down */
+    size_t                          queued;     /* their bytes */
+
+    u_char                          error[NGX_HTTP_OPENCLAW_HUB_ERRLEN];
+
+    unsigned                        holder:1;
+    unsigned                        draining:1;
+} ngx_http_openclaw_hub_t;
+
+
+static ngx_int_t ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
+    ngx_http_openclaw_loc_conf_t *conf, ngx_http_openclaw_hub_conf_t *hc);
+static ngx_int_t ngx_http_openclaw_hub_literal(ngx_conf_t *cf,
+    ngx_http_openclaw_hub_conf_t *hc, ngx_http_complex_value_t *cv,
+    const char *directive, ngx_str_t *value);
+#if (NGX_HTTP_SSL)
+static ngx_int_t ngx_http_openclaw_hub_ssl(ngx_conf_t *cf,
+    ngx_http_openclaw_loc_conf_t *conf);
+#endif
+static ngx_int_t ngx_http_openclaw_hub_headers(ngx_pool_t *pool,
+    ngx_http_openclaw_hub_conf_t *hc, ngx_str_t *headers);
+static ngx_int_t ngx_http_openclaw_hub_endpoint(ngx_http_openclaw_hub_t *hub);
+static void ngx_http_openclaw_hub_tick(ngx_event_t *ev);
+static void ngx_http_openclaw_hub_shutdown(ngx_http_openclaw_hub_t *hub,
+    ngx_uint_t halt);
+static void ngx_http_openclaw_hub_drain(ngx_event_t *ev);
+static void ngx_http_openclaw_hub_publish(ngx_http_openclaw_hub_t *hub);
+static ngx_int_t ngx_http_openclaw_hub_open(ngx_http_openclaw_wsclient_t *ws);
+static ngx_int_t ngx_http_openclaw_hub_message(
+    ngx_http_openclaw_wsclient_t *ws, ngx_uint_t opcode, u_char *data,
+    size_t len);
+static ngx_int_t ngx_http_openclaw_hub_oversized(
+    ngx_http_openclaw_wsclient_t *ws, ngx_uint_t opcode, size_t size);
+static void ngx_http_openclaw_hub_closed(ngx_http_openclaw_wsclient_t *ws,
+    ngx_uint_t failed);
+static void ngx_http_openclaw_hub_progress(ngx_http_openclaw_wsclient_t *ws);
+static ngx_uint_t ngx_http_openclaw_hub_keep(ngx_http_openclaw_wsclient_t *ws);
+static ngx_int_t ngx_http_openclaw_hub_send(ngx_http_openclaw_endpoint_t *ep,
+    u_char *data, size_t len);
+static ngx_uint_t ngx_http_openclaw_hub_owes(ngx_http_openclaw_hub_t *hub);
+static void ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub,
+    size_t len, const char *why);
+
+
+static ngx_array_t  *ngx_http_openclaw_hubs;    /* this worker's links */
+
+static const char  *ngx_http_openclaw_hub_states[] = {
+    "down", "connecting", "ready", "draining"
+};
+
+
+/* openclaw_bridge_hub ws://host[:port]/path; */
+
+char *
+ngx_http_openclaw_hub(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_openclaw_loc_conf_t *olcf = conf;
+
+    ngx_str_t                      *value;
+    ngx_http_openclaw_hub_conf_t   *hc;
+    ngx_http_openclaw_main_conf_t  *omcf;
+
+    value = cf->args->elts;
+
+    if (!((value[1].len > 5
+           && ngx_strncasecmp(value[1].data, (u_char *) "ws://", 5) == 0)
+          || (value[1].len > 6
+              && ngx_strncasecmp(value[1].data, (u_char *) "wss://", 6)
+                 == 0)))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid hub URL \"%V\" in \"%V\": it must start "
+                           "with ws:// or wss://", &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (olcf->hubs == NULL) {
+        olcf->hubs = ngx_array_create(cf->pool, 2,
+                                      sizeof(ngx_http_openclaw_hub_conf_t));
+        if (olcf->hubs == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    hc = ngx_array_push(olcf->hubs);
+    if (hc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(hc, sizeof(ngx_http_openclaw_hub_conf_t));
+
+    hc->url = value[1];
+    hc->file = cf->conf_file->file.name.data;
+    hc->line = cf->conf_file->line;
+
+    /* hub links relay to the gateway as the inbound clients do */
+
+    omcf = ngx_http_conf_get_module_main_conf(cf,
+                                            ngx_http_openclaw_bridge_module);
+    omcf->used = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* openclaw_bridge_hub_header Name value; for hubs that authenticate */
+
+char *
+ngx_http_openclaw_hub_header(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_openclaw_loc_conf_t *olcf = conf;
+
+    u_char        *p;
+    ngx_str_t     *value;
+    ngx_keyval_t  *kv;
+
+    value = cf->args->elts;
+
+    for (p = value[1].data; p < value[1].data + value[1].len; p++) {
+        if (*p <= ' ' || *p == ':' || *p >= 0x7f) {
+            goto invalid;
+        }
+    }
+
+    for (p = value[2].data; p < value[2].data + value[2].len; p++) {
+        if (*p == CR || *p == LF || *p == '\0') {
+            goto invalid;
+        }
+    }
+
+    if (value[1].len == 0) {
+        goto invalid;
+    }
+
+    if (olcf->hub_headers == NULL || olcf->hub_headers == NGX_CONF_UNSET_PTR)
+    {
+        olcf->hub_headers = ngx_array_create(cf->pool, 2,
+                                             sizeof(ngx_keyval_t));
+        if (olcf->hub_headers == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    kv = ngx_array_push(olcf->hub_headers);
+    if (kv == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    kv->key = value[1];
+    kv->value = value[2];
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid header \"%V: %V\" in \"%V\"", &value[1],
+                       &value[2], &cmd->name);
+    return NGX_CONF_ERROR;
+}
+
+
+char *
+ngx_http_openclaw_hub_merge(ngx_conf_t *cf, ngx_http_openclaw_loc_conf_t *prev,
+    ngx_http_openclaw_loc_conf_t *conf)
+{
+    ngx_uint_t                       i, j;
+    ngx_http_core_loc_conf_t        *clcf;
+    ngx_http_openclaw_hub_conf_t    *hc, **hp, **all;
+    ngx_http_openclaw_main_conf_t   *omcf;
+
+    ngx_conf_merge_ptr_value(conf->hub_headers, prev->hub_headers, NULL);
+    ngx_conf_merge_size_value(conf->hub_queue, prev->hub_queue,
+                              1024 * 1024);
+    ngx_conf_merge_value(conf->hub_ssl_verify, prev->hub_ssl_verify, 1);
+    ngx_conf_merge_str_value(conf->hub_ssl_trusted_certificate,
+                             prev->hub_ssl_trusted_certificate, "");
+
+    if (conf->hubs == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    omcf = ngx_http_conf_get_module_main_conf(cf,
+                                            ngx_http_openclaw_bridge_module);
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (omcf->hubs == NULL) {
+        omcf->hubs = ngx_array_create(cf->pool, 4,
+                                      sizeof(ngx_http_openclaw_hub_conf_t *));
+        if (omcf->hubs == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        omcf->hub_zone = ngx_http_openclaw_hub_zone_add(cf);
+        if (omcf->hub_zone == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    hc = conf->hubs->elts;
+
+    for (i = 0; i < conf->hubs->nelts; i++) {
+
+        hc[i].conf = conf;
+        hc[i].location = clcf->name;
+
+        if (ngx_http_openclaw_hub_resolve(cf, conf, &hc[i]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        all = omcf->hubs->elts;
+
+        for (j = 0; j < omcf->hubs->nelts; j++) {
+            if (all[j]->dial.len == hc[i].dial.len
+                && ngx_strncmp(all[j]->dial.data, hc[i].dial.data,
+                               hc[i].dial.len) == 0)
+            {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "hub link \"%V\" is configured twice, in "
+                              "%s:%ui and %s:%ui: a hub would answer "
+                              "each message once per link", &hc[i].dial,
+                              all[j]->file, all[j]->line, hc[i].file,
+                              hc[i].line);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        if (omcf->hubs->nelts >= NGX_HTTP_OPENCLAW_HUB_SLOTS) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "too many hub links, at most %d, in %s:%ui",
+                          NGX_HTTP_OPENCLAW_HUB_SLOTS, hc[i].file,
+                          hc[i].line);
+            return NGX_CONF_ERROR;
+        }
+
+        hp = ngx_array_push(omcf->hubs);
+        if (hp == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *hp = &hc[i];
+    }
+
+#if (NGX_HTTP_SSL)
+    for (i = 0; i < conf->hubs->nelts; i++) {
+        if (hc[i].tls) {
+            if (ngx_http_openclaw_hub_ssl(cf, conf) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            break;
+        }
+    }
+#endif
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The URL as dialled: the uid appended as the Go bridge does, "?uid=" or
+ * "&uid=", unless the URL names it already (the "/ws/<uid>" form or a
+ * uid argument of its own).
+ */
+
+static ngx_int_t
+ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
+    ngx_http_openclaw_loc_conf_t *conf, ngx_http_openclaw_hub_conf_t *hc)
+{
+    u_char        *p, *q, *last;
+    size_t         skip, len;
+    in_port_t      port;
+    ngx_str_t      tail;
+    ngx_uint_t     i, named;
+    ngx_keyval_t  *kv;
+
+    if (ngx_http_openclaw_hub_literal(cf, hc, conf->agent,
+                                      "openclaw_bridge_agent_id", &hc->agent)
+        != NGX_OK
+        || ngx_http_openclaw_hub_literal(cf, hc, conf->uid,
+                                         "openclaw_bridge_uid", &hc->uid)
+           != NGX_OK
+        || ngx_http_openclaw_hub_literal(cf, hc, conf->sender,
+                                         "openclaw_bridge_sender",
+                                         &hc->sender)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_openclaw_relay_check(&hc->agent, &hc->uid, &hc->sender)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "invalid agent id, uid or sender for the hub \"%V\" "
+                      "in %s:%ui: letters, digits, \"-\", \"_\" and \".\" "
+                      "only", &hc->url, hc->file, hc->line);
+        return NGX_ERROR;
+    }
+
+    /* the uid, unless the URL names it already */
+
+    named = 0;
+    last = hc->url.data + hc->url.len;
+    q = ngx_strlchr(hc->url.data, last, '?');
+
+    if (hc->uid.len) {
+        tail.data = (q ? q : last) - hc->uid.len;
+        tail.len = hc->uid.len;
+
+        if (tail.data > hc->url.data && tail.data[-1] == '/'
+            && ngx_strncmp(tail.data, hc->uid.data, hc->uid.len) == 0)
+        {
+            named = 1;
+        }
+
+        if (q && (ngx_strstrn(q, "?uid=", 5 - 1) != NULL
+                  || ngx_strstrn(q, "&uid=", 5 - 1) != NULL))
+        {
+            named = 1;
+        }
+    }
+
+    if (hc->uid.len && !named) {
+        len = hc->url.len + sizeof("?uid=") - 1
+              + hc->uid.len + 2 * ngx_escape_uri(NULL, hc->uid.data,
+                                                 hc->uid.len,
+                                                 NGX_ESCAPE_ARGS);
+
+        p = ngx_pnalloc(cf->pool, len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        hc->dial.data = p;
+        p = ngx_cpymem(p, hc->url.data, hc->url.len);
+        p = ngx_cpymem(p, q ? "&uid=" : "?uid=", 5);
+        p = (u_char *) ngx_escape_uri(p, hc->uid.data, hc->uid.len,
+                                      NGX_ESCAPE_ARGS);
+        hc->dial.len = p - hc->dial.data;
+
+    } else {
+        hc->dial = hc->url;
+    }
+
+    if (hc->dial.data[2] == ':' || hc->dial.data[2] == '/') {
+        skip = 5;       /* ws:// */
+        port = 80;
+
+    } else {
+#if (NGX_HTTP_SSL)
+        skip = 6;
+        port = 443;
+        hc->tls = 1;
+#else
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "wss:// needs nginx built with the SSL module, in "
+                      "%s:%ui", hc->file, hc->line);
+        return NGX_ERROR;
+#endif
+    }
+
+    hc->u.url.data = hc->dial.data + skip;
+    hc->u.url.len = hc->dial.len - skip;
+    hc->u.default_port = port;
+    hc->u.uri_part = 1;
+
+    if (ngx_parse_url(cf->pool, &hc->u) != NGX_OK || hc->u.naddrs == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "%s in hub URL \"%V\" in %s:%ui",
+                      hc->u.err ? hc->u.err : "no address", &hc->url,
+                      hc->file, hc->line);
+        return NGX_ERROR;
+    }
+
+    hc->uri = hc->u.uri;
+
+    if (hc->uri.len == 0) {
+        ngx_str_set(&hc->uri, "/");
+
+    } else if (hc->uri.data[0] == '?') {
+
+        /* ws://host?uid=x: a request line needs its path */
+
+        p = ngx_pnalloc(cf->pool, hc->uri.len + 1);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        *p = '/';
+        ngx_memcpy(p + 1, hc->uri.data, hc->uri.len);
+        hc->uri.data = p;
+        hc->uri.len++;
+    }
+
+    if (hc->u.no_port || hc->u.port == port) {
+        hc->host = hc->u.host;
+
+    } else {
+        hc->host.data = ngx_pnalloc(cf->pool, hc->u.host.len + 7);
+        if (hc->host.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        hc->host.len = ngx_sprintf(hc->host.data, "%V:%d", &hc->u.host,
+                                   (int) hc->u.port)
+                       - hc->host.data;
+    }
+
+    hc->ssl_name.data = ngx_pnalloc(cf->pool, hc->u.host.len + 1);
+    if (hc->ssl_name.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = hc->u.host.data;
+    len = hc->u.host.len;
+
+    if (len > 2 && p[0] == '[' && p[len - 1] == ']') {
+        p++;
+        len -= 2;
+    }
+
+    (void) ngx_cpystrn(hc->ssl_name.data, p, len + 1);
+    hc->ssl_name.len = len;
+    hc->ssl_ip = (ngx_inet_addr(p, len) != INADDR_NONE);
+
+#if (NGX_HAVE_INET6)
+    if (!hc->ssl_ip) {
+        u_char  addr[16];
+
+        hc->ssl_ip = (ngx_inet6_addr(p, len, addr) == NGX_OK);
+    }
+#endif
+
+    hc->key = ngx_http_openclaw_hub_zone_key(&hc->location, &hc->dial);
+
+    /* the extra headers, each with its CRLF, after our own */
+
+    if (conf->hub_headers) {
+        kv = conf->hub_headers->elts;
+
+        for (i = 0; i < conf->hub_headers->nelts; i++) {
+            if ((kv[i].key.len == 4
+                 && ngx_strncasecmp(kv[i].key.data, (u_char *) "Host", 4)
+                    == 0)
+                || (kv[i].key.len == 7
+                    && ngx_strncasecmp(kv[i].key.data, (u_char *) "Upgrade",
+                                       7) == 0)
+                || (kv[i].key.len == 10
+                    && ngx_strncasecmp(kv[i].key.data,
+                                       (u_char *) "Connection", 10) == 0)
+                || (kv[i].key.len > 14
+                    && ngx_strncasecmp(kv[i].key.data,
+                                       (u_char *) "Sec-WebSocket-", 14)
+                       == 0))
+            {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "\"openclaw_bridge_hub_header %V\" would "
+                              "replace a header of the WebSocket upgrade, "
+                              "for the hub in %s:%ui", &kv[i].key, hc->file,
+                              hc->line);
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* values with variables need a request, and a hub link has none */
+
+static ngx_int_t
+ngx_http_openclaw_hub_literal(ngx_conf_t *cf, ngx_http_openclaw_hub_conf_t *hc,
+    ngx_http_complex_value_t *cv, const char *directive, ngx_str_t *value)
+{
+    if (cv == NULL) {
+        ngx_str_null(value);
+        return NGX_OK;
+    }
+
+    if (cv->lengths) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"%s\" with variables cannot be used in a location "
+                      "with \"openclaw_bridge_hub\" (%s:%ui): a hub link "
+                      "has no request to take them from", directive,
+                      hc->file, hc->line);
+        return NGX_ERROR;
+    }
+
+    *value = cv->value;
+
+    return NGX_OK;
+}
+
+
+#if (NGX_HTTP_SSL)
+
+static ngx_int_t
+ngx_http_openclaw_hub_ssl(ngx_conf_t *cf, ngx_http_openclaw_loc_conf_t *conf)
+{
+    ngx_str_t            ciphers;
+    ngx_ssl_t           *ssl;
+    ngx_pool_cleanup_t  *cln;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    ngx_str_set(&ciphers, "DEFAULT");
+
+    if (ngx_ssl_ciphers(cf, ssl, &ciphers, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    conf->hub_ssl = ssl;
+
+    if (!conf->hub_ssl_verify) {
+        return NGX_OK;
+    }
+
+    if (conf->hub_ssl_trusted_certificate.len) {
+        if (ngx_ssl_trusted_certificate(cf, ssl,
+                                        &conf->hub_ssl_trusted_certificate,
+                                        4)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
+        ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                      "SSL_CTX_set_default_verify_paths() failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+#endif
+
+
+ngx_int_t
+ngx_http_openclaw_hub_init_process(ngx_cycle_t *cycle,
+    ngx_http_openclaw_main_conf_t *omcf)
+{
+    ngx_uint_t                      i;
+    ngx_atomic_uint_t              *keys;
+    ngx_http_openclaw_hub_t        *hub;
+    ngx_http_openclaw_hub_conf_t  **hc;
+    ngx_http_openclaw_wsclient_t   *ws;
+
+    if (omcf->hubs == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_openclaw_hubs = ngx_array_create(cycle->pool, omcf->hubs->nelts,
+                                              sizeof(ngx_http_openclaw_hub_t));
+    if (ngx_http_openclaw_hubs == NULL) {
+        return NGX_ERROR;
+    }
+
+    hc = omcf->hubs->elts;
+
+    keys = ngx_palloc(cycle->pool, omcf->hubs->nelts * sizeof(*keys));
+    if (keys == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < omcf->hubs->nelts; i++) {
+        keys[i] = hc[i]->key;
+    }
+
+    for (i = 0; i < omcf->hubs->nelts; i++) {
+
+        hub = ngx_array_push(ngx_http_openclaw_hubs);
+        if (hub == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(hub, sizeof(ngx_http_openclaw_hub_t));
+
+        hub->conf = hc[i];
+        ngx_queue_init(&hub->replies);
+
+        if (ngx_http_openclaw_hub_zone_slot(omcf->hub_zone, hc[i]->key, keys,
+                                            omcf->hubs->nelts, &hub->hold)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "no slot for the hub link \"%V\" in the hub zone",
+                          &hc[i]->dial);
+            return NGX_ERROR;
+        }
+
+        ws = &hub->ws;
+
+        ws->url = &hc[i]->u;
+        ws->host = hc[i]->host;
+        ws->uri = hc[i]->uri;
+
+#if (NGX_HTTP_SSL)
+        ws->ssl = hc[i]->tls ? hc[i]->conf->hub_ssl : NULL;
+#endif
+        ws->ssl_name = hc[i]->ssl_name;
+        ws->ssl_verify = hc[i]->conf->hub_ssl_verify;
+        ws->ssl_server_name = 1;
+        ws->ssl_ip = hc[i]->ssl_ip;
+
+        ws->connect_timeout = omcf->connect_timeout;
+        ws->timeout = omcf->request_timeout;
+        ws->max_message = hc[i]->conf->max_message_size;
+        ws->ping_interval = hc[i]->conf->ping_interval;
+        ws->pong_timeout = hc[i]->conf->pong_timeout;
+
+        ws->name = "hub";
+        ws->title = "WebSocket hub";
+        ws->log_name = hc[i]->dial;
+
+        ws->error = hub->error;
+        ws->error_size = sizeof(hub->error);
+
+        ws->open = ngx_http_openclaw_hub_open;
+        ws->message = ngx_http_openclaw_hub_message;
+        ws->oversized = ngx_http_openclaw_hub_oversized;
+        ws->closed = ngx_http_openclaw_hub_closed;
+        ws->progress = ngx_http_openclaw_hub_progress;
+        ws->keep = ngx_http_openclaw_hub_keep;
+        ws->data = hub;
+
+        if (ngx_http_openclaw_hub_headers(cycle->pool, hc[i], &ws->headers)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (ngx_http_openclaw_wsclient_init(ws, cycle) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        hub->tick.handler = ngx_http_openclaw_hub_tick;
+        hub->tick.data = hub;
+        hub->tick.log = &ws->log;
+        hub->tick.cancelable = 1;
+
+        /* not cancelable: it keeps an exiting worker until delivered */
+
+        hub->drain.handler = ngx_http_openclaw_hub_drain;
+        hub->drain.data = hub;
+        hub->drain.log = &ws->log;
+
+        ngx_add_timer(&hub->tick, ngx_random() % 50);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * No Origin: a hub is no browser's page.  The Go bridge sent nothing
+ * else either; hubs that authenticate get their headers.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_hub_headers(ngx_pool_t *pool,
+    ngx_http_openclaw_hub_conf_t *hc, ngx_str_t *headers)
+{
+    u_char        *p;
+    size_t         len;
+    ngx_uint_t     i;
+    ngx_keyval_t  *kv;
+    ngx_array_t   *extra;
+
+    extra = hc->conf->hub_headers;
+
+    len = sizeof("User-Agent: nginx-openclaw-bridge/"
+                 NGX_HTTP_OPENCLAW_HUB_VERSION CRLF) - 1;
+
+    kv = extra ? extra->elts : NULL;
+
+    for (i = 0; extra && i < extra->nelts; i++) {
+        len += kv[i].key.len + sizeof(": " CRLF) - 1 + kv[i].value.len;
+    }
+
+    p = ngx_pnalloc(pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    headers->data = p;
+
+    p = ngx_cpymem(p, "User-Agent: nginx-openclaw-bridge/"
+                      NGX_HTTP_OPENCLAW_HUB_VERSION CRLF,
+                   sizeof("User-Agent: nginx-openclaw-bridge/"
+                          NGX_HTTP_OPENCLAW_HUB_VERSION CRLF) - 1);
+
+    for (i = 0; extra && i < extra->nelts; i++) {
+        p = ngx_sprintf(p, "%V: %V" CRLF, &kv[i].key, &kv[i].value);
+    }
+
+    headers->len = p - headers->data;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_openclaw_hub_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                      i, n;
+    ngx_queue_t                    *q;
+    ngx_http_openclaw_hub_t        *hub;
+    ngx_http_openclaw_hub_reply_t  *rp;
+
+    if (ngx_http_openclaw_hubs == NULL) {
+        return;
+    }
+
+    hub = ngx_http_openclaw_hubs->elts;
+
+    for (i = 0; i < ngx_http_openclaw_hubs->nelts; i++) {
+
+        if (hub[i].holder || hub[i].draining) {
+            ngx_http_openclaw_hub_zone_drained(&hub[i].hold);
+            ngx_http_openclaw_hub_zone_release(&hub[i].hold, 0);
+        }
+
+        ngx_http_openclaw_wsclient_stop(&hub[i].ws);
+
+        if (hub[i].tick.timer_set) {
+            ngx_del_timer(&hub[i].tick);
+        }
+
+        if (hub[i].drain.timer_set) {
+            ngx_del_timer(&hub[i].drain);
+        }
+
+        n = 0;
+
+        while (!ngx_queue_empty(&hub[i].replies)) {
+            q = ngx_queue_head(&hub[i].replies);
+            ngx_queue_remove(q);
+            rp = ngx_queue_data(q, ngx_http_openclaw_hub_reply_t, queue);
+            ngx_free(rp);
+            n++;
+        }
+
+        if (n) {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "hub link \"%V\": %ui replies kept for it were "
+                          "never delivered: the link was down when the "
+                          "worker exited", &hub[i].conf->dial, n);
+        }
+    }
+
+    ngx_http_openclaw_hubs = NULL;
+}
+
+
+/*
+ * The endpoint: the location's identity, fixed for the link, made by the
+ * worker that first holds it, so that a worker counts only the links it
+ * serves among its clients.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_hub_endpoint(ngx_http_openclaw_hub_t *hub)
+{
+    ngx_str_t                      agent;
+    ngx_http_openclaw_hub_conf_t  *hc;
+
+    hc = hub->conf;
+
+    hub->ep.conf = hc->conf;
+    hub->ep.send = ngx_http_openclaw_hub_send;
+    hub->ep.data = hub;
+    hub->ep.log = &hub->ws.log;
+
+    agent = hc->agent;
+
+    if (ngx_http_openclaw_relay_endpoint(&hub->ep, ngx_cycle->pool, &agent,
+                                         &hc->uid, &hc->sender)
+        != NGX_OK)
+    {
+        hub->ep.conf = NULL;
+        return NGX_ERROR;
+    }
+
+    /*
+     * One link carries all end users of the uid, and the hub does not say
+     * which one sent a message: without a sender identity the link's own
+     * part is "hub", and a message with neither session nor peer gets a
+     * session of its own, as the Go bridge gave it, rather than one
+     * conversation shared by every user of the hub.
+     */
+
+    if (hc->sender.len == 0) {
+        ngx_str_set(&hub->ep.scope.fallback, "hub");
+        hub->ep.sender = hub->ep.scope.fallback;
+    }
+
+    hub->ep.scope.fallback_per_message = 1;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_openclaw_hub_tick(ngx_event_t *ev)
+{
+    ngx_http_openclaw_hub_t  *hub;
+
+    hub = ev->data;
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        ngx_http_openclaw_hub_shutdown(hub, 1);
+        return;
+    }
+
+    if (ngx_http_openclaw_hub_zone_claim(&hub->hold) == NGX_OK) {
+
+        if (!hub->holder) {
+
+            if (hub->ep.conf == NULL
+                && ngx_http_openclaw_hub_endpoint(hub) != NGX_OK)
+            {
+                ngx_http_openclaw_hub_zone_release(&hub->hold, 0);
+                ngx_add_timer(&hub->tick, NGX_HTTP_OPENCLAW_HUB_TICK);
+                return;
+            }
+
+            hub->holder = 1;
+
+            ngx_log_error(NGX_LOG_NOTICE, &hub->ws.log, 0,
+                          "this worker holds the hub link");
+
+            hub->ws.backoff = NGX_HTTP_OPENCLAW_WSCLIENT_BACKOFF_MIN;
+            ngx_http_openclaw_wsclient_start(&hub->ws);
+        }
+
+        ngx_http_openclaw_hub_publish(hub);
+
+    } else if (hub->holder) {
+
+        /* taken over while this worker did not answer: the other has it */
+
+        hub->holder = 0;
+
+        ngx_log_error(NGX_LOG_WARN, &hub->ws.log, 0,
+                      "another worker took the hub link over, closing "
+                      "this one");
+
+        ngx_http_openclaw_wsclient_halt(&hub->ws);
+    }
+
+    ngx_add_timer(&hub->tick, NGX_HTTP_OPENCLAW_HUB_TICK);
+}
+
+
+/*
+ * The worker exits (reload, quit): the link is released at once, so that
+ * a worker of the new generation dials; while this one still owes
+ * replies, its link stays open for them, but new messages are left to
+ * the new holder.
+ */
+
+static void
+ngx_http_openclaw_hub_shutdown(ngx_http_openclaw_hub_t *hub, ngx_uint_t halt)
+{
+    if (!hub->holder) {
+        return;
+    }
+
+    hub->holder = 0;
+
+    if (ngx_http_openclaw_hub_owes(hub)
+        && hub->ws.state == NGX_HTTP_OPENCLAW_WSCLIENT_READY)
+    {
+        hub->draining = 1;
+        hub->drain_start = ngx_current_msec;
+
+        ngx_http_openclaw_hub_zone_release(&hub->hold, 1);
+
+        ngx_log_error(NGX_LOG_NOTICE, &hub->ws.log, 0,
+                      "the worker exits: the hub link stays open for the "
+                      "replies of %ui runs in flight, new messages go to "
+                      "the next holder", hub->ep.nruns);
+
+        ngx_add_timer(&hub->drain, NGX_HTTP_OPENCLAW_HUB_TICK / 2);
+        return;
+    }
+
+    ngx_http_openclaw_hub_zone_release(&hub->hold, 0);
+
+    if (halt) {
+        ngx_http_openclaw_wsclient_halt(&hub->ws);
+    }
+}
+
+
+static void
+ngx_http_openclaw_hub_drain(ngx_event_t *ev)
+{
+    ngx_http_openclaw_hub_t  *hub;
+
+    hub = ev->data;
+
+    if (hub->ws.state == NGX_HTTP_OPENCLAW_WSCLIENT_READY
+        && (ngx_http_openclaw_hub_owes(hub)
+            || hub->ws.out_pos != hub->ws.out_last))
+    {
+        ngx_add_timer(&hub->drain, NGX_HTTP_OPENCLAW_HUB_TICK / 2);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, &hub->ws.log, 0,
+                  "hub link closed after %M ms for its last replies",
+                  ngx_current_msec - hub->drain_start);
+
+    hub->draining = 0;
+    ngx_http_openclaw_wsclient_halt(&hub->ws);
+    ngx_http_openclaw_hub_zone_drained(&hub->hold);
+}
+
+
+static void
+ngx_http_openclaw_hub_publish(ngx_http_openclaw_hub_t *hub)
+{
+    size_t                          len;
+    ngx_uint_t                      state, n;
+    ngx_queue_t                    *q;
+    ngx_http_openclaw_hub_slot_t   *slot;
+
+    slot = hub->hold.slot;
+
+    if ((ngx_pid_t) slot->owner != ngx_pid) {
+        return;
+    }
+
+    switch (hub->ws.state) {
+
+    case NGX_HTTP_OPENCLAW_WSCLIENT_READY:
+        state = NGX_HTTP_OPENCLAW_HUB_READY;
+        break;
+
+    case NGX_HTTP_OPENCLAW_WSCLIENT_DOWN:
+        state = NGX_HTTP_OPENCLAW_HUB_DOWN;
+        break;
+
+    default:
+        state = NGX_HTTP_OPENCLAW_HUB_CONNECTING;
+        break;
+    }
+
+    if (slot->state != state) {
+        slot->state = state;
+        slot->since = ngx_time();
+    }
+
+    n = 0;
+
+    for (q = ngx_queue_head(&hub->replies);
+         q != ngx_queue_sentinel(&hub->replies);
+         q = ngx_queue_next(q))
+    {
+        n++;
+    }
+
+    slot->reconnects = hub->ws.reconnects;
+    slot->queued = n;
+
+    len = ngx_strnlen(hub->error, sizeof(hub->error) - 1);
+
+    if (state == NGX_HTTP_OPENCLAW_HUB_READY) {
+        len = 0;
+    }
+
+    ngx_memcpy(slot->last_error, hub->error, len);
+    slot->last_error[len] = '\0';
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_hub_open(ngx_http_openclaw_wsclient_t *ws)
+{
+    ngx_queue_t                    *q;
+    ngx_http_openclaw_hub_t        *hub;
+    ngx_http_openclaw_hub_reply_t  *rp;
+
+    hub = ws->data;
+
+    ngx_http_openclaw_wsclient_ready(ws, hub->conf->conf->max_message_size);
+
+    hub->hold.slot->up = ngx_pid;
+
+    ws->log.action = "relaying for the WebSocket hub";
+
+    ngx_log_error(NGX_LOG_NOTICE, &ws->log, 0, "hub link is up");
+
+    /* what was kept while it was down, in order */
+
+    while (!ngx_queue_empty(&hub->replies)) {
+        q = ngx_queue_head(&hub->replies);
+        rp = ngx_queue_data(q, ngx_http_openclaw_hub_reply_t, queue);
+
+        if (ngx_http_openclaw_wsclient_send(ws, NGX_HTTP_OPENCLAW_WS_TEXT,
+                                            rp->data, rp->len, NULL, 0,
+                                            NULL, 0)
+            != NGX_OK)
+        {
+            break;
+        }
+
+        ngx_queue_remove(q);
+        hub->queued -= rp->len;
+        ngx_free(rp);
+    }
+
+    ngx_http_openclaw_hub_publish(hub);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_hub_message(ngx_http_openclaw_wsclient_t *ws,
+    ngx_uint_t opcode, u_char *data, size_t len)
+{
+    ngx_pid_t                 up;
+    ngx_http_openclaw_hub_t  *hub;
+
+    hub = ws->data;
+
+    if (hub->draining) {
+
+        /* the new holder's link is up: the message is its to handle */
+
+        up = (ngx_pid_t) hub->hold.slot->up;
+
+        if (up && up != ngx_pid) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, &ws->log, 0,
+                           "openclaw hub message left to the new holder");
+            return NGX_OK;
+        }
+
+    } else if (!hub->holder) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_openclaw_hub_zone_take(&hub->hold, data, len) != NGX_OK) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, &ws->log, 0,
+                       "openclaw hub message taken by the other link");
+        return NGX_OK;
+    }
+
+    /* a reply it cannot send is counted where it is dropped */
+
+    (void) ngx_http_openclaw_relay_message(&hub->ep,
+                                           opcode != NGX_HTTP_OPENCLAW_WS_TEXT,
+                                           data, len);
+
+    return NGX_OK;
+}
+
+
+/* one user's oversized message must not cut the hub's other users off */
+
+static ngx_int_t
+ngx_http_openclaw_hub_oversized(ngx_http_openclaw_wsclient_t *ws,
+    ngx_uint_t opcode, size_t size)
+{
+    u_char                    text[128];
+    ngx_http_openclaw_hub_t  *hub;
+
+    hub = ws->data;
+
+    if (!hub->holder && !hub->draining) {
+        return NGX_OK;
+    }
+
+    (void) ngx_sprintf(text, "message too big: %uz bytes, at most %uz%Z",
+                       size, hub->conf->conf->max_message_size);
+
+    (void) ngx_http_openclaw_relay_refuse(&hub->ep, (const char *) text);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_openclaw_hub_closed(ngx_http_openclaw_wsclient_t *ws,
+    ngx_uint_t failed)
+{
+    ngx_http_openclaw_hub_t  *hub;
+
+    hub = ws->data;
+
+    (void) ngx_atomic_cmp_set(&hub->hold.slot->up, ngx_pid, 0);
+
+    ngx_http_openclaw_hub_publish(hub);
+}
+
+
+static void
+ngx_http_openclaw_hub_progress(ngx_http_openclaw_wsclient_t *ws)
+{
+    ngx_http_openclaw_hub_publish(ws->data);
+}
+
+
+static ngx_uint_t
+ngx_http_openclaw_hub_keep(ngx_http_openclaw_wsclient_t *ws)
+{
+    ngx_http_openclaw_hub_t  *hub;
+
+    hub = ws->data;
+
+    /* the link's own connection: the caller closes it unless kept */
+
+    ngx_http_openclaw_hub_shutdown(hub, 0);
+
+    return hub->draining;
+}
+
+
+ngx_uint_t
+ngx_http_openclaw_hub_delivering(void)
+{
+    ngx_uint_t                i, n;
+    ngx_http_openclaw_hub_t  *hub;
+
+    if (ngx_http_openclaw_hubs == NULL) {
+        return 0;
+    }
+
+    hub = ngx_http_openclaw_hubs->elts;
+    n = 0;
+
+    for (i = 0; i < ngx_http_openclaw_hubs->nelts; i++) {
+        ngx_http_openclaw_hub_shutdown(&hub[i], 1);
+        n += hub[i].draining;
+    }
+
+    return n;
+}
+
+
+/* the endpoint's "send": never calls back into the relay */
+
+static ngx_int_t
+ngx_http_openclaw_hub_send(ngx_http_openclaw_endpoint_t *ep, u_char *data,
+    size_t len)
+{
+    size_t                          pending;
+    ngx_http_openclaw_hub_t        *hub;
+    ngx_http_openclaw_hub_reply_t  *rp;
+
+    hub = ep->data;
+
+    if (hub->ws.state == NGX_HTTP_OPENCLAW_WSCLIENT_READY) {
+
+        pending = hub->ws.out_last - hub->ws.out_pos;
+
+        if (pending + len > hub->conf->conf->hub_queue) {
+            ngx_http_openclaw_hub_drop(hub, len, "the hub is not reading "
+                                       "and the output queue is full");
+            return NGX_OK;
+        }
+
+        if (ngx_http_openclaw_wsclient_send(&hub->ws,
+                                            NGX_HTTP_OPENCLAW_WS_TEXT,
+                                            data, len, NULL, 0, NULL, 0)
+            != NGX_OK)
+        {
+            ngx_http_openclaw_hub_drop(hub, len, "out of memory");
+        }
+
+        return NGX_OK;
+    }
+
+    if (hub->draining || ngx_exiting) {
+        ngx_http_openclaw_hub_drop(hub, len, "the link is down and the "
+                                   "worker exits");
+        return NGX_OK;
+    }
+
+    if (hub->queued + len > hub->conf->conf->hub_queue) {
+        ngx_http_openclaw_hub_drop(hub, len, "the link is down and "
+                                   "openclaw_bridge_hub_queue is full");
+        return NGX_OK;
+    }
+
+    rp = ngx_alloc(offsetof(ngx_http_openclaw_hub_reply_t, data) + len,
+                   &hub->ws.log);
+    if (rp == NULL) {
+        ngx_http_openclaw_hub_drop(hub, len, "out of memory");
+        return NGX_OK;
+    }
+
+    rp->len = len;
+    ngx_memcpy(rp->data, data, len);
+
+    ngx_queue_insert_tail(&hub->replies, &rp->queue);
+    hub->queued += len;
+
+    ngx_http_openclaw_hub_publish(hub);
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_openclaw_hub_owes(ngx_http_openclaw_hub_t *hub)
+{
+    if (hub->ep.conf == NULL) {
+        return 0;
+    }
+
+    return hub->ep.nruns || !ngx_queue_empty(&hub->ep.controls);
+}
+
+
+static void
+ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub, size_t len,
+    const char *why)
+{
+    hub->hold.slot->dropped++;
+
+    ngx_log_error(NGX_LOG_WARN, &hub->ws.log, 0,
+                  "a reply of %uz bytes was dropped: %s", len, why);
+}
+
+
+size_t
+ngx_http_openclaw_hub_status_size(ngx_http_openclaw_main_conf_t *omcf)
+{
+    size_t                          size;
+    ngx_uint_t                      i;
+    ngx_http_openclaw_hub_conf_t  **hc;
+
+    size = sizeof(",\"hubs\":[]") - 1;
+
+    if (omcf->hubs == NULL) {
+        return size;
+    }
+
+    hc = omcf->hubs->elts;
+
+    for (i = 0; i < omcf->hubs->nelts; i++) {
+        size += 256 + 6 * (hc[i]->dial.len + hc[i]->location.len
+                           + hc[i]->uid.len + NGX_HTTP_OPENCLAW_HUB_ERRLEN);
+    }
+
+    return size;
+}
+
+
+u_char *
+ngx_http_openclaw_hub_status(u_char *p, ngx_http_openclaw_main_conf_t *omcf)
+{
+    ngx_uint_t                     i;
+    ngx_http_openclaw_hub_t       *hub;
+    ngx_http_openclaw_hub_slot_t  *slot;
+    u_char                         error[NGX_HTTP_OPENCLAW_HUB_ERRLEN];
+
+    p = ngx_cpymem(p, ",\"hubs\":[", 9);
+
+    if (ngx_http_openclaw_hubs == NULL) {
+        *p++ = ']';
+        return p;
+    }
+
+    hub = ngx_http_openclaw_hubs->elts;
+
+    for (i = 0; i < ngx_http_openclaw_hubs->nelts; i++) {
+        slot = hub[i].hold.slot;
+
+        /* read without a lock: a copy, cut where the writer may be */
+
+        ngx_memcpy(error, slot->last_error, sizeof(error));
+        error[sizeof(error) - 1] = '\0';
+
+        p = ngx_cpymem(p, i ? ",{\"url\":\"" : "{\"url\":\"", i ? 9 : 8);
+        p = (u_char *) ngx_escape_json(p, hub[i].conf->dial.data,
+                                       hub[i].conf->dial.len);
+        p = ngx_cpymem(p, "\",\"location\":\"", 14);
+        p = (u_char *) ngx_escape_json(p, hub[i].conf->location.data,
+                                       hub[i].conf->location.len);
+        p = ngx_cpymem(p, "\",\"uid\":\"", 9);
+        p = (u_char *) ngx_escape_json(p, hub[i].conf->uid.data,
+                                       hub[i].conf->uid.len);
+
+        p = ngx_sprintf(p, "\",\"state\":\"%s\",\"pid\":%P,\"since\":%T,"
+                        "\"reconnects\":%uA,\"queued\":%uA,"
+                        "\"dropped\":%uA,\"last_error\":\"",
+                        ngx_http_openclaw_hub_states[
+                            ngx_min(slot->state,
+                                    NGX_HTTP_OPENCLAW_HUB_DRAINING)],
+                        (ngx_pid_t) (slot->draining && !slot->owner
+                                     ? slot->draining : slot->owner),
+                        (time_t) slot->since, slot->reconnects,
+                        slot->queued, slot->dropped);
+
+        p = (u_char *) ngx_escape_json(p, error, ngx_strlen(error));
+        p = ngx_cpymem(p, "\"}", 2);
+    }
+
+    *p++ = ']';
+
+    return p;
+}

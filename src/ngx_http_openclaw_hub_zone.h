@@ -1,0 +1,106 @@
+
+/*
+ * Copyright (C) The ngx_http_openclaw_bridge_module authors
+ */
+
+
+/*
+ * Which worker holds which hub link.  A hub sends every frame to every
+ * socket of a uid: two links of one (URL, uid) would answer each message
+ * twice, so one worker of all holds it, and another takes it over when
+ * that one exits or dies.  Each link has a slot in a shared zone, named
+ * by a hash of its location and URL so that a reload finds it again.
+ */
+
+
+#ifndef _NGX_HTTP_OPENCLAW_HUB_ZONE_H_INCLUDED_
+#define _NGX_HTTP_OPENCLAW_HUB_ZONE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+#define NGX_HTTP_OPENCLAW_HUB_SLOTS     256
+#define NGX_HTTP_OPENCLAW_HUB_SEEN      64
+#define NGX_HTTP_OPENCLAW_HUB_ERRLEN    256
+
+
+typedef enum {
+    NGX_HTTP_OPENCLAW_HUB_DOWN = 0,
+    NGX_HTTP_OPENCLAW_HUB_CONNECTING,
+    NGX_HTTP_OPENCLAW_HUB_READY,
+    NGX_HTTP_OPENCLAW_HUB_DRAINING
+} ngx_http_openclaw_hub_state_e;
+
+
+typedef struct {
+    ngx_shmtx_sh_t              lock;       /* for "seen" */
+    ngx_atomic_t                key;        /* 0: a free slot */
+
+    ngx_atomic_t                owner;      /* the worker that holds it */
+    ngx_atomic_t                beat;       /* its last sign of life */
+    ngx_atomic_t                up;         /* whose link is ready */
+    ngx_atomic_t                draining;   /* an old owner's, delivering */
+
+    /* for the status, written by the owner */
+    ngx_atomic_t                state;
+    ngx_atomic_t                since;
+    ngx_atomic_t                reconnects;
+    ngx_atomic_t                queued;
+    ngx_atomic_t                dropped;
+    u_char                      last_error[NGX_HTTP_OPENCLAW_HUB_ERRLEN];
+
+    /* frames taken while two links overlap, by hash */
+    ngx_uint_t                  seen_next;
+    uint64_t                    seen[NGX_HTTP_OPENCLAW_HUB_SEEN];
+} ngx_http_openclaw_hub_slot_t;
+
+
+typedef struct {
+    ngx_shmtx_t                 mutex;      /* per process */
+    ngx_http_openclaw_hub_slot_t  *slot;
+} ngx_http_openclaw_hub_hold_t;
+
+
+ngx_shm_zone_t *ngx_http_openclaw_hub_zone_add(ngx_conf_t *cf);
+
+/* a link's name in the zone */
+ngx_atomic_uint_t ngx_http_openclaw_hub_zone_key(ngx_str_t *location,
+    ngx_str_t *url);
+
+/*
+ * The slot of "key", taken if it has none yet; "keys" (n of them) are
+ * the running configuration's, whose slots are never given to another.
+ * NGX_ERROR when every slot is taken.
+ */
+ngx_int_t ngx_http_openclaw_hub_zone_slot(ngx_shm_zone_t *zone,
+    ngx_atomic_uint_t key, ngx_atomic_uint_t *keys, ngx_uint_t n,
+    ngx_http_openclaw_hub_hold_t *hold);
+
+/*
+ * NGX_OK: the calling worker holds the link (and says it is alive);
+ * NGX_DECLINED: another live worker does.  A holder that is gone (no such
+ * process, or silent for long) is replaced.
+ */
+ngx_int_t ngx_http_openclaw_hub_zone_claim(ngx_http_openclaw_hub_hold_t *hold);
+
+/*
+ * The worker exits: another may take the link at once; "delivering" says
+ * that this one keeps its link open meanwhile, for replies in flight.
+ */
+void ngx_http_openclaw_hub_zone_release(ngx_http_openclaw_hub_hold_t *hold,
+    ngx_uint_t delivering);
+
+/* the old owner has closed its link */
+void ngx_http_openclaw_hub_zone_drained(ngx_http_openclaw_hub_hold_t *hold);
+
+/*
+ * While two links of one hub overlap, each frame arrives at both: the
+ * first worker to take it handles it.  NGX_DECLINED: already taken.
+ */
+ngx_int_t ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
+    u_char *data, size_t len);
+
+
+#endif /* _NGX_HTTP_OPENCLAW_HUB_ZONE_H_INCLUDED_ */

@@ -404,8 +404,8 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
         hc->tls = 1;
 #else
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "wss:// needs nginx built with the SSL module, in "
-                      "%s:%ui", hc->file, hc->line);
+                      "wss:// in \"openclaw_bridge_hub\" needs nginx built "
+                      "with the SSL module, in %s:%ui", hc->file, hc->line);
         return NGX_ERROR;
 #endif
     }
@@ -417,7 +417,8 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
 
     if (ngx_parse_url(cf->pool, &hc->u) != NGX_OK || hc->u.naddrs == 0) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "%s in hub URL \"%V\" in %s:%ui",
+                      "%s in hub URL \"%V\" of \"openclaw_bridge_hub\" "
+                      "in %s:%ui",
                       hc->u.err ? hc->u.err : "no address", &hc->url,
                       hc->file, hc->line);
         return NGX_ERROR;

@@ -203,23 +203,33 @@ my %owner;
     kill 'HUP', $ngx->pid;
 
     # send a message about every 50 ms until the new generation owns the
-    # link, then three more
-    my ($n, $after, $new_up) = (0, 0, 0);
+    # link and the old link is gone (while the old worker finishes its
+    # runs both links get every message), then three more
+    my ($n, $after, $new_up, $old_gone, $overlap) = (0, 0, 0, 0, 0);
     my $deadline = time + 40;
     while (time < $deadline && $after < 3) {
         my $id = 'd' . ++$n;
         $text{$id} = "during the reload $n";
         $s->send_json({ id => $id, content => $text{$id} });
-        $s->next_frame(0.05);
+        # paced: reading what comes for 50 ms (a flood would run into
+        # openclaw_bridge_max_sessions_in_flight, which a hub link has
+        # for all its users together)
+        $s->drain(0.05);
         if (!$new_up) {
             my %new = map { $_ => 1 } grep { !$old{$_} } $ngx->worker_pids;
             $new_up = 1 if grep { ($_->{state} // '') eq 'ready' && $new{ $_->{pid} } }
                            hub_entries(status(), $URL{w1});
+        } elsif (!$old_gone) {
+            my @b = $hub->bridges('w1');
+            $overlap++ if @b == 2;
+            $old_gone = 1 unless grep { $_->{conn} == $old_link->{conn} } @b;
         } else {
             $after++;
         }
     }
-    ok($new_up, "reload: a new worker owns w1 (after $n messages)") or show_status();
+    ok($new_up, "reload: a new worker owns w1 ($n messages sent in all)") or show_status();
+    ok($old_gone, 'reload: the old link closed once its runs ended');
+    note "reload: $overlap messages sent while both links were open";
 
     my @ids = sort keys %text;
     my %r = (%{{ $u->collect([grep { /^f/ } @ids], 40) }},
@@ -235,6 +245,13 @@ my %owner;
     @bad = grep { !once($_, $r{$_}, $text{$_}) } grep { /^d/ } @ids;
     ok(!@bad, "reload: each of the $n messages sent meanwhile answered exactly once")
         or diag "@bad";
+    # which link wrote what, for those (the old link is conn $old_link->{conn})
+    if (@bad) {
+        my %bad = map { $_ => 1 } @bad;
+        diag "old link: conn $old_link->{conn}";
+        diag join "\n", map { "conn $_->{conn} $_->{type} $_->{id} t=" . sprintf('%.3f', $_->{t}) }
+                        grep { $bad{ $_->{id} // '' } } $hub->bridge_sent;
+    }
     @bad = grep { scalar(sends_of($text{$_})) != 1 } @ids;
     ok(!@bad, 'reload: each message reached the gateway once') or diag "@bad";
 

@@ -498,7 +498,7 @@ my $wpid = ($ngx->worker_pids)[0];
     my @e = $hubA->bridge_sent(conn => $conn, type => 'error');
     ok(!grep({ !defined $_->{json}{error} || $_->{json}{error} eq '' } @e),
        'garbage: each error says what was wrong');
-    is(scalar(grep { $_->{payload} =~ /binary hi/ } $gw->requests('chat.send')), 0,
+    is(scalar(grep { ($_->{params}{message} // "") =~ /binary hi/ } $gw->requests('chat.send')), 0,
        'garbage: the binary message did not reach the gateway');
 
     my @r = $u2->ask('g-1', 'after the garbage');

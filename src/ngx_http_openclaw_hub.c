@@ -320,8 +320,9 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
     u_char        *p, *q, *last;
     size_t         skip, len;
     in_port_t      port;
-    ngx_str_t      tail;
+    ngx_str_t      tail, none, *bad;
     ngx_uint_t     i, named;
+    const char    *name;
     ngx_keyval_t  *kv;
 
     if (ngx_http_openclaw_hub_literal(cf, hc, conf->agent,
@@ -338,13 +339,37 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
-    if (ngx_http_openclaw_relay_check(&hc->agent, &hc->uid, &hc->sender)
-        != NGX_OK)
+    /* each on its own, so that the error names the directive */
+
+    none.len = 0;
+    none.data = NULL;
+
+    if (ngx_http_openclaw_relay_check(&hc->agent, &none, &none) != NGX_OK) {
+        bad = &hc->agent;
+        name = "openclaw_bridge_agent_id";
+
+    } else if (ngx_http_openclaw_relay_check(&none, &hc->uid, &none)
+               != NGX_OK)
     {
+        bad = &hc->uid;
+        name = "openclaw_bridge_uid";
+
+    } else if (ngx_http_openclaw_relay_check(&none, &none, &hc->sender)
+               != NGX_OK)
+    {
+        bad = &hc->sender;
+        name = "openclaw_bridge_sender";
+
+    } else {
+        bad = NULL;
+        name = NULL;
+    }
+
+    if (bad) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "invalid agent id, uid or sender for the hub \"%V\" "
+                      "invalid \"%s\" value \"%V\" for the hub \"%V\" "
                       "in %s:%ui: letters, digits, \"-\", \"_\" and \".\" "
-                      "only", &hc->url, hc->file, hc->line);
+                      "only", name, bad, &hc->url, hc->file, hc->line);
         return NGX_ERROR;
     }
 

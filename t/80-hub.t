@@ -19,7 +19,8 @@
 # wss:// hubs (a trusted CA, an untrusted certificate, verification off);
 # a hub refusing the upgrade (its status line in error.log, state and
 # last_error in the status JSON, then the link comes up); a hub that
-# restarts, or closes with 1001; a hub that stops reading (the worker
+# restarts, or closes with 1001; a hub that stops answering pings (the
+# link is redialled); a hub that stops reading (the worker
 # keeps serving an inbound client); replies made while a link is down
 # delivered when it is back, and the overflow of a small queue counted;
 # the close at shutdown bounded by openclaw_bridge_close_timeout when the
@@ -77,6 +78,7 @@ my $hubE = TestHub->new(mode => 'echo');
 my $hubR = TestHub->new(mode => 'rooms', refuse => { status => 400, count => -1 });
 my $hubP = TestHub->new(mode => 'rooms');       # stops reading
 my $hubQ = TestHub->new(mode => 'rooms');       # goes away while replies come
+my $hubK = TestHub->new(mode => 'rooms');       # stops answering pings
 my $hubT = TestHub->new(mode => 'rooms', tls_cert => "$PKI/hub.pem",
                         tls_key => "$PKI/hub.key");
 my $hubS = TestHub->new(mode => 'rooms', tls_cert => "$PKI/self.pem",
@@ -92,6 +94,7 @@ my %URL = (
     p  => $hubP->url('/ws') . '?uid=bp',
     q  => $hubQ->url('/ws') . '?uid=q',
     qs => $hubQ->url('/ws') . '?uid=qs',
+    k  => $hubK->url('/ws') . '?uid=k',
     t  => $hubT->url('/ws') . '?uid=tls',
     tb => $hubS->url('/ws') . '?uid=tlsbad',
     to => $hubS->url('/ws') . '?uid=tlsoff',
@@ -159,6 +162,14 @@ server {
         openclaw_bridge_hub @{[ $hubQ->url('/ws') ]};
         openclaw_bridge_uid q;
         openclaw_bridge_hub_queue 1m;
+    }
+
+    location /bridge-ping {
+        openclaw_bridge_hub @{[ $hubK->url('/ws') ]};
+        openclaw_bridge_uid k;
+        openclaw_bridge_ping_interval 1s;
+        openclaw_bridge_pong_timeout 1s;
+        openclaw_bridge_close_timeout 1s;
     }
 
     location /bridge-tls {
@@ -259,7 +270,7 @@ my $wpid = ($ngx->worker_pids)[0];
 # the links come up, one socket per (hub, uid)
 
 {
-    for my $k (qw(a1 a2 ap b1 e p q qs t to)) {
+    for my $k (qw(a1 a2 ap b1 e p q qs k t to)) {
         my $h = wait_hub($URL{$k}, \&ready, 20);
         ok($h && ready($h), "link $k ($URL{$k}) ready") or show_status();
     }
@@ -278,7 +289,7 @@ my $wpid = ($ngx->worker_pids)[0];
     is($h->{dropped}, 0, 'status: nothing dropped');
     is($h->{last_error}, '', 'status: no last_error');
     my @hubs = @{ status()->{hubs} };
-    is(scalar @hubs, 12, 'status: one entry per link') or show_status();
+    is(scalar @hubs, 13, 'status: one entry per link') or show_status();
 }
 
 ###########################################################################
@@ -573,6 +584,28 @@ my $wpid = ($ngx->worker_pids)[0];
 }
 
 ###########################################################################
+# a hub that stops answering pings: the link is found dead and redialled
+
+{
+    my ($old) = $hubK->bridges('k');
+    my $t = time;
+    $hubK->pause(uid => 'k');
+    # the hub, not reading, does not see the old socket end
+    ok(wait_for(sub { grep { $_->{conn} != $old->{conn} } $hubK->bridges('k') }, 30),
+       'pings: a hub that does not answer is left for a new link');
+    $hubK->resume(conn => $old->{conn});
+    ok(wait_for(sub { $hubK->bridges('k') == 1 }, 10), 'pings: the old socket was closed');
+    note sprintf 'pings: new link after %.1f s', time - $t;
+    my $h = wait_hub($URL{k}, sub { ready($_[0]) && $_[0]{reconnects} >= 1 }, 10);
+    ok($h && ready($h) && $h->{reconnects} >= 1, 'pings: ready again, reconnect counted')
+        or show_status();
+    my $u = $hubK->client(uid => 'k');
+    my @r = $u->ask('k1', 'after the pings');
+    one_complete('pings: messages flow', \@r, 'after the pings');
+    $u->close;
+}
+
+###########################################################################
 # replies made while the link is down wait for it; a small queue overflows
 
 {
@@ -743,7 +776,7 @@ EOF
 }
 
 $gw->stop;
-$_->stop for $hubA, $hubB, $hubE, $hubR, $hubP, $hubQ, $hubT, $hubS;
+$_->stop for $hubA, $hubB, $hubE, $hubR, $hubP, $hubQ, $hubK, $hubT, $hubS;
 File::Path::remove_tree($PKI);
 
 done_testing;

@@ -33,9 +33,22 @@
 
 typedef struct {
     ngx_queue_t                     queue;
+    ngx_str_t                       ends;       /* the id of the message
+                                                   it ends, if it does */
+    unsigned                        end:1;
     size_t                          len;
     u_char                          data[1];
 } ngx_http_openclaw_hub_reply_t;
+
+
+/* what became of the last reply sent, for its end record */
+
+typedef enum {
+    NGX_HTTP_OPENCLAW_HUB_SENT = 0,
+    NGX_HTTP_OPENCLAW_HUB_QUEUED,
+    NGX_HTTP_OPENCLAW_HUB_DROPPED,
+    NGX_HTTP_OPENCLAW_HUB_LEFT          /* to the next holder */
+} ngx_http_openclaw_hub_fate_e;
 
 
 typedef struct {
@@ -50,6 +63,8 @@ typedef struct {
 
     ngx_queue_t                     replies;    /* kept while down */
     size_t                          queued;     /* their bytes */
+    ngx_http_openclaw_hub_fate_e    fate;
+    ngx_uint_t                      ticks;
 
     u_char                          error[NGX_HTTP_OPENCLAW_HUB_ERRLEN];
 
@@ -87,6 +102,10 @@ static void ngx_http_openclaw_hub_progress(ngx_http_openclaw_wsclient_t *ws);
 static ngx_uint_t ngx_http_openclaw_hub_keep(ngx_http_openclaw_wsclient_t *ws);
 static ngx_int_t ngx_http_openclaw_hub_send(ngx_http_openclaw_endpoint_t *ep,
     u_char *data, size_t len);
+static void ngx_http_openclaw_hub_track(ngx_http_openclaw_endpoint_t *ep,
+    ngx_uint_t end, ngx_str_t *id);
+static void ngx_http_openclaw_hub_orphans(ngx_http_openclaw_hub_t *hub);
+static void ngx_http_openclaw_hub_free(ngx_http_openclaw_hub_reply_t *rp);
 static ngx_uint_t ngx_http_openclaw_hub_owes(ngx_http_openclaw_hub_t *hub);
 static void ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub,
     size_t len, const char *why);
@@ -94,8 +113,8 @@ static void ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub,
 
 static ngx_array_t  *ngx_http_openclaw_hubs;    /* this worker's links */
 
-static const char  *ngx_http_openclaw_hub_states[] = {
-    "down", "connecting", "ready", "draining"
+const char  *ngx_http_openclaw_hub_states[] = {
+    "down", "connecting", "ready", "draining", NULL
 };
 
 
@@ -833,7 +852,7 @@ ngx_http_openclaw_hub_exit_process(ngx_cycle_t *cycle)
             q = ngx_queue_head(&hub[i].replies);
             ngx_queue_remove(q);
             rp = ngx_queue_data(q, ngx_http_openclaw_hub_reply_t, queue);
-            ngx_free(rp);
+            ngx_http_openclaw_hub_free(rp);
             n++;
         }
 
@@ -865,6 +884,7 @@ ngx_http_openclaw_hub_endpoint(ngx_http_openclaw_hub_t *hub)
 
     hub->ep.conf = hc->conf;
     hub->ep.send = ngx_http_openclaw_hub_send;
+    hub->ep.track = ngx_http_openclaw_hub_track;
     hub->ep.data = hub;
     hub->ep.log = &hub->ws.log;
 
@@ -892,6 +912,7 @@ ngx_http_openclaw_hub_endpoint(ngx_http_openclaw_hub_t *hub)
     }
 
     hub->ep.scope.fallback_per_message = 1;
+    hub->ep.push_uid = (hc->uid.len != 0);
 
     return NGX_OK;
 }
@@ -922,6 +943,7 @@ ngx_http_openclaw_hub_tick(ngx_event_t *ev)
             }
 
             hub->holder = 1;
+            hub->ep.push = 1;
 
             ngx_log_error(NGX_LOG_NOTICE, &hub->ws.log, 0,
                           "this worker holds the hub link");
@@ -932,11 +954,20 @@ ngx_http_openclaw_hub_tick(ngx_event_t *ev)
 
         ngx_http_openclaw_hub_publish(hub);
 
+        /* a second after another holder died, its messages get ends */
+
+        if (++hub->ticks % 5 == 0
+            && hub->ws.state == NGX_HTTP_OPENCLAW_WSCLIENT_READY)
+        {
+            ngx_http_openclaw_hub_orphans(hub);
+        }
+
     } else if (hub->holder) {
 
         /* taken over while this worker did not answer: the other has it */
 
         hub->holder = 0;
+        hub->ep.push = 0;
 
         ngx_log_error(NGX_LOG_WARN, &hub->ws.log, 0,
                       "another worker took the hub link over, closing "
@@ -964,6 +995,7 @@ ngx_http_openclaw_hub_shutdown(ngx_http_openclaw_hub_t *hub, ngx_uint_t halt)
     }
 
     hub->holder = 0;
+    hub->ep.push = 0;
 
     if (ngx_http_openclaw_hub_owes(hub)
         && hub->ws.state == NGX_HTTP_OPENCLAW_WSCLIENT_READY)
@@ -1105,7 +1137,12 @@ ngx_http_openclaw_hub_open(ngx_http_openclaw_wsclient_t *ws)
 
         ngx_queue_remove(q);
         hub->queued -= rp->len;
-        ngx_free(rp);
+
+        if (rp->end) {
+            ngx_http_openclaw_hub_zone_end(&hub->hold, &rp->ends);
+        }
+
+        ngx_http_openclaw_hub_free(rp);
     }
 
     ngx_http_openclaw_hub_publish(hub);
@@ -1256,6 +1293,7 @@ ngx_http_openclaw_hub_send(ngx_http_openclaw_endpoint_t *ep, u_char *data,
         if (pending + len > hub->conf->conf->hub_queue) {
             ngx_http_openclaw_hub_drop(hub, len, "the hub is not reading "
                                        "and the output queue is full");
+            hub->fate = NGX_HTTP_OPENCLAW_HUB_DROPPED;
             return NGX_OK;
         }
 
@@ -1265,20 +1303,29 @@ ngx_http_openclaw_hub_send(ngx_http_openclaw_endpoint_t *ep, u_char *data,
             != NGX_OK)
         {
             ngx_http_openclaw_hub_drop(hub, len, "out of memory");
+            hub->fate = NGX_HTTP_OPENCLAW_HUB_DROPPED;
+            return NGX_OK;
         }
 
+        hub->fate = NGX_HTTP_OPENCLAW_HUB_SENT;
         return NGX_OK;
     }
 
     if (hub->draining || ngx_exiting) {
-        ngx_http_openclaw_hub_drop(hub, len, "the link is down and the "
-                                   "worker exits");
+
+        /* the message stays on record: the next holder ends it */
+
+        ngx_log_error(NGX_LOG_WARN, &hub->ws.log, 0,
+                      "a reply of %uz bytes is left undelivered: the "
+                      "link is down and the worker exits", len);
+        hub->fate = NGX_HTTP_OPENCLAW_HUB_LEFT;
         return NGX_OK;
     }
 
     if (hub->queued + len > hub->conf->conf->hub_queue) {
         ngx_http_openclaw_hub_drop(hub, len, "the link is down and "
                                    "openclaw_bridge_hub_queue is full");
+        hub->fate = NGX_HTTP_OPENCLAW_HUB_DROPPED;
         return NGX_OK;
     }
 
@@ -1286,18 +1333,124 @@ ngx_http_openclaw_hub_send(ngx_http_openclaw_endpoint_t *ep, u_char *data,
                    &hub->ws.log);
     if (rp == NULL) {
         ngx_http_openclaw_hub_drop(hub, len, "out of memory");
+        hub->fate = NGX_HTTP_OPENCLAW_HUB_DROPPED;
         return NGX_OK;
     }
 
+    ngx_str_null(&rp->ends);
+    rp->end = 0;
     rp->len = len;
     ngx_memcpy(rp->data, data, len);
 
     ngx_queue_insert_tail(&hub->replies, &rp->queue);
     hub->queued += len;
+    hub->fate = NGX_HTTP_OPENCLAW_HUB_QUEUED;
 
     ngx_http_openclaw_hub_publish(hub);
 
     return NGX_OK;
+}
+
+
+/*
+ * The record of a message ends when its last reply is on the link, or
+ * counted as dropped; a reply kept while the link is down ends it when
+ * sent; one left by an exiting worker keeps it for the next holder.
+ */
+
+static void
+ngx_http_openclaw_hub_track(ngx_http_openclaw_endpoint_t *ep, ngx_uint_t end,
+    ngx_str_t *id)
+{
+    ngx_str_t                       none;
+    ngx_queue_t                    *q;
+    ngx_http_openclaw_hub_t        *hub;
+    ngx_http_openclaw_hub_reply_t  *rp;
+
+    hub = ep->data;
+
+    if (id == NULL) {
+        ngx_str_set(&none, "");
+        id = &none;
+    }
+
+    if (!end) {
+        ngx_http_openclaw_hub_zone_start(&hub->hold, id);
+        return;
+    }
+
+    switch (hub->fate) {
+
+    case NGX_HTTP_OPENCLAW_HUB_LEFT:
+        return;
+
+    case NGX_HTTP_OPENCLAW_HUB_QUEUED:
+        q = ngx_queue_last(&hub->replies);
+        rp = ngx_queue_data(q, ngx_http_openclaw_hub_reply_t, queue);
+
+        rp->end = 1;
+
+        if (id->len) {
+            rp->ends.data = ngx_alloc(id->len, &hub->ws.log);
+
+            if (rp->ends.data) {
+                ngx_memcpy(rp->ends.data, id->data, id->len);
+                rp->ends.len = id->len;
+            }
+        }
+
+        return;
+
+    default:
+        ngx_http_openclaw_hub_zone_end(&hub->hold, id);
+        return;
+    }
+}
+
+
+/* the messages of a holder that died get their end from this one */
+
+static void
+ngx_http_openclaw_hub_orphans(ngx_http_openclaw_hub_t *hub)
+{
+    ngx_str_t                        id, error;
+    ngx_uint_t                       i, n;
+    ngx_http_openclaw_hub_orphan_t   orphans[16];
+
+    if (hub->ep.conf == NULL) {
+        return;
+    }
+
+    ngx_str_set(&error, "the worker relaying this message exited before "
+                        "its reply; send it again with the same id");
+
+    do {
+        n = ngx_http_openclaw_hub_zone_orphans(&hub->hold, orphans, 16);
+
+        for (i = 0; i < n; i++) {
+            id.data = orphans[i].id;
+            id.len = orphans[i].len;
+
+            ngx_log_error(NGX_LOG_WARN, &hub->ws.log, 0,
+                          "the message %V of a worker that exited ends in "
+                          "an error", &id);
+
+            (void) ngx_http_openclaw_relay_reply(&hub->ep, "error", NULL,
+                                                 NULL, &error, NULL, &id);
+        }
+
+    } while (n == 16);
+}
+
+
+static void
+ngx_http_openclaw_hub_free(ngx_http_openclaw_hub_reply_t *rp)
+{
+    if (rp->ends.data) {
+        ngx_free(rp->ends.data);
+    }
+
+    ngx_free(rp);
 }
 
 
@@ -1323,81 +1476,51 @@ ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub, size_t len,
 }
 
 
-size_t
-ngx_http_openclaw_hub_status_size(ngx_http_openclaw_main_conf_t *omcf)
+/* copies of the links' slots, read without a lock, for status and metrics */
+
+ngx_array_t *
+ngx_http_openclaw_hub_links(ngx_pool_t *pool)
 {
-    size_t                          size;
-    ngx_uint_t                      i;
-    ngx_http_openclaw_hub_conf_t  **hc;
+    ngx_uint_t                       i, n;
+    ngx_array_t                     *links;
+    ngx_http_openclaw_hub_t         *hub;
+    ngx_http_openclaw_hub_slot_t    *slot;
+    ngx_http_openclaw_hub_status_t  *hs;
 
-    size = sizeof(",\"hubs\":[]") - 1;
+    n = ngx_http_openclaw_hubs ? ngx_http_openclaw_hubs->nelts : 0;
 
-    if (omcf->hubs == NULL) {
-        return size;
+    links = ngx_array_create(pool, ngx_max(n, 1),
+                             sizeof(ngx_http_openclaw_hub_status_t));
+    if (links == NULL) {
+        return NULL;
     }
 
-    hc = omcf->hubs->elts;
+    hub = n ? ngx_http_openclaw_hubs->elts : NULL;
 
-    for (i = 0; i < omcf->hubs->nelts; i++) {
-        size += 256 + 6 * (hc[i]->dial.len + hc[i]->location.len
-                           + hc[i]->uid.len + NGX_HTTP_OPENCLAW_HUB_ERRLEN);
-    }
-
-    return size;
-}
-
-
-u_char *
-ngx_http_openclaw_hub_status(u_char *p, ngx_http_openclaw_main_conf_t *omcf)
-{
-    ngx_uint_t                     i;
-    ngx_http_openclaw_hub_t       *hub;
-    ngx_http_openclaw_hub_slot_t  *slot;
-    u_char                         error[NGX_HTTP_OPENCLAW_HUB_ERRLEN];
-
-    p = ngx_cpymem(p, ",\"hubs\":[", 9);
-
-    if (ngx_http_openclaw_hubs == NULL) {
-        *p++ = ']';
-        return p;
-    }
-
-    hub = ngx_http_openclaw_hubs->elts;
-
-    for (i = 0; i < ngx_http_openclaw_hubs->nelts; i++) {
+    for (i = 0; i < n; i++) {
         slot = hub[i].hold.slot;
 
-        /* read without a lock: a copy, cut where the writer may be */
+        hs = ngx_array_push(links);
+        if (hs == NULL) {
+            return NULL;
+        }
 
-        ngx_memcpy(error, slot->last_error, sizeof(error));
-        error[sizeof(error) - 1] = '\0';
+        hs->url = hub[i].conf->dial;
+        hs->location = hub[i].conf->location;
+        hs->uid = hub[i].conf->uid;
+        hs->state = ngx_min(slot->state, NGX_HTTP_OPENCLAW_HUB_DRAINING);
+        hs->pid = (ngx_pid_t) (slot->owner ? slot->owner : slot->draining);
+        hs->since = (time_t) slot->since;
+        hs->reconnects = slot->reconnects;
+        hs->queued = slot->queued;
+        hs->dropped = slot->dropped;
 
-        p = ngx_cpymem(p, i ? ",{\"url\":\"" : "{\"url\":\"", i ? 9 : 8);
-        p = (u_char *) ngx_escape_json(p, hub[i].conf->dial.data,
-                                       hub[i].conf->dial.len);
-        p = ngx_cpymem(p, "\",\"location\":\"", 14);
-        p = (u_char *) ngx_escape_json(p, hub[i].conf->location.data,
-                                       hub[i].conf->location.len);
-        p = ngx_cpymem(p, "\",\"uid\":\"", 9);
-        p = (u_char *) ngx_escape_json(p, hub[i].conf->uid.data,
-                                       hub[i].conf->uid.len);
+        /* a copy, cut where the writer may be */
 
-        p = ngx_sprintf(p, "\",\"state\":\"%s\",\"pid\":%P,\"since\":%T,"
-                        "\"reconnects\":%uA,\"queued\":%uA,"
-                        "\"dropped\":%uA,\"last_error\":\"",
-                        ngx_http_openclaw_hub_states[
-                            ngx_min(slot->state,
-                                    NGX_HTTP_OPENCLAW_HUB_DRAINING)],
-                        (ngx_pid_t) (slot->draining && !slot->owner
-                                     ? slot->draining : slot->owner),
-                        (time_t) slot->since, slot->reconnects,
-                        slot->queued, slot->dropped);
-
-        p = (u_char *) ngx_escape_json(p, error, ngx_strlen(error));
-        p = ngx_cpymem(p, "\"}", 2);
+        ngx_memcpy(hs->last_error, slot->last_error,
+                   sizeof(hs->last_error));
+        hs->last_error[sizeof(hs->last_error) - 1] = '\0';
     }
 
-    *p++ = ']';
-
-    return p;
+    return links;
 }

@@ -60,10 +60,31 @@ void ngx_http_openclaw_hub_exit_process(ngx_cycle_t *cycle);
 /* a hub link of this worker still owes replies: the gateway link stays */
 ngx_uint_t ngx_http_openclaw_hub_delivering(void);
 
-/* the "hubs" array of the status JSON: its size, then the text */
-size_t ngx_http_openclaw_hub_status_size(ngx_http_openclaw_main_conf_t *omcf);
-u_char *ngx_http_openclaw_hub_status(u_char *p,
-    ngx_http_openclaw_main_conf_t *omcf);
+/* a hub link as the status and metrics endpoints report it */
+
+typedef struct {
+    ngx_str_t                       url;        /* as dialled */
+    ngx_str_t                       location;
+    ngx_str_t                       uid;
+    ngx_uint_t                      state;
+    ngx_pid_t                       pid;        /* its holder */
+    time_t                          since;
+    ngx_uint_t                      reconnects;
+    ngx_uint_t                      queued;
+    ngx_uint_t                      dropped;
+    u_char                          last_error[256];
+} ngx_http_openclaw_hub_status_t;
+
+
+/*
+ * By ngx_http_openclaw_hub_state_e: down, connecting, ready, draining,
+ * then NULL.
+ */
+extern const char  *ngx_http_openclaw_hub_states[];
+
+
+/* the running configuration's links (ngx_http_openclaw_hub_status_t) */
+ngx_array_t *ngx_http_openclaw_hub_links(ngx_pool_t *pool);
 
 
 #endif /* _NGX_HTTP_OPENCLAW_HUB_H_INCLUDED_ */

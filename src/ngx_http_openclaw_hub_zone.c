@@ -24,9 +24,19 @@ typedef struct {
 } ngx_http_openclaw_hub_shm_t;
 
 
+typedef struct {
+    ngx_queue_t                 queue;
+    ngx_pid_t                   pid;
+    size_t                      len;
+    u_char                      id[1];
+} ngx_http_openclaw_hub_flight_t;
+
+
 static ngx_int_t ngx_http_openclaw_hub_zone_init(ngx_shm_zone_t *zone,
     void *data);
 static ngx_uint_t ngx_http_openclaw_hub_zone_alive(ngx_pid_t pid);
+static void ngx_http_openclaw_hub_zone_forget(
+    ngx_http_openclaw_hub_hold_t *hold);
 static uint64_t ngx_http_openclaw_hub_hash(uint64_t h, u_char *p, size_t n);
 
 
@@ -45,7 +55,7 @@ ngx_http_openclaw_hub_zone_add(ngx_conf_t *cf)
 
     zone = ngx_shared_memory_add(cf, &name,
                                  sizeof(ngx_http_openclaw_hub_shm_t)
-                                 + 64 * 1024,
+                                 + 4 * 1024 * 1024,
                                  &ngx_http_openclaw_bridge_module);
     if (zone == NULL) {
         return NULL;
@@ -164,6 +174,20 @@ ngx_http_openclaw_hub_zone_slot(ngx_shm_zone_t *zone, ngx_atomic_uint_t key,
 
 taken:
 
+    /* the records of a link that no configuration has any more go */
+
+    hold->shpool = (ngx_slab_pool_t *) zone->shm.addr;
+    hold->slot = slot;
+    hold->mutex.spin = (ngx_uint_t) -1;
+
+    if (ngx_shmtx_create(&hold->mutex, &slot->lock, NULL) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_shmtx_lock(&hold->mutex);
+    ngx_http_openclaw_hub_zone_forget(hold);
+    ngx_shmtx_unlock(&hold->mutex);
+
     slot->owner = 0;
     slot->up = 0;
     slot->draining = 0;
@@ -176,6 +200,7 @@ taken:
 
 found:
 
+    hold->shpool = (ngx_slab_pool_t *) zone->shm.addr;
     hold->slot = slot;
     hold->mutex.spin = (ngx_uint_t) -1;
 
@@ -314,6 +339,156 @@ ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
     ngx_shmtx_unlock(&hold->mutex);
 
     return NGX_OK;
+}
+
+
+void
+ngx_http_openclaw_hub_zone_start(ngx_http_openclaw_hub_hold_t *hold,
+    ngx_str_t *id)
+{
+    size_t                           len;
+    ngx_http_openclaw_hub_slot_t    *slot;
+    ngx_http_openclaw_hub_flight_t  *f;
+
+    slot = hold->slot;
+    len = ngx_min(id->len, NGX_HTTP_OPENCLAW_HUB_IDLEN);
+
+    ngx_shmtx_lock(&hold->mutex);
+
+    if (slot->flights.next == NULL) {
+        ngx_queue_init(&slot->flights);
+    }
+
+    if (slot->nflights >= NGX_HTTP_OPENCLAW_HUB_FLIGHTS) {
+        ngx_shmtx_unlock(&hold->mutex);
+        return;
+    }
+
+    f = ngx_slab_alloc(hold->shpool,
+                       offsetof(ngx_http_openclaw_hub_flight_t, id) + len);
+
+    if (f) {
+        f->pid = ngx_pid;
+        f->len = (id->len <= NGX_HTTP_OPENCLAW_HUB_IDLEN) ? len : 0;
+        ngx_memcpy(f->id, id->data, f->len);
+
+        ngx_queue_insert_tail(&slot->flights, &f->queue);
+        slot->nflights++;
+    }
+
+    ngx_shmtx_unlock(&hold->mutex);
+}
+
+
+void
+ngx_http_openclaw_hub_zone_end(ngx_http_openclaw_hub_hold_t *hold,
+    ngx_str_t *id)
+{
+    size_t                           len;
+    ngx_queue_t                     *q;
+    ngx_http_openclaw_hub_slot_t    *slot;
+    ngx_http_openclaw_hub_flight_t  *f;
+
+    slot = hold->slot;
+    len = (id && id->len <= NGX_HTTP_OPENCLAW_HUB_IDLEN) ? id->len : 0;
+
+    ngx_shmtx_lock(&hold->mutex);
+
+    if (slot->flights.next == NULL) {
+        ngx_shmtx_unlock(&hold->mutex);
+        return;
+    }
+
+    for (q = ngx_queue_head(&slot->flights);
+         q != ngx_queue_sentinel(&slot->flights);
+         q = ngx_queue_next(q))
+    {
+        f = ngx_queue_data(q, ngx_http_openclaw_hub_flight_t, queue);
+
+        if (f->pid == ngx_pid && f->len == len
+            && (len == 0 || ngx_memcmp(f->id, id->data, len) == 0))
+        {
+            ngx_queue_remove(q);
+            slot->nflights--;
+            ngx_slab_free(hold->shpool, f);
+            break;
+        }
+    }
+
+    ngx_shmtx_unlock(&hold->mutex);
+}
+
+
+ngx_uint_t
+ngx_http_openclaw_hub_zone_orphans(ngx_http_openclaw_hub_hold_t *hold,
+    ngx_http_openclaw_hub_orphan_t *out, ngx_uint_t n)
+{
+    ngx_uint_t                       i;
+    ngx_queue_t                     *q, *next;
+    ngx_http_openclaw_hub_slot_t    *slot;
+    ngx_http_openclaw_hub_flight_t  *f;
+
+    slot = hold->slot;
+
+    if (slot->nflights == 0) {
+        return 0;
+    }
+
+    i = 0;
+
+    ngx_shmtx_lock(&hold->mutex);
+
+    for (q = ngx_queue_head(&slot->flights);
+         q != ngx_queue_sentinel(&slot->flights) && i < n;
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        f = ngx_queue_data(q, ngx_http_openclaw_hub_flight_t, queue);
+
+        if (f->pid == ngx_pid || ngx_http_openclaw_hub_zone_alive(f->pid)) {
+            continue;
+        }
+
+        out[i].len = f->len;
+        ngx_memcpy(out[i].id, f->id, f->len);
+        i++;
+
+        ngx_queue_remove(q);
+        slot->nflights--;
+        ngx_slab_free(hold->shpool, f);
+    }
+
+    ngx_shmtx_unlock(&hold->mutex);
+
+    return i;
+}
+
+
+/* under the lock */
+
+static void
+ngx_http_openclaw_hub_zone_forget(ngx_http_openclaw_hub_hold_t *hold)
+{
+    ngx_queue_t                     *q;
+    ngx_http_openclaw_hub_slot_t    *slot;
+    ngx_http_openclaw_hub_flight_t  *f;
+
+    slot = hold->slot;
+
+    if (slot->flights.next == NULL) {
+        ngx_queue_init(&slot->flights);
+        slot->nflights = 0;
+        return;
+    }
+
+    while (!ngx_queue_empty(&slot->flights)) {
+        q = ngx_queue_head(&slot->flights);
+        f = ngx_queue_data(q, ngx_http_openclaw_hub_flight_t, queue);
+        ngx_queue_remove(q);
+        ngx_slab_free(hold->shpool, f);
+    }
+
+    slot->nflights = 0;
 }
 
 

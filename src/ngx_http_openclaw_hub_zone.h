@@ -24,6 +24,8 @@
 #define NGX_HTTP_OPENCLAW_HUB_SLOTS     256
 #define NGX_HTTP_OPENCLAW_HUB_SEEN      64
 #define NGX_HTTP_OPENCLAW_HUB_ERRLEN    256
+#define NGX_HTTP_OPENCLAW_HUB_IDLEN     128
+#define NGX_HTTP_OPENCLAW_HUB_FLIGHTS   4096
 
 
 typedef enum {
@@ -54,13 +56,26 @@ typedef struct {
     /* frames taken while two links overlap, by hash */
     ngx_uint_t                  seen_next;
     uint64_t                    seen[NGX_HTTP_OPENCLAW_HUB_SEEN];
+
+    /* messages taken and not yet ended, of every worker */
+    ngx_queue_t                 flights;
+    ngx_uint_t                  nflights;
 } ngx_http_openclaw_hub_slot_t;
 
 
 typedef struct {
     ngx_shmtx_t                 mutex;      /* per process */
     ngx_http_openclaw_hub_slot_t  *slot;
+    ngx_slab_pool_t            *shpool;
 } ngx_http_openclaw_hub_hold_t;
+
+
+/* a message whose worker died before its end: its id, as JSON */
+
+typedef struct {
+    size_t                      len;
+    u_char                      id[NGX_HTTP_OPENCLAW_HUB_IDLEN];
+} ngx_http_openclaw_hub_orphan_t;
 
 
 ngx_shm_zone_t *ngx_http_openclaw_hub_zone_add(ngx_conf_t *cf);
@@ -101,6 +116,26 @@ void ngx_http_openclaw_hub_zone_drained(ngx_http_openclaw_hub_hold_t *hold);
  */
 ngx_int_t ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
     u_char *data, size_t len);
+
+
+/*
+ * A message taken by this worker is recorded until the reply that ends
+ * it is sent, so that whoever holds the link after this worker died can
+ * still end it.  Ids longer than NGX_HTTP_OPENCLAW_HUB_IDLEN are kept
+ * cut (their error then carries no id).
+ */
+void ngx_http_openclaw_hub_zone_start(ngx_http_openclaw_hub_hold_t *hold,
+    ngx_str_t *id);
+void ngx_http_openclaw_hub_zone_end(ngx_http_openclaw_hub_hold_t *hold,
+    ngx_str_t *id);
+
+/*
+ * Takes out up to "n" records of workers that are gone: the number
+ * written to "orphans".
+ */
+ngx_uint_t ngx_http_openclaw_hub_zone_orphans(
+    ngx_http_openclaw_hub_hold_t *hold, ngx_http_openclaw_hub_orphan_t *out,
+    ngx_uint_t n);
 
 
 #endif /* _NGX_HTTP_OPENCLAW_HUB_ZONE_H_INCLUDED_ */

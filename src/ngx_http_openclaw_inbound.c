@@ -85,6 +85,7 @@ ngx_http_openclaw_inbound_handler(ngx_http_request_t *r)
     ep->send = ngx_http_openclaw_inbound_send;
     ep->data = cl;
     ep->log = r->connection->log;
+    ep->push = 1;
 
     if (ngx_http_openclaw_relay_endpoint(ep, r->pool, &agent, &uid, &sender)
         != NGX_OK)

@@ -18,6 +18,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_openclaw_metrics.h"
+#include "ngx_http_openclaw_hub.h"
 #include "ngx_http_openclaw_status.h"
 
 
@@ -52,6 +53,8 @@ static u_char *ngx_http_openclaw_metrics_histogram(u_char *p, u_char *last,
     size_t offset);
 static u_char *ngx_http_openclaw_metrics_zones(u_char *p, u_char *last,
     ngx_array_t *zones);
+static u_char *ngx_http_openclaw_metrics_hubs(u_char *p, u_char *last,
+    ngx_array_t *hubs);
 static u_char *ngx_http_openclaw_metrics_escape(u_char *p, u_char *last,
     ngx_str_t *value);
 
@@ -105,6 +108,11 @@ static ngx_http_openclaw_metric_t  ngx_http_openclaw_metrics[] = {
     { "openclaw_bridge_runs_in_flight", "gauge",
       "Chat messages in flight.", NULL,
       ngx_http_openclaw_slot(relay.runs) },
+
+    { "openclaw_bridge_agent_runs_total", "counter",
+      "Runs the agent started itself, delivered to the endpoint that owns "
+      "their session.", NULL,
+      ngx_http_openclaw_slot(relay.pushed) },
 
     { "openclaw_bridge_runs_waiting_for_link", "gauge",
       "Chat messages in flight that wait for the gateway connection.",
@@ -180,8 +188,9 @@ ngx_http_openclaw_metrics_handler(ngx_http_request_t *r)
     ngx_buf_t                          *b;
     ngx_uint_t                          i, k, state;
     ngx_str_t                           type;
-    ngx_array_t                        *workers, *zones;
+    ngx_array_t                        *workers, *zones, *hubs;
     ngx_http_openclaw_metric_t         *m;
+    ngx_http_openclaw_hub_status_t     *hs;
     ngx_http_openclaw_zone_status_t    *zs;
     ngx_http_openclaw_worker_status_t  *ws;
 
@@ -201,6 +210,19 @@ ngx_http_openclaw_metrics_handler(ngx_http_request_t *r)
 
     for (i = 0; i < zones->nelts; i++) {
         size += 4 * (NGX_HTTP_OPENCLAW_METRICS_LINE + 2 * zs[i].name.len);
+    }
+
+    hubs = ngx_http_openclaw_hub_links(r->pool);
+    if (hubs == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    hs = hubs->elts;
+
+    for (i = 0; i < hubs->nelts; i++) {
+        size += 7 * (NGX_HTTP_OPENCLAW_METRICS_LINE
+                     + 2 * (hs[i].url.len + hs[i].location.len
+                            + hs[i].uid.len));
     }
 
     b = ngx_create_temp_buf(r->pool, size);
@@ -268,6 +290,7 @@ ngx_http_openclaw_metrics_handler(ngx_http_request_t *r)
                          ngx_http_openclaw_slot(relay.complete));
 
     p = ngx_http_openclaw_metrics_zones(p, last, zones);
+    p = ngx_http_openclaw_metrics_hubs(p, last, hubs);
 
     if (p == last) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
@@ -364,6 +387,78 @@ ngx_http_openclaw_metrics_zones(u_char *p, u_char *last, ngx_array_t *zones)
             p = ngx_slprintf(p, last, "%s{zone=\"", m->name);
             p = ngx_http_openclaw_metrics_escape(p, last, &zs[i].name);
             p = ngx_slprintf(p, last, "\"} %uz\n", value);
+        }
+    }
+
+    return p;
+}
+
+
+/* one series per hub link, whichever worker holds it */
+
+static u_char *
+ngx_http_openclaw_metrics_hubs(u_char *p, u_char *last, ngx_array_t *hubs)
+{
+    ngx_uint_t                       i, k, value;
+    ngx_http_openclaw_metric_t      *m;
+    ngx_http_openclaw_hub_status_t  *hs;
+
+    static ngx_http_openclaw_metric_t  metrics[] = {
+        { "openclaw_bridge_hub_link_state", "gauge",
+          "State of a hub link: 1 for the state it is in.", NULL, 0 },
+        { "openclaw_bridge_hub_reconnects_total", "counter",
+          "Connection attempts of a hub link after the first.", NULL, 0 },
+        { "openclaw_bridge_hub_replies_queued", "gauge",
+          "Replies kept while a hub link is down.", NULL, 0 },
+        { "openclaw_bridge_hub_replies_dropped_total", "counter",
+          "Replies a hub link could not keep or send (counted and logged).",
+          NULL, 0 }
+    };
+
+    hs = hubs->elts;
+
+    for (k = 0; k < 4; k++) {
+        m = &metrics[k];
+
+        p = ngx_http_openclaw_metrics_head(p, last, m->name, m->type,
+                                           m->help);
+
+        for (i = 0; i < hubs->nelts; i++) {
+
+            switch (k) {
+            case 0:
+                value = 0;
+                break;
+            case 1:
+                value = hs[i].reconnects;
+                break;
+            case 2:
+                value = hs[i].queued;
+                break;
+            default:
+                value = hs[i].dropped;
+                break;
+            }
+
+            do {
+                p = ngx_slprintf(p, last, "%s{url=\"", m->name);
+                p = ngx_http_openclaw_metrics_escape(p, last, &hs[i].url);
+                p = ngx_slprintf(p, last, "\",location=\"");
+                p = ngx_http_openclaw_metrics_escape(p, last,
+                                                     &hs[i].location);
+                p = ngx_slprintf(p, last, "\",uid=\"");
+                p = ngx_http_openclaw_metrics_escape(p, last, &hs[i].uid);
+
+                if (k != 0) {
+                    p = ngx_slprintf(p, last, "\"} %ui\n", value);
+                    break;
+                }
+
+                p = ngx_slprintf(p, last, "\",state=\"%s\"} %ui\n",
+                                 ngx_http_openclaw_hub_states[value],
+                                 (ngx_uint_t) (value == hs[i].state));
+
+            } while (ngx_http_openclaw_hub_states[++value]);
         }
     }
 

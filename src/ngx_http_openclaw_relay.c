@@ -25,6 +25,7 @@
 #include "ngx_http_openclaw_reply.h"
 #include "ngx_http_openclaw_runs.h"
 #include "ngx_http_openclaw_handover.h"
+#include "ngx_http_openclaw_push.h"
 
 
 
@@ -97,7 +98,7 @@ static ngx_int_t ngx_http_openclaw_relay_progress(
     ngx_http_openclaw_run_t *run, ngx_http_openclaw_jv_t *ev);
 static ngx_int_t ngx_http_openclaw_relay_text_reply(
     ngx_http_openclaw_run_t *run, const char *type, ngx_str_t *content,
-    ngx_str_t *delta, ngx_uint_t replaced);
+    ngx_str_t *delta, ngx_uint_t replaced, ngx_str_t *error);
 static ngx_int_t ngx_http_openclaw_relay_retext(
     ngx_http_openclaw_run_t *run, ngx_str_t *text, ngx_uint_t replaced);
 static ngx_uint_t ngx_http_openclaw_relay_extends(
@@ -108,6 +109,9 @@ static ngx_int_t ngx_http_openclaw_relay_set_text(
     ngx_http_openclaw_run_t *run, u_char *text, size_t len);
 static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_adopt(
     ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id);
+static ngx_http_openclaw_run_t *ngx_http_openclaw_relay_push(
+    ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id);
+static ngx_uint_t ngx_http_openclaw_relay_busy(ngx_str_t *session);
 static ngx_int_t ngx_http_openclaw_relay_adopt_stray(
     ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_settle(ngx_str_t *session);
@@ -147,7 +151,7 @@ ngx_http_openclaw_relay_init_process(ngx_cycle_t *cycle,
     ngx_queue_init(&rl->waiting);
     ngx_queue_init(&rl->sent);
 
-    return NGX_OK;
+    return ngx_http_openclaw_push_init(cycle);
 }
 
 
@@ -198,6 +202,10 @@ ngx_http_openclaw_relay_message(ngx_http_openclaw_endpoint_t *ep,
         rc = ngx_http_openclaw_relay_reply(ep, "error", NULL, NULL, &error,
                                            NULL, &in.id_json);
         return rc;
+    }
+
+    if (ep->track && in.type != NGX_HTTP_OPENCLAW_MSG_IGNORED) {
+        ep->track(ep, 0, &in.id_json);
     }
 
     switch (in.type) {
@@ -326,6 +334,8 @@ ngx_http_openclaw_relay_endpoint(ngx_http_openclaw_endpoint_t *ep,
     }
 
     ep->session.len = 0;
+
+    ngx_http_openclaw_push_add(ep);
 
     ngx_http_openclaw_relay.stats->clients++;
 
@@ -1113,6 +1123,10 @@ ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
         run = ngx_http_openclaw_relay_adopt(ev, &run_id);
 
         if (run == NULL) {
+            run = ngx_http_openclaw_relay_push(ev, &run_id);
+        }
+
+        if (run == NULL) {
             ngx_http_openclaw_relay_stray(&run_id, ev);
             return;
         }
@@ -1365,7 +1379,7 @@ ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run, ngx_str_t *added,
     content.len = run->text_len;
 
     (void) ngx_http_openclaw_relay_text_reply(run, "progress", &content,
-                                              added, replaced);
+                                              added, replaced, NULL);
     return NGX_OK;
 }
 
@@ -1375,7 +1389,7 @@ ngx_http_openclaw_relay_added(ngx_http_openclaw_run_t *run, ngx_str_t *added,
 static ngx_int_t
 ngx_http_openclaw_relay_text_reply(ngx_http_openclaw_run_t *run,
     const char *type, ngx_str_t *content, ngx_str_t *delta,
-    ngx_uint_t replaced)
+    ngx_uint_t replaced, ngx_str_t *error)
 {
     ngx_http_openclaw_reply_t  rp;
 
@@ -1385,8 +1399,10 @@ ngx_http_openclaw_relay_text_reply(ngx_http_openclaw_run_t *run,
     rp.content = content;
     rp.delta = delta;
     rp.replace = replaced;
+    rp.error = error;
     rp.session = &run->session;
     rp.id = &run->id;
+    rp.agent = run->push;
 
     return ngx_http_openclaw_reply(run->ep, &rp);
 }
@@ -1476,6 +1492,121 @@ ngx_http_openclaw_relay_adopt(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
  * The run with the reply may have started, or even ended, before.
  * NGX_OK: still waiting; NGX_DONE: adopted (and maybe finished already).
  */
+
+/*
+ * A run that no client here started, on a session an endpoint of this
+ * worker may see (push.c says which): the agent started it itself, and
+ * it streams to that endpoint as a run of its own, marked as the agent's.
+ * A run that may be the hand-over of a message in flight in its session
+ * is never one.
+ */
+
+static ngx_http_openclaw_run_t *
+ngx_http_openclaw_relay_push(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
+{
+    ngx_str_t                      session;
+    ngx_http_openclaw_jv_t        *v;
+    ngx_http_openclaw_run_t       *run;
+    ngx_http_openclaw_relay_t     *rl;
+    ngx_http_openclaw_endpoint_t  *ep;
+
+    rl = &ngx_http_openclaw_relay;
+    v = &ev[C_SESSION];
+
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
+        || v->size == 0 || v->size > NGX_HTTP_OPENCLAW_SESSION_MAX
+        || (run_id->len > 3 && ngx_strncmp(run_id->data, "wh-", 3) == 0)
+        || !(ngx_http_openclaw_jv_is(&ev[C_STATE], "delta")
+             || ngx_http_openclaw_jv_is(&ev[C_STATE], "final")
+             || ngx_http_openclaw_jv_is(&ev[C_STATE], "error")))
+    {
+        return NULL;
+    }
+
+    session.data = (u_char *) v->data;
+    session.len = v->size;
+
+    ep = ngx_http_openclaw_push_endpoint(run_id, &session);
+
+    if (ep == NULL) {
+        return NULL;
+    }
+
+    if (ngx_http_openclaw_relay_busy(&session)) {
+        ngx_http_openclaw_push_not(run_id);
+        return NULL;
+    }
+
+    run = ngx_http_openclaw_runs_alloc(sizeof(ngx_http_openclaw_run_t)
+                                       + session.len, ep->log);
+    if (run == NULL) {
+        return NULL;
+    }
+
+    run->session.data = (u_char *) (run + 1);
+    run->session.len = session.len;
+    ngx_memcpy(run->session.data, session.data, session.len);
+
+    ngx_str_set(&run->id, "");
+    ngx_str_set(&run->params, "");
+
+    ngx_memcpy(run->run_id, run_id->data, run_id->len);
+    run->rid.data = run->run_id;
+    run->rid.len = run_id->len;
+    run->hash = ngx_murmur_hash2(run_id->data, run_id->len);
+    ngx_http_openclaw_runs_index(run);
+
+    run->push = 1;
+    run->start = ngx_current_msec;
+    run->ep = ep;
+    ngx_queue_insert_tail(&ep->runs, &run->ep_link);
+    ep->nruns++;
+    rl->stats->runs++;
+    rl->stats->pushed++;
+
+    run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
+    ngx_queue_insert_tail(&rl->sent, &run->link);
+    ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ep->log, 0,
+                   "openclaw run %V of the agent in %V", &run->rid,
+                   &run->session);
+
+    return run;
+}
+
+
+/* a message of this worker is in flight in "session" */
+
+static ngx_uint_t
+ngx_http_openclaw_relay_busy(ngx_str_t *session)
+{
+    ngx_queue_t              *q, *queues[2];
+    ngx_uint_t                i;
+    ngx_http_openclaw_run_t  *run;
+
+    queues[0] = &ngx_http_openclaw_relay.sent;
+    queues[1] = &ngx_http_openclaw_relay.waiting;
+
+    for (i = 0; i < 2; i++) {
+        for (q = ngx_queue_head(queues[i]);
+             q != ngx_queue_sentinel(queues[i]);
+             q = ngx_queue_next(q))
+        {
+            run = ngx_queue_data(q, ngx_http_openclaw_run_t, link);
+
+            if (!run->push && run->session.len == session->len
+                && ngx_strncmp(run->session.data, session->data,
+                               session->len) == 0)
+            {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
+}
+
 
 static ngx_int_t
 ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
@@ -1691,9 +1822,11 @@ ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
 
     rl = &ngx_http_openclaw_relay;
 
-    rl->stats->completed++;
-    ngx_http_openclaw_metrics_observe(&rl->stats->complete,
-                                      ngx_current_msec - run->start);
+    if (!run->push) {
+        rl->stats->completed++;
+        ngx_http_openclaw_metrics_observe(&rl->stats->complete,
+                                          ngx_current_msec - run->start);
+    }
 
     if (run->ep) {
         delta = *text;
@@ -1705,10 +1838,13 @@ ngx_http_openclaw_relay_complete(ngx_http_openclaw_run_t *run,
         }
 
         /* the reply that ends the message */
-        rl->stats->messages_out++;
+
+        if (!run->push) {
+            rl->stats->messages_out++;
+        }
 
         (void) ngx_http_openclaw_relay_text_reply(run, "complete", text,
-                                                  &delta, replaced);
+                                                  &delta, replaced, NULL);
     }
 
     ngx_http_openclaw_relay_free(run, NULL);
@@ -1731,7 +1867,13 @@ ngx_http_openclaw_relay_fail(ngx_http_openclaw_run_t *run,
     error.data = buf;
     error.len = p - buf;
 
-    if (run->ep) {
+    if (run->push) {
+        if (run->ep) {
+            (void) ngx_http_openclaw_relay_text_reply(run, "error", NULL,
+                                                      NULL, 0, &error);
+        }
+
+    } else if (run->ep) {
         (void) ngx_http_openclaw_relay_reply(run->ep, "error", NULL,
                                              NULL, &error, &run->session,
                                              &run->id);
@@ -1884,7 +2026,9 @@ ngx_http_openclaw_relay_gone(ngx_http_openclaw_endpoint_t *ep)
         q = ngx_queue_head(&ep->runs);
         run = ngx_queue_data(q, ngx_http_openclaw_run_t, ep_link);
 
-        if (ep->conf->abort_on_disconnect) {
+        /* the agent's own runs go on without the client */
+
+        if (ep->conf->abort_on_disconnect && !run->push) {
             ngx_http_openclaw_relay_abort(run);
         }
 
@@ -1899,11 +2043,15 @@ ngx_http_openclaw_relay_gone(ngx_http_openclaw_endpoint_t *ep)
 
         /* the message ended, unanswered: nobody is left to answer */
 
-        ngx_http_openclaw_relay.stats->messages_out++;
+        if (!run->push) {
+            ngx_http_openclaw_relay.stats->messages_out++;
+        }
+
         ngx_http_openclaw_relay_free(run, &gone);
     }
 
     ngx_http_openclaw_control_gone(ep);
+    ngx_http_openclaw_push_remove(ep);
 
     ngx_http_openclaw_relay.stats->clients--;
 }

@@ -51,6 +51,12 @@ ngx_http_openclaw_reply(ngx_http_openclaw_endpoint_t *ep,
                                       rp->session->len);
     }
 
+    /* a run the agent started answers no message: no id, its origin */
+
+    if (rp->agent) {
+        ngx_http_openclaw_json_raw(&j, "origin", (u_char *) "\"agent\"", 7);
+    }
+
     /* the id goes back as the client wrote it, string or number */
 
     if (rp->id && rp->id->len) {
@@ -65,8 +71,12 @@ ngx_http_openclaw_reply(ngx_http_openclaw_endpoint_t *ep,
 
     /* every reply but a progress ends a message */
 
-    if (rc == NGX_OK && ngx_strcmp(rp->type, "progress") != 0) {
+    if (rc == NGX_OK && !rp->agent && ngx_strcmp(rp->type, "progress") != 0) {
         ep->messages_out++;
+
+        if (ep->track) {
+            ep->track(ep, 1, rp->id);
+        }
 
         if (rp->error) {
             ep->errors++;

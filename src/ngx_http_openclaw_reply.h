@@ -32,6 +32,7 @@ typedef struct {
     ngx_str_t                      *session;
     ngx_str_t                      *id;
     unsigned                        replace:1;
+    unsigned                        agent:1;    /* "origin":"agent" */
 } ngx_http_openclaw_reply_t;
 
 

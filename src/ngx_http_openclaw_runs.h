@@ -73,6 +73,7 @@ typedef struct {
 
     unsigned                        seen_text:1;
     unsigned                        block:1;
+    unsigned                        push:1;     /* the agent started it */
 
     u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
 

@@ -33,6 +33,8 @@ typedef struct {
 
 static ngx_int_t ngx_http_openclaw_status_init_zone(ngx_shm_zone_t *zone,
     void *data);
+static u_char *ngx_http_openclaw_status_hub(u_char *p,
+    ngx_http_openclaw_hub_status_t *hs, ngx_uint_t i);
 static u_char *ngx_http_openclaw_status_worker(u_char *p,
     ngx_http_openclaw_worker_status_t *ws);
 
@@ -335,7 +337,8 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     ngx_buf_t                          *b;
     ngx_uint_t                          i;
     ngx_str_t                           type;
-    ngx_array_t                        *workers, *zones;
+    ngx_array_t                        *workers, *zones, *hubs;
+    ngx_http_openclaw_hub_status_t     *hs;
     ngx_http_openclaw_zone_status_t    *zs;
     ngx_http_openclaw_main_conf_t      *omcf;
     ngx_http_openclaw_worker_status_t  *ws;
@@ -351,13 +354,27 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
     ws = workers->elts;
     zs = zones->elts;
 
-    size = sizeof("{\"identity\":,\"workers\":[],\"zones\":[]}\n")
-           + ngx_http_openclaw_hub_status_size(omcf)
+    hubs = ngx_http_openclaw_hub_links(r->pool);
+    if (hubs == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    hs = hubs->elts;
+
+    size = sizeof("{\"identity\":,\"workers\":[],\"zones\":[],"
+                  "\"hubs\":[]}\n")
            + NGX_HTTP_OPENCLAW_IDENTITY_STATUS_LEN
            + workers->nelts * NGX_HTTP_OPENCLAW_STATUS_WORKER;
 
     for (i = 0; i < zones->nelts; i++) {
         size += 512 + zs[i].name.len;
+    }
+
+    /* escaped, a byte takes at most six */
+
+    for (i = 0; i < hubs->nelts; i++) {
+        size += 256 + 6 * (hs[i].url.len + hs[i].location.len + hs[i].uid.len
+                           + sizeof(hs[i].last_error));
     }
 
     b = ngx_create_temp_buf(r->pool, size);
@@ -388,15 +405,43 @@ ngx_http_openclaw_status_handler(ngx_http_request_t *r)
                         zs[i].info.sessions, zs[i].info.evicted);
     }
 
-    *p++ = ']';
-    p = ngx_http_openclaw_hub_status(p, omcf);
-    p = ngx_cpymem(p, "}\n", 2);
+    p = ngx_cpymem(p, "],\"hubs\":[", 10);
+
+    for (i = 0; i < hubs->nelts; i++) {
+        p = ngx_http_openclaw_status_hub(p, &hs[i], i);
+    }
+
+    p = ngx_cpymem(p, "]}\n", 3);
 
     b->last = p;
 
     ngx_str_set(&type, "application/json");
 
     return ngx_http_openclaw_status_send(r, b, &type);
+}
+
+
+static u_char *
+ngx_http_openclaw_status_hub(u_char *p, ngx_http_openclaw_hub_status_t *hs,
+    ngx_uint_t i)
+{
+    p = ngx_cpymem(p, i ? ",{\"url\":\"" : "{\"url\":\"", i ? 9 : 8);
+    p = (u_char *) ngx_escape_json(p, hs->url.data, hs->url.len);
+    p = ngx_cpymem(p, "\",\"location\":\"", 14);
+    p = (u_char *) ngx_escape_json(p, hs->location.data, hs->location.len);
+    p = ngx_cpymem(p, "\",\"uid\":\"", 9);
+    p = (u_char *) ngx_escape_json(p, hs->uid.data, hs->uid.len);
+
+    p = ngx_sprintf(p, "\",\"state\":\"%s\",\"pid\":%P,\"since\":%T,"
+                    "\"reconnects\":%ui,\"queued\":%ui,\"dropped\":%ui,"
+                    "\"last_error\":\"",
+                    ngx_http_openclaw_hub_states[hs->state], hs->pid,
+                    hs->since, hs->reconnects, hs->queued, hs->dropped);
+
+    p = (u_char *) ngx_escape_json(p, hs->last_error,
+                                   ngx_strlen(hs->last_error));
+
+    return ngx_cpymem(p, "\"}", 2);
 }
 
 
@@ -425,10 +470,11 @@ ngx_http_openclaw_status_worker(u_char *p,
     p = ngx_sprintf(p, "\"},\"clients\":%ui,\"messages_in\":%ui,"
                     "\"messages_out\":%ui,\"completed\":%ui,"
                     "\"runs_in_flight\":%ui,\"waiting_for_link\":%ui,"
-                    "\"errors\":{\"input\":%ui,\"gateway\":%ui,"
+                    "\"agent_runs\":%ui,\"errors\":{\"input\":%ui,\"gateway\":%ui,"
                     "\"timeout\":%ui,\"link\":%ui,\"overload\":%ui}}",
                     rs->clients, rs->messages_in, rs->messages_out,
-                    rs->completed, rs->runs, rs->waiting, rs->errors_input,
+                    rs->completed, rs->runs, rs->waiting, rs->pushed,
+                    rs->errors_input,
                     rs->errors_gateway, rs->errors_timeout, rs->errors_link,
                     rs->errors_overload);
 

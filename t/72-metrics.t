@@ -179,6 +179,7 @@ my %want = (
     openclaw_bridge_completed => 'counter',
     openclaw_bridge_errors => 'counter',
     openclaw_bridge_runs_in_flight => 'gauge',
+    openclaw_bridge_agent_runs => 'counter',
     openclaw_bridge_runs_waiting_for_link => 'gauge',
     openclaw_bridge_link_reconnects => 'counter',
     openclaw_bridge_link_protocol => 'gauge',
@@ -189,6 +190,10 @@ my %want = (
     openclaw_bridge_zone_free_bytes => 'gauge',
     openclaw_bridge_zone_sessions => 'gauge',
     openclaw_bridge_zone_evictions => 'counter',
+    openclaw_bridge_hub_link_state => 'gauge',
+    openclaw_bridge_hub_reconnects => 'counter',
+    openclaw_bridge_hub_replies_queued => 'gauge',
+    openclaw_bridge_hub_replies_dropped => 'counter',
 );
 is_deeply({ map { $_->{name} => $_->{type} } @fam }, \%want, 'the families and their types');
 
@@ -196,7 +201,7 @@ is_deeply({ map { $_->{name} => $_->{type} } @fam }, \%want, 'the families and t
 {
     my %p = map { $_ => 1 } @pids;
     my @bad;
-    for my $f (grep { $_->{name} !~ /^openclaw_bridge_zone_/ } @fam) {
+    for my $f (grep { $_->{name} !~ /^openclaw_bridge_(?:zone|hub)_/ } @fam) {
         my %seen;
         for my $s (@{ $f->{samples} }) {
             my $pid = $s->{labels}{pid};
@@ -344,6 +349,7 @@ cmp_ok(total($m, $fp, "${fp}_sum"), '<', total($m, $cs, "${cs}_sum"),
             openclaw_bridge_completed_total => [$w->{completed}],
             openclaw_bridge_runs_in_flight => [$w->{runs_in_flight}],
             openclaw_bridge_runs_waiting_for_link => [$w->{waiting_for_link}],
+            openclaw_bridge_agent_runs_total => [$w->{agent_runs}],
             openclaw_bridge_link_reconnects_total => [$w->{link}{reconnects}],
             openclaw_bridge_link_protocol => [$w->{link}{protocol}],
             openclaw_bridge_worker_start_time_seconds => [$w->{started}],

@@ -177,6 +177,9 @@ package FakeGateway;
 #   close     code => 1000, reason => '': closes every connection
 #   emit      frame => {...}: sends this frame to every connection past
 #             hello-ok
+#   agent_run session => KEY, text => '...', runId => ID, message => '...':
+#             starts a run that no chat.send asked for, on KEY (a message
+#             with {{...}} markers shapes it as for chat.send)
 #   finish    runId => ID, text => '...': ends a running run with a final
 #   fail      runId => ID, message => '...': ends a run with an error event
 #
@@ -1486,6 +1489,18 @@ sub control {
     if ($name eq 'emit') {
         out($_, $arg->{frame}) for grep { $_->{ready} } values %CONNS;
         return { ok => 1 };
+    }
+
+    if ($name eq 'agent_run') {
+
+        # a run nobody sent a message for (a cron job, another operator's
+        # message): it streams to every connection, as a gateway does
+        my ($conn) = grep { $_->{ready} } values %CONNS
+            or return { ok => 0, error => 'no connection' };
+        my $key = $arg->{runId} // 'agent-run-' . ++$NRUN;
+        start_run($conn, $key, $arg->{session}, $arg->{message} // 'cron',
+                  $arg->{text} // 'a message of the agent');
+        return { ok => 1, runId => $key };
     }
 
     if ($name eq 'finish' || $name eq 'fail') {

@@ -6,7 +6,9 @@
 # flow; "nginx -s reload" with runs in flight (a slow fake gateway): each
 # message in flight ends in exactly one complete, and each message sent
 # while the reload goes on is answered exactly once, never twice, though
-# for a while the old worker's link and the new owner's both receive it.
+# for a while the old worker's link and the new owner's both receive it;
+# a message in flight in a killed worker ends in one error; the runs of
+# one hub's messages never reach another hub of the same uid.
 
 use strict;
 use warnings;
@@ -34,6 +36,8 @@ my %URL = (
     w1 => $hub->url('/ws') . '?uid=w1',
     w2 => $hub->url('/ws') . '?uid=w2',
     x1 => $hub2->url('/ws') . '?uid=w1',
+    n1 => $hub->url('/ws') . '?uid=nz',
+    n2 => $hub2->url('/ws') . '?uid=nz',
 );
 
 my $ngx = OCB->new(workers => 3, http => <<"EOF");
@@ -53,6 +57,14 @@ server {
         openclaw_bridge_hub @{[ $hub2->url('/ws') ]};
         openclaw_bridge_uid w1;
         openclaw_bridge_session_zone hubw;
+    }
+
+    # two hubs of one uid and no sessions zone: the links may be held by
+    # two workers, each seeing the other's runs on the gateway
+    location /bridge-nz {
+        openclaw_bridge_hub @{[ $hub->url('/ws') ]};
+        openclaw_bridge_hub @{[ $hub2->url('/ws') ]};
+        openclaw_bridge_uid nz;
     }
 
     location /bridge-w2 {
@@ -152,12 +164,44 @@ my %owner;
 }
 
 ###########################################################################
+# the runs of one hub's messages never reach the other hub's users,
+# whichever workers hold the two links (no zone here)
+
+{
+    my $h1 = ready_entry(status(), $URL{n1});
+    my $h2 = ready_entry(status(), $URL{n2});
+    note sprintf 'nz links held by %s and %s', $h1 && $h1->{pid}, $h2 && $h2->{pid};
+    my $on1 = $hub->client(uid => 'nz');
+    my $on2 = $hub2->client(uid => 'nz');
+    $on1->send_json({ id => 'n1', content => 'via the first hub' });
+    my %r = $on1->collect(['n1'], 15);
+    ok(once('nz n1', $r{n1}, 'via the first hub'), 'nz: answered through its hub');
+    # a barrier through the second hub, after the first run has ended
+    my @r = $on2->ask('n2', 'via the second hub', _timeout => 15);
+    ok(once('nz n2', \@r, 'via the second hub'), 'nz: the second hub answers its own');
+    my @foreign = grep { ($_->{id} // '') ne 'n2' } $hub2->bridge_sent(uid => 'nz');
+    ok(!@foreign, "nz: nothing of the first hub's run was written to the second")
+        or diag join "\n", map { $_->{payload} // $_->{head} } @foreign;
+    @foreign = grep { ($_->{id} // '') ne 'n1' } $hub->bridge_sent(uid => 'nz');
+    ok(!@foreign, "nz: nor the other way round")
+        or diag join "\n", map { $_->{payload} // $_->{head} } @foreign;
+    $_->close for $on1, $on2;
+}
+
+###########################################################################
 # the owner of w1 is killed: another worker takes the link over
 
 {
     my $victim = $owner{w1};
     my ($old) = $hub->bridges('w1');
     my $max = 0;
+
+    # a message in flight in the worker that dies
+    my $k0 = $hub->client(uid => 'w1', name => 'k0');
+    my $slow = 'in flight at the kill {{slow 10 300}}';
+    $k0->send_json({ id => 'k0', content => $slow });
+    ok(wait_for(sub { sends_of($slow) }, 15), 'killed owner: a run in flight');
+
     kill 'KILL', $victim;
     my $took = wait_for(sub {
         my @b = $hub->bridges('w1');
@@ -183,7 +227,27 @@ my %owner;
     my @r = $u1->ask('k1', 'after the kill', _timeout => 15);
     ok(once('after the kill', \@r, 'after the kill'), 'killed owner: messages flow');
     is(scalar(sends_of('after the kill')), 1, 'killed owner: sent to the gateway once');
-    $u1->close;
+
+    # the message in flight at the kill ends, in one error; its run, still
+    # going on at the gateway, is not streamed to the users as the agent's
+    my %k = $k0->collect(['k0'], 30);
+    my @t = grep { $_->{type} =~ /^(complete|error)$/ } @{ $k{k0} };
+    is(scalar @t, 1, 'killed owner: the message in flight ends once')
+        or diag encode_json($k{k0});
+    is($t[0] && $t[0]{type}, 'error', 'killed owner: in an error');
+    ok(wait_for(sub { grep { $_->{state} eq 'final' && $_->{sessionKey} =~ /:hub:msg:k0$/ }
+                      $gw->records(kind => 'chat') }, 15),
+       'killed owner: its run ended at the gateway');
+    @r = $u1->ask('k2', 'after the run ended', _timeout => 15);
+    ok(once('k2', \@r, 'after the run ended'), 'killed owner: a barrier');
+    my @agent = grep { ($_->{origin} // '') eq 'agent'
+                       || (($_->{payload} // $_->{head} // '') =~ /in flight at the kill/
+                           && ($_->{type} // '') ne 'error') }
+                map { $_->{json} ? { %{ $_->{json} }, payload => $_->{payload} } : $_ }
+                $hub->bridge_sent(uid => 'w1');
+    ok(!@agent, "killed owner: the dead worker's run is not pushed as the agent's")
+        or diag join "\n", map { $_->{payload} // '' } @agent;
+    $_->close for $u1, $k0;
 }
 
 ###########################################################################

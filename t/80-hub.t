@@ -443,6 +443,36 @@ my $wpid = ($ngx->worker_pids)[0];
 }
 
 ###########################################################################
+# a run the agent starts in a hub session reaches that uid's users, and
+# only theirs (issue 14, through a hub link)
+
+{
+    my $s2 = $hubA->client(uid => 'shop-2', name => 'ar2');
+    my $s1 = $hubA->client(uid => 'shop-1', name => 'ar1');
+    my $session = 'agent:ops:webhook:uid:shop-2:hub:msg:m-1';
+    my $r = $gw->action('agent_run', session => $session, text => 'agent reminder');
+    ok($r->{ok}, 'agent run: started at the gateway');
+    my @got;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my $j = $s2->next_json($deadline - time) or last;
+        push @got, $j;
+        last if ($j->{origin} // '') eq 'agent' && ($j->{type} // '') =~ /^(complete|error)$/;
+    }
+    my @ends = grep { ($_->{origin} // '') eq 'agent' && $_->{type} =~ /^(complete|error)$/ } @got;
+    is(scalar @ends, 1, "agent run: shop-2's user gets its end once");
+    is($ends[0] && $ends[0]{content}, 'agent reminder', 'agent run: with its text');
+    is($ends[0] && $ends[0]{session}, $session, 'agent run: in its session');
+    # a barrier on shop-1's link, after the agent's run
+    my @b = $s1->ask('ar-b', 'after the agent run');
+    one_complete('agent run: barrier', \@b, 'after the agent run');
+    my @leak = grep { ($_->{json}{origin} // '') eq 'agent' } grep { $_->{json} }
+               $s1->frames, map { $hubB->bridge_sent } 1;
+    ok(!@leak, "agent run: nothing of it on shop-1's links");
+    $_->close for $s1, $s2;
+}
+
+###########################################################################
 # the echo hub: greetings, its echoes of our replies and of control
 # replies are never answered
 

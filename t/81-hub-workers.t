@@ -259,8 +259,13 @@ my %owner;
     my $slow = ' {{slow 10 300}}';
     my %text = map { ("f$_" => "in flight $_$slow") } 1 .. 5;
     $u->send_json({ id => $_, content => $text{$_} }) for sort keys %text;
-    ok(wait_for(sub { !grep { !sends_of($text{$_}) } keys %text }, 15),
-       'reload: five runs in flight');
+    # and in a location without a zone, where the new generation cannot
+    # know of the old one's runs from a zone's records
+    my $nzu = $hub->client(uid => 'nz', name => 'nz-in-flight');
+    my %nztext = map { ("g$_" => "no zone in flight $_$slow") } 1 .. 3;
+    $nzu->send_json({ id => $_, content => $nztext{$_} }) for sort keys %nztext;
+    ok(wait_for(sub { !grep { !sends_of($_) } values %text, values %nztext }, 15),
+       'reload: eight runs in flight');
 
     my %old = map { $_ => 1 } $ngx->worker_pids;
     my ($old_link) = $hub->bridges('w1');
@@ -319,6 +324,18 @@ my %owner;
     @bad = grep { scalar(sends_of($text{$_})) != 1 } @ids;
     ok(!@bad, 'reload: each message reached the gateway once') or diag "@bad";
 
+    my %nz = $nzu->collect([sort keys %nztext], 40);
+    my @nzb = $nzu->ask('g-barrier', 'no zone barrier', _timeout => 15);
+    ok(once('g-barrier', \@nzb, 'no zone barrier'), 'reload, no zone: the barrier is answered');
+    @bad = grep { !once($_, [ $nzu->replies($_) ], $nztext{$_}) } sort keys %nztext;
+    ok(!@bad, 'reload, no zone: each run in flight ended in exactly one complete')
+        or diag "@bad";
+    my @agent = grep { ($_->{json}{origin} // '') eq 'agent' } grep { $_->{json} }
+                $hub->bridge_sent(uid => 'nz'), $hub2->bridge_sent(uid => 'nz'),
+                $hub->bridge_sent(uid => 'w1'), $hub2->bridge_sent(uid => 'w1');
+    ok(!@agent, "reload: no run of the old worker's was pushed as the agent's")
+        or diag join "\n", map { $_->{payload} } @agent;
+
     # in the end: the old worker gone, one link
     ok(wait_for(sub { !grep { $old{$_} } $ngx->worker_pids }, 40),
        'reload: the old workers exit');
@@ -328,7 +345,7 @@ my %owner;
     is(scalar $hub2->bridges('w1'), 1, 'reload: one link of w1 at hub 2');
     my $st = status();
     is(scalar(hub_entries($st, $URL{$_})), 1, "reload: one status entry of $_") for sort keys %URL;
-    $_->close for $u, $s;
+    $_->close for $u, $s, $nzu;
 }
 
 # the kill is an [alert] of its own; anything else is not

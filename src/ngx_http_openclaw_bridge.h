@@ -68,8 +68,9 @@ typedef struct {
     ngx_array_t                *hubs;      /* ngx_http_openclaw_hub_conf_t * */
     ngx_shm_zone_t             *hub_zone;
 
+    ngx_uint_t                  ssl_ip;     /* ssl_name is an address */
+
     unsigned                    tls:1;
-    unsigned                    ssl_ip:1;
     unsigned                    used:1;
     unsigned                    status_used:1;
 } ngx_http_openclaw_main_conf_t;

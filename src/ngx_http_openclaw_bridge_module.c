@@ -13,6 +13,7 @@
 #include "ngx_http_openclaw_bridge.h"
 #include "ngx_http_openclaw_client.h"
 #include "ngx_http_openclaw_gateway.h"
+#include "ngx_http_openclaw_wsclient.h"
 #include "ngx_http_openclaw_identity.h"
 #include "ngx_http_openclaw_relay.h"
 #include "ngx_http_openclaw_inbound.h"
@@ -1105,38 +1106,9 @@ ngx_http_openclaw_strip_json5(u_char *start, size_t len)
 static ngx_int_t
 ngx_http_openclaw_set_ssl(ngx_conf_t *cf, ngx_http_openclaw_main_conf_t *omcf)
 {
-    u_char              *p;
-    ngx_str_t            ciphers, name;
-    ngx_pool_cleanup_t  *cln;
-#if (NGX_HAVE_INET6)
-    u_char               addr[16];
-#endif
-
-    omcf->ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    omcf->ssl = ngx_http_openclaw_wsclient_ssl(cf, omcf->ssl_verify,
+                                               &omcf->ssl_trusted_certificate);
     if (omcf->ssl == NULL) {
-        return NGX_ERROR;
-    }
-
-    omcf->ssl->log = cf->log;
-
-    if (ngx_ssl_create(omcf->ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    cln = ngx_pool_cleanup_add(cf->pool, 0);
-    if (cln == NULL) {
-        ngx_ssl_cleanup_ctx(omcf->ssl);
-        return NGX_ERROR;
-    }
-
-    cln->handler = ngx_ssl_cleanup_ctx;
-    cln->data = omcf->ssl;
-
-    ngx_str_set(&ciphers, "DEFAULT");
-
-    if (ngx_ssl_ciphers(cf, omcf->ssl, &ciphers, 0) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -1144,59 +1116,9 @@ ngx_http_openclaw_set_ssl(ngx_conf_t *cf, ngx_http_openclaw_main_conf_t *omcf)
         omcf->ssl_name = omcf->u.host;
     }
 
-    /*
-     * An address is checked against the certificate's IP entries, and is
-     * never sent as SNI (RFC 6066 3); a NUL-terminated copy, without the
-     * brackets of an IPv6 literal, serves both checks.
-     */
-
-    name = omcf->ssl_name;
-
-    if (name.len > 2 && name.data[0] == '[' && name.data[name.len - 1] == ']')
-    {
-        name.data++;
-        name.len -= 2;
-    }
-
-    omcf->ssl_ip = (ngx_inet_addr(name.data, name.len) != INADDR_NONE);
-
-#if (NGX_HAVE_INET6)
-    if (!omcf->ssl_ip) {
-        omcf->ssl_ip = (ngx_inet6_addr(name.data, name.len, addr) == NGX_OK);
-    }
-#endif
-
-    p = ngx_pnalloc(cf->pool, name.len + 1);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    (void) ngx_cpystrn(p, name.data, name.len + 1);
-
-    omcf->ssl_name.data = p;
-    omcf->ssl_name.len = name.len;
-
-    if (!omcf->ssl_verify) {
-        return NGX_OK;
-    }
-
-    /* verification is on by default: the system's CAs unless told */
-
-    if (omcf->ssl_trusted_certificate.len) {
-        if (ngx_ssl_trusted_certificate(cf, omcf->ssl,
-                                        &omcf->ssl_trusted_certificate, 4)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-    } else if (SSL_CTX_set_default_verify_paths(omcf->ssl->ctx) != 1) {
-        ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
-                      "SSL_CTX_set_default_verify_paths() failed");
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
+    return ngx_http_openclaw_wsclient_ssl_name(cf->pool, &omcf->ssl_name,
+                                               &omcf->ssl_name,
+                                               &omcf->ssl_ip);
 }
 
 #endif

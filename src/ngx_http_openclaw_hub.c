@@ -502,30 +502,12 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
                        - hc->host.data;
     }
 
-    hc->ssl_name.data = ngx_pnalloc(cf->pool, hc->u.host.len + 1);
-    if (hc->ssl_name.data == NULL) {
+    if (ngx_http_openclaw_wsclient_ssl_name(cf->pool, &hc->u.host,
+                                            &hc->ssl_name, &hc->ssl_ip)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
-
-    p = hc->u.host.data;
-    len = hc->u.host.len;
-
-    if (len > 2 && p[0] == '[' && p[len - 1] == ']') {
-        p++;
-        len -= 2;
-    }
-
-    (void) ngx_cpystrn(hc->ssl_name.data, p, len + 1);
-    hc->ssl_name.len = len;
-    hc->ssl_ip = (ngx_inet_addr(p, len) != INADDR_NONE);
-
-#if (NGX_HAVE_INET6)
-    if (!hc->ssl_ip) {
-        u_char  addr[16];
-
-        hc->ssl_ip = (ngx_inet6_addr(p, len, addr) == NGX_OK);
-    }
-#endif
 
     hc->key = ngx_http_openclaw_hub_zone_key(&hc->location, &hc->dial);
 
@@ -594,58 +576,10 @@ ngx_http_openclaw_hub_literal(ngx_conf_t *cf, ngx_http_openclaw_hub_conf_t *hc,
 static ngx_int_t
 ngx_http_openclaw_hub_ssl(ngx_conf_t *cf, ngx_http_openclaw_loc_conf_t *conf)
 {
-    ngx_str_t            ciphers;
-    ngx_ssl_t           *ssl;
-    ngx_pool_cleanup_t  *cln;
+    conf->hub_ssl = ngx_http_openclaw_wsclient_ssl(cf, conf->hub_ssl_verify,
+                                           &conf->hub_ssl_trusted_certificate);
 
-    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
-    if (ssl == NULL) {
-        return NGX_ERROR;
-    }
-
-    ssl->log = cf->log;
-
-    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    cln = ngx_pool_cleanup_add(cf->pool, 0);
-    if (cln == NULL) {
-        ngx_ssl_cleanup_ctx(ssl);
-        return NGX_ERROR;
-    }
-
-    cln->handler = ngx_ssl_cleanup_ctx;
-    cln->data = ssl;
-
-    ngx_str_set(&ciphers, "DEFAULT");
-
-    if (ngx_ssl_ciphers(cf, ssl, &ciphers, 0) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    conf->hub_ssl = ssl;
-
-    if (!conf->hub_ssl_verify) {
-        return NGX_OK;
-    }
-
-    if (conf->hub_ssl_trusted_certificate.len) {
-        if (ngx_ssl_trusted_certificate(cf, ssl,
-                                        &conf->hub_ssl_trusted_certificate,
-                                        4)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-    } else if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
-        ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
-                      "SSL_CTX_set_default_verify_paths() failed");
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
+    return conf->hub_ssl ? NGX_OK : NGX_ERROR;
 }
 
 #endif

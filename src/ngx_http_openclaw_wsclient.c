@@ -64,6 +64,104 @@ static u_char *ngx_http_openclaw_wsclient_log_error(ngx_log_t *log,
     u_char *buf, size_t len);
 
 
+#if (NGX_HTTP_SSL)
+
+ngx_ssl_t *
+ngx_http_openclaw_wsclient_ssl(ngx_conf_t *cf, ngx_flag_t verify,
+    ngx_str_t *trusted)
+{
+    ngx_str_t            ciphers;
+    ngx_ssl_t           *ssl;
+    ngx_pool_cleanup_t  *cln;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NULL;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL) != NGX_OK) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NULL;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    ngx_str_set(&ciphers, "DEFAULT");
+
+    if (ngx_ssl_ciphers(cf, ssl, &ciphers, 0) != NGX_OK) {
+        return NULL;
+    }
+
+    if (!verify) {
+        return ssl;
+    }
+
+    /* verification is on by default: the system's CAs unless told */
+
+    if (trusted->len) {
+        if (ngx_ssl_trusted_certificate(cf, ssl, trusted, 4) != NGX_OK) {
+            return NULL;
+        }
+
+    } else if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
+        ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                      "SSL_CTX_set_default_verify_paths() failed");
+        return NULL;
+    }
+
+    return ssl;
+}
+
+#endif
+
+
+ngx_int_t
+ngx_http_openclaw_wsclient_ssl_name(ngx_pool_t *pool, ngx_str_t *host,
+    ngx_str_t *name, ngx_uint_t *ip)
+{
+    u_char     *p;
+    ngx_str_t   n;
+#if (NGX_HAVE_INET6)
+    u_char      addr[16];
+#endif
+
+    n = *host;
+
+    if (n.len > 2 && n.data[0] == '[' && n.data[n.len - 1] == ']') {
+        n.data++;
+        n.len -= 2;
+    }
+
+    *ip = (ngx_inet_addr(n.data, n.len) != INADDR_NONE);
+
+#if (NGX_HAVE_INET6)
+    if (!*ip) {
+        *ip = (ngx_inet6_addr(n.data, n.len, addr) == NGX_OK);
+    }
+#endif
+
+    p = ngx_pnalloc(pool, n.len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_cpystrn(p, n.data, n.len + 1);
+
+    name->data = p;
+    name->len = n.len;
+
+    return NGX_OK;
+}
+
+
 ngx_int_t
 ngx_http_openclaw_wsclient_init(ngx_http_openclaw_wsclient_t *ws,
     ngx_cycle_t *cycle)

@@ -186,6 +186,20 @@ struct ngx_http_openclaw_wsclient_s {
 };
 
 
+/*
+ * Configuration: the TLS context of outbound links (TLS 1.2 and 1.3,
+ * peers verified against "trusted", or the system's CAs, unless "verify"
+ * is off), and the name a link checks its peer's certificate against:
+ * NUL-terminated, without the brackets of an IPv6 literal, "ip" set for
+ * an address (never sent as SNI, RFC 6066 3).
+ */
+#if (NGX_HTTP_SSL)
+ngx_ssl_t *ngx_http_openclaw_wsclient_ssl(ngx_conf_t *cf, ngx_flag_t verify,
+    ngx_str_t *trusted);
+#endif
+ngx_int_t ngx_http_openclaw_wsclient_ssl_name(ngx_pool_t *pool,
+    ngx_str_t *host, ngx_str_t *name, ngx_uint_t *ip);
+
 ngx_int_t ngx_http_openclaw_wsclient_init(ngx_http_openclaw_wsclient_t *ws,
     ngx_cycle_t *cycle);
 

@@ -1,0 +1,192 @@
+#!/usr/bin/perl
+
+# Runs the agent starts (issue 14) against real OpenClaw gateways, both
+# generations (2026.9.6 speaks protocol 4, 2026.4.26 protocol 3), with the
+# fake model: a gateway-side chat.send, made by an operator connection of
+# the test's own, on a webhook session that one of the bridge's senders
+# owns plays the agent speaking on its own.  Its owner gets it, marked
+# "origin":"agent", with the model's reply to it; another sender does not;
+# a run in a session of no one here, going on at the same time, reaches
+# nobody.  nginx has two workers, so the owner's worker delivers it and the
+# other one, which sees the same events, does not.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use Time::HiRes qw(time);
+use Mojo::IOLoop;
+use Mojo::JSON qw(decode_json encode_json);
+use Mojo::UserAgent;
+
+use OCB;
+use OCGateway;
+
+sub pump { OCGateway::Client::pump(@_) }
+
+# a chat.send over an operator connection of the test's own: its ack
+sub operator_send {
+    my ($gw, $params, $timeout) = @_;
+    my ($res, $err);
+    my $ua = Mojo::UserAgent->new(inactivity_timeout => 0,
+                                  connect_timeout => 5);
+    my $timer = Mojo::IOLoop->timer($timeout // 60 => sub {
+        $err = 'timeout';
+        Mojo::IOLoop->stop;
+    });
+    $ua->websocket($gw->url . '/' => sub {
+        my ($ua, $tx) = @_;
+        if (!$tx->is_websocket) {
+            $err = 'no WebSocket';
+            Mojo::IOLoop->stop;
+            return;
+        }
+        $tx->on(finish => sub { Mojo::IOLoop->stop });
+        $tx->on(text => sub {
+            my ($tx, $text) = @_;
+            my $f = eval { decode_json($text) } or return;
+            if (($f->{event} // '') eq 'connect.challenge') {
+                $tx->send(encode_json({
+                    type => 'req', id => 't68-connect', method => 'connect',
+                    params => {
+                        minProtocol => 3, maxProtocol => 4,
+                        client => { id => 'gateway-client',
+                                    displayName => 'ocb-test-68',
+                                    version => '0.0.1', platform => 'linux',
+                                    mode => 'backend',
+                                    instanceId => "ocb-68-$$" },
+                        role => 'operator',
+                        scopes => ['operator.read', 'operator.write'],
+                        caps => [], auth => { token => $gw->token },
+                    } }));
+                return;
+            }
+            return unless ($f->{type} // '') eq 'res';
+            if ($f->{id} eq 't68-connect') {
+                if (!$f->{ok}) {
+                    $err = 'connect refused: ' . encode_json($f->{error});
+                    $tx->finish;
+                    return;
+                }
+                $tx->send(encode_json({ type => 'req', id => 't68-send',
+                                        method => 'chat.send',
+                                        params => $params }));
+            } elsif ($f->{id} eq 't68-send') {
+                $res = $f;
+                $tx->finish;
+            }
+        });
+    });
+    Mojo::IOLoop->start;
+    Mojo::IOLoop->remove($timer);
+    return ($res, $err);
+}
+
+# the agent's replies a client has (they carry no id)
+sub agent_events {
+    my ($c, $session) = @_;
+    return grep { ref $_ eq 'HASH' && ($_->{origin} // '') eq 'agent'
+                  && (!defined $session || ($_->{session} // '') eq $session) }
+           $c->events('');
+}
+
+sub agent_done {
+    my ($c, $session) = @_;
+    return scalar grep { ($_->{type} // '') =~ /^(complete|error)$/ }
+                       agent_events($c, $session);
+}
+
+for my $version (4, 3) {
+    OCGateway::require_cache($version);
+
+    my $gw = OCGateway->new(version => $version);
+    note sprintf 'gateway (protocol %d) ready after %.1f s in %s', $version,
+        $gw->ready_after, $gw->dir;
+
+    my $ngx = $gw->nginx(
+        workers => 2,
+        extra => "openclaw_gateway_run_timeout 120s;\n"
+               . "    openclaw_bridge_zone s:1m;",
+        loc => "openclaw_bridge_session_zone s;\n"
+             . "            openclaw_bridge_sender \$arg_sender;");
+    ok(OCGateway::wait_links($ngx, 2, 30, $version),
+       "v$version: both workers brought their gateway link up");
+
+    my $alice = OCGateway::Client->new($ngx, path => '/ws?sender=alice',
+                                       name => 'alice');
+    my $bob = OCGateway::Client->new($ngx, path => '/ws?sender=bob',
+                                     name => 'bob');
+    my @all = ($alice, $bob);
+
+    # each sender's message makes its default session, its own
+
+    $alice->send_msg(id => 'a1', content => 'hello from alice');
+    $bob->send_msg(id => 'b1', content => 'hello from bob');
+    ok(pump(\@all, time + 150, sub { $alice->done('a1') && $bob->done('b1') }),
+       "v$version: both first messages answered");
+    my ($a1) = $alice->terminals('a1');
+    my $session = $a1->{session} // '';
+    is($session, 'agent:main:webhook:sender:alice',
+       "v$version: alice's default session");
+
+    # the agent speaks in alice's session; meanwhile another client of the
+    # gateway chats in a session that is no one's here
+
+    my ($res, $err) = operator_send($gw, {
+        sessionKey => $session, message => 'cron: time to stretch',
+        idempotencyKey => "t68-cron-$version-$$" });
+    ok($res && $res->{ok}, "v$version: the gateway took the agent's turn")
+        or diag $err // encode_json($res);
+    ($res, $err) = operator_send($gw, {
+        sessionKey => 'agent:main:t68-elsewhere',
+        message => 'FOREIGN turn', idempotencyKey => "t68-foreign-$version-$$" });
+    ok($res && $res->{ok}, "v$version: and the foreign turn")
+        or diag $err // encode_json($res);
+
+    ok(pump(\@all, time + 120, sub { agent_done($alice, $session) }),
+       "v$version: alice got the agent's run");
+
+    my @ev = agent_events($alice, $session);
+    my @ends = grep { $_->{type} =~ /^(complete|error)$/ } @ev;
+    is(scalar @ends, 1, "v$version: it ended once");
+    is($ends[0]{type}, 'complete', "v$version: with a complete");
+    like($ends[0]{content} // '', qr/^Reply to: cron: time to stretch\./,
+         "v$version: the model's reply to the agent's turn");
+    ok(!exists $ends[0]{id}, "v$version: no id");
+
+    my ($acc, @bad) = ('');
+    for my $e (grep { $_->{type} =~ /^(progress|complete)$/ } @ev) {
+        $acc = '' if $e->{replace};
+        $acc .= $e->{delta} // '';
+        push @bad, $e->{type} if ($e->{content} // '') ne $acc;
+    }
+    is("@bad", '', "v$version: its deltas add up");
+
+    # bob's next message is answered after anything sent to him before it
+
+    $bob->send_msg(id => 'b2', content => 'anything for me?');
+    ok(pump(\@all, time + 120, sub { $bob->done('b2') }),
+       "v$version: bob's next message answered");
+    is(scalar(agent_events($bob)), 0,
+       "v$version: bob got nothing of the agent's runs");
+    is(scalar(grep { ($_->{content} // '') =~ /FOREIGN/ }
+              agent_events($alice)), 0,
+       "v$version: nor alice the foreign session's run");
+
+    # alice's own messages still get their own replies
+
+    $alice->send_msg(id => 'a2', content => 'thanks');
+    ok(pump(\@all, time + 120, sub { $alice->done('a2') }),
+       "v$version: alice's next message answered");
+    my ($a2) = $alice->terminals('a2');
+    like($a2->{content} // '', qr/^Reply to: thanks\./,
+         "v$version: with its own reply");
+
+    $ngx->stop;
+    $gw->stop;
+}
+
+done_testing;

@@ -88,6 +88,7 @@ my %URL = (
     a1 => $hubA->url('/ws') . '?uid=shop-1',
     a2 => $hubA->url('/ws') . '?uid=shop-2',
     ap => $hubA->url('/ws/Shop.Path_4'),
+    a3 => $hubA->url('/ws') . '?uid=shop-3',
     b1 => $hubB->url('/ws') . '?x=1&y=a%20b&uid=shop-1',
     e  => $hubE->url('/ws') . '?uid=echo-1',
     r  => $hubR->url('/ws') . '?uid=ref',
@@ -138,6 +139,13 @@ server {
     location /bridge-path {
         openclaw_bridge_hub @{[ $hubA->url('/ws/Shop.Path_4') ]};
         openclaw_bridge_close_timeout 1s;
+    }
+
+    # a hub location that also serves inbound clients
+    location /bridge-both {
+        openclaw_bridge;
+        openclaw_bridge_hub @{[ $hubA->url('/ws') ]};
+        openclaw_bridge_uid shop-3;
     }
 
     location /bridge-echo {
@@ -270,7 +278,7 @@ my $wpid = ($ngx->worker_pids)[0];
 # the links come up, one socket per (hub, uid)
 
 {
-    for my $k (qw(a1 a2 ap b1 e p q qs k t to)) {
+    for my $k (qw(a1 a2 ap a3 b1 e p q qs k t to)) {
         my $h = wait_hub($URL{$k}, \&ready, 20);
         ok($h && ready($h), "link $k ($URL{$k}) ready") or show_status();
     }
@@ -289,7 +297,7 @@ my $wpid = ($ngx->worker_pids)[0];
     is($h->{dropped}, 0, 'status: nothing dropped');
     is($h->{last_error}, '', 'status: no last_error');
     my @hubs = @{ status()->{hubs} };
-    is(scalar @hubs, 13, 'status: one entry per link') or show_status();
+    is(scalar @hubs, 14, 'status: one entry per link') or show_status();
 }
 
 ###########################################################################
@@ -439,7 +447,46 @@ my $wpid = ($ngx->worker_pids)[0];
     like($pc->{session} // '', qr/^agent:main:webhook:(?!.*:uid:shop-)\S*hub:msg:p1$/,
          '/ws/<uid> link: a per-message session of its own');
 
+    # a session of another uid is out of reach
+    $s1->send_json({ id => 'x-uid', content => 'into shop two',
+                     session => 'agent:ops:webhook:uid:shop-2:hub:msg:m-1' });
+    my %x = $s1->collect(['x-uid'], 10);
+    is(join(',', map { $_->{type} } @{ $x{'x-uid'} }), 'error',
+       "shop-1: another uid's session is refused");
+    is(scalar(sends_of('into shop two')), 0, 'shop-1: and not sent');
+
+    # session.list shows this uid's sessions only
+    $s1->send_json({ type => 'session.list', id => 'sl-1' });
+    my %l = $s1->collect(['sl-1'], 10);
+    my @keys = map { $_->{key} } @{ ($l{'sl-1'}[0] // {})->{data}{sessions} // [] };
+    ok(scalar(grep { $_ eq 'agent:ops:webhook:uid:shop-1:hub:msg:m-1' } @keys),
+       'shop-1: session.list has its per-message session') or diag "@keys";
+    my @other = grep { !/^agent:ops:webhook:uid:shop-1:/ } @keys;
+    ok(!@other, "shop-1: session.list has no other uid's session") or diag "@other";
+
     $_->close for $s1, $s1b, $s2, $b1, $pu;
+}
+
+###########################################################################
+# a hub location serves no requests unless it also says openclaw_bridge
+
+{
+    my $r = $ngx->ws(path => '/bridge-shop1');
+    isnt($r->status, 101, 'a hub location alone upgrades no request');
+    $r->close;
+    my $in = RelayClient->new($ngx, path => '/bridge-both');
+    $in->send_json({ id => 'both-1', content => 'inbound in a hub location' });
+    my @f = $in->until_terminal(['both-1'], 10);
+    my $c = ($f[-1] // {})->{json} // {};
+    is($c->{type}, 'complete', 'a hub location with openclaw_bridge: an inbound client');
+    like($c->{session} // '', qr/^agent:main:webhook:uid:shop-3:(?!hub:msg)/,
+         'its own session, not a per-message hub one');
+    $in->close;
+    my $u = $hubA->client(uid => 'shop-3');
+    my @r = $u->ask('both-2', 'hub in a both location');
+    one_complete('and its hub link', \@r, 'hub in a both location',
+                 'agent:main:webhook:uid:shop-3:hub:msg:both-2');
+    $u->close;
 }
 
 ###########################################################################
@@ -688,7 +735,7 @@ my $wpid = ($ngx->worker_pids)[0];
     $hubA->set(refuse => { status => 503, count => 1 });
     $hubA->crash;
     $hubA->start;
-    for my $k (qw(a1 a2 ap)) {
+    for my $k (qw(a1 a2 ap a3)) {
         my $h = wait_hub($URL{$k}, \&ready, 40);
         ok($h && ready($h), "hub restart: link $k back") or show_status();
     }

@@ -611,6 +611,40 @@ my $wpid = ($ngx->worker_pids)[0];
 }
 
 ###########################################################################
+# frames a hub may send: a message in fragments, a ping; and one it must
+# not: text that is not UTF-8 (the link may end for it, and comes back)
+
+{
+    my ($link) = $hubA->bridges('shop-2');
+    my $u2 = $hubA->client(uid => 'shop-2', name => 'f2');
+    $hubA->inject(uid => 'shop-2', json => { id => 'frag-1', content => 'in three fragments' },
+                  fragments => 3);
+    my %r = $u2->collect(['frag-1'], 10);
+    one_complete('a message in fragments', $r{'frag-1'}, 'in three fragments');
+
+    $hubA->inject(uid => 'shop-2', op => 'ping', payload => 'hub-ping-1');
+    ok(wait_for(sub { $hubA->records(kind => 'pong', conn => $link->{conn},
+                                     payload => 'hub-ping-1') }, 10),
+       "a hub's ping is answered with its payload");
+
+    my $bad = unpack('H*', '{"id":"u8","content":"') . 'c328' . unpack('H*', '"}');
+    $hubA->inject(uid => 'shop-2', hex => $bad);
+    # whatever became of the link, it is (again) up and relays
+    my @r;
+    ok(wait_for(sub {
+        my $h = hub_entry(status(), $URL{a2});
+        return 0 unless $h && ready($h) && $hubA->bridges('shop-2') == 1;
+        @r = $u2->ask('after-u8', 'after bad utf-8', _timeout => 5);
+        return grep { $_->{type} eq 'complete' } @r;
+    }, 40), 'invalid UTF-8 from the hub: the link relays afterwards');
+    my ($now) = $hubA->bridges('shop-2');
+    note "invalid UTF-8: the link was " . ($now->{conn} == $link->{conn} ? 'kept' : 'redialled');
+    is(scalar(grep { ($_->{params}{message} // '') =~ /^\x{c3}/ } $gw->requests('chat.send')), 0,
+       'invalid UTF-8 from the hub: not relayed');
+    $u2->close;
+}
+
+###########################################################################
 # a hub that stops reading: the worker goes on serving
 
 {

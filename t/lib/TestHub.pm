@@ -75,10 +75,11 @@ package TestHub;
 #            upgrades are answered with this status
 #   pause    the hub stops reading the sockets (their peers' writes block)
 #   resume   reads again
-#   send     op => text|binary|NUMBER, payload => BYTES | json => {...} |
-#            big => {id => ID, size => BYTES}: a frame to the sockets
-#            (big: a valid chat message {"id":ID,"content":"xxx..."} of
-#            exactly that many bytes, made in the child)
+#   send     op => text|binary|ping|NUMBER, payload => BYTES | json => {...}
+#            | hex => "c3 28 ..." | big => {id => ID, size => BYTES}: a
+#            message to the sockets (big: a valid chat message
+#            {"id":ID,"content":"xxx..."} of exactly that many bytes, made
+#            in the child); fragments => N sends it in N frames
 #
 # Records (->records(kind => ...)), each with t, kind and conn (a socket
 # number, from 1 for the hub's whole life, restarts included):
@@ -93,6 +94,7 @@ package TestHub;
 #               truncated => 1), type and id when it is a JSON object
 #   dropped     why: an echo-hub frame that was not JSON
 #   close_frame code, reason: a close frame received (answered => 0|1)
+#   pong        payload: a pong received
 #   closed      code, reason: the socket ended (1006: without a close)
 #   action      action, conns: an action applied
 
@@ -737,7 +739,8 @@ sub control {
     }
     if ($name eq 'send') {
         my $op = $arg->{op} // 'text';
-        $op = $op eq 'text' ? WS_TEXT : $op eq 'binary' ? WS_BINARY : 0 + $op;
+        $op = $op eq 'text' ? WS_TEXT : $op eq 'binary' ? WS_BINARY
+            : $op eq 'ping' ? 9 : 0 + $op;
         my $bytes;
         if (exists $arg->{json}) {
             $bytes = encode_json($arg->{json});
@@ -746,12 +749,30 @@ sub control {
             $head =~ s/\}$/,"content":"/;
             my $fill = $big->{size} - length($head) - 2;
             $bytes = $head . ('x' x ($fill > 0 ? $fill : 0)) . '"}';
+        } elsif (defined $arg->{hex}) {
+            ($bytes = $arg->{hex}) =~ s/\s+//g;
+            $bytes = pack('H*', $bytes);
         } else {
             $bytes = $arg->{payload} // '';
         }
         record(kind => 'action', action => 'send', conns => \@conns,
                op => $op, len => length $bytes);
-        out($_, $op, $bytes) for @socks;
+        my $n = $arg->{fragments} // 1;
+        for my $sock (@socks) {
+            if ($n <= 1) {
+                out($sock, $op, $bytes);
+                next;
+            }
+            # the message in $n frames: the first with its opcode, then
+            # continuations, FIN on the last
+            frame_record($sock, 'out', $op, $bytes);
+            my $size = int(length($bytes) / $n) || 1;
+            for my $i (0 .. $n - 1) {
+                my $part = $i == $n - 1 ? substr($bytes, $i * $size)
+                                        : substr($bytes, $i * $size, $size);
+                $sock->{tx}->send([$i == $n - 1 ? 1 : 0, 0, 0, 0, $i ? 0 : $op, $part]);
+            }
+        }
         return { ok => 1, conns => \@conns, len => length $bytes };
     }
     return { ok => 0, error => "unknown action \"$name\"" };
@@ -773,6 +794,11 @@ our @ISA = ('Mojo::Transaction::WebSocket');
 
 sub parse_message {
     my ($self, $frame) = @_;
+    if ($frame->[4] == 10) {
+        my $sock = $self->{hub_sock};
+        TestHub::Server::record(kind => 'pong', conn => $sock ? $sock->{n} : undef,
+                                payload => $frame->[5]);
+    }
     if ($frame->[4] == WS_CLOSE) {
         my $p = $frame->[5];
         my ($code, $reason) = length $p >= 2

@@ -34,6 +34,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use HTTP::Tiny;
+use File::Copy ();
 use File::Path ();
 use Mojo::JSON qw(decode_json encode_json);
 use Time::HiRes qw(sleep time);
@@ -887,6 +888,18 @@ server {
 EOF
     my ($rc, $out) = $o->test_conf;
     is($rc, 0, 'every hub directive: nginx -t passes') or diag $out;
+}
+
+# conf-examples/hub.conf loads as it is
+{
+    my $o = OCB->new(no_start => 1, http => '');
+    my $p = $o->prefix;
+    File::Path::make_path("$p/modules");
+    symlink(OCB::module(), "$p/modules/ngx_http_openclaw_bridge_module.so") or die $!;
+    my $example = OCB::top() . '/conf-examples/hub.conf';
+    File::Copy::copy($example, "$p/conf/nginx.conf") or die "$example: $!";
+    my ($rc, $out) = $o->test_conf;
+    is($rc, 0, 'conf-examples/hub.conf: nginx -t passes') or diag $out;
 }
 
 $gw->stop;

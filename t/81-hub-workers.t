@@ -275,6 +275,8 @@ my %owner;
     # link and the old link is gone (while the old worker finishes its
     # runs both links get every message), then three more
     my ($n, $after, $new_up, $old_gone, $overlap) = (0, 0, 0, 0, 0);
+    my $dup = $hub->client(uid => 'w1', name => 'dup');
+    my ($dup_done, $dup_overlap) = (0, 0);
     my $deadline = time + 40;
     while (time < $deadline && $after < 3) {
         my $id = 'd' . ++$n;
@@ -291,6 +293,17 @@ my %owner;
         } elsif (!$old_gone) {
             my @b = $hub->bridges('w1');
             $overlap++ if @b == 2;
+            if (@b == 2 && !$dup_done++) {
+                # while both links are open: the same bytes twice are two
+                # messages (no id: two runs), and a retry of a message
+                # (same id) gets the reply of the first run again
+                my $same = encode_json({ content => 'same bytes twice' });
+                $dup->send_text($same) for 1, 2;
+                $dup->send_json({ id => 'rt', content => 'retried' });
+                my %rt = $dup->collect(['rt'], 10);
+                $dup->send_json({ id => 'rt', content => 'retried' });
+                $dup_overlap = ($hub->bridges('w1') == 2);
+            }
             $old_gone = 1 unless grep { $_->{conn} == $old_link->{conn} } @b;
         } else {
             $after++;
@@ -299,6 +312,25 @@ my %owner;
     ok($new_up, "reload: a new worker owns w1 ($n messages sent in all)") or show_status();
     ok($old_gone, 'reload: the old link closed once its runs ended');
     note "reload: $overlap messages sent while both links were open";
+
+    ok($dup_done, 'reload: the same frames were sent twice while both links were open');
+    note "reload: both links still open after the repeated frames: $dup_overlap";
+    {
+        my $deadline = time + 15;
+        my $count = sub {
+            my ($want) = @_;
+            return scalar grep { ($_->{json}{type} // '') eq 'complete'
+                                 && ($_->{json}{content} // '') eq $want } $dup->frames;
+        };
+        while (time < $deadline
+               && ($count->('echo: same bytes twice') < 2 || $count->('echo: retried') < 2)) {
+            $dup->next_frame($deadline - time) or last;
+        }
+        is($count->('echo: same bytes twice'), 2,
+           'reload: the same bytes sent twice without an id are two messages, both answered');
+        is($count->('echo: retried'), 2,
+           'reload: a retry of a message (same id) gets its reply again');
+    }
 
     my @ids = sort keys %text;
     my %r = (%{{ $u->collect([grep { /^f/ } @ids], 40) }},
@@ -345,7 +377,7 @@ my %owner;
     is(scalar $hub2->bridges('w1'), 1, 'reload: one link of w1 at hub 2');
     my $st = status();
     is(scalar(hub_entries($st, $URL{$_})), 1, "reload: one status entry of $_") for sort keys %URL;
-    $_->close for $u, $s, $nzu;
+    $_->close for $u, $s, $nzu, $dup;
 }
 
 # the kill is an [alert] of its own; anything else is not

@@ -310,6 +310,7 @@ ngx_int_t
 ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
     u_char *data, size_t len)
 {
+    time_t                         now;
     uint64_t                       h;
     ngx_uint_t                     i;
     ngx_http_openclaw_hub_slot_t  *slot;
@@ -326,14 +327,25 @@ ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
 
     ngx_shmtx_lock(&hold->mutex);
 
+    now = ngx_time();
+
     for (i = 0; i < NGX_HTTP_OPENCLAW_HUB_SEEN; i++) {
-        if (slot->seen[i] == h) {
+        if (slot->seen[i] == h
+            && slot->seen_pid[i] != 0
+            && slot->seen_pid[i] != ngx_pid
+            && now - slot->seen_time[i] <= NGX_HTTP_OPENCLAW_HUB_SEEN_TIME)
+        {
+            /* the other link's copy of this frame: paired, and used up */
+
+            slot->seen_pid[i] = 0;
             ngx_shmtx_unlock(&hold->mutex);
             return NGX_DECLINED;
         }
     }
 
     slot->seen[slot->seen_next] = h;
+    slot->seen_pid[slot->seen_next] = ngx_pid;
+    slot->seen_time[slot->seen_next] = now;
     slot->seen_next = (slot->seen_next + 1) % NGX_HTTP_OPENCLAW_HUB_SEEN;
 
     ngx_shmtx_unlock(&hold->mutex);

@@ -116,12 +116,25 @@ ngx_int_t
 ngx_http_openclaw_hub_zone_slot(ngx_shm_zone_t *zone, ngx_atomic_uint_t key,
     ngx_atomic_uint_t *keys, ngx_uint_t n, ngx_http_openclaw_hub_hold_t *hold)
 {
-    ngx_uint_t                     i, j, pass;
+    ngx_uint_t                     i, j, pass, locked;
+    ngx_slab_pool_t               *shpool;
     ngx_atomic_uint_t              old;
     ngx_http_openclaw_hub_shm_t   *sh;
     ngx_http_openclaw_hub_slot_t  *slot;
 
     sh = zone->data;
+
+    /*
+     * The passes are one step for all workers: two workers starting
+     * together would otherwise both miss the link's slot in pass 0 and
+     * each name a free one after it, two holders of one link.  (Not held
+     * over the slot's own lock below: zone_start takes them the other
+     * way round.)
+     */
+
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+    ngx_shmtx_lock(&shpool->mutex);
+    locked = 1;
 
     for (pass = 0; pass < 3; pass++) {
 
@@ -170,9 +183,14 @@ ngx_http_openclaw_hub_zone_slot(ngx_shm_zone_t *zone, ngx_atomic_uint_t key,
         }
     }
 
+    ngx_shmtx_unlock(&shpool->mutex);
+
     return NGX_ERROR;
 
 taken:
+
+    ngx_shmtx_unlock(&shpool->mutex);
+    locked = 0;
 
     /* the records of a link that no configuration has any more go */
 
@@ -199,6 +217,10 @@ taken:
     slot->last_error[0] = '\0';
 
 found:
+
+    if (locked) {
+        ngx_shmtx_unlock(&shpool->mutex);
+    }
 
     hold->shpool = (ngx_slab_pool_t *) zone->shm.addr;
     hold->slot = slot;

@@ -113,6 +113,11 @@ static void ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub,
 
 static ngx_array_t  *ngx_http_openclaw_hubs;    /* this worker's links */
 
+/* for a link that claims its slot late (see init_process) */
+static ngx_atomic_uint_t  *ngx_http_openclaw_hub_keys;
+static ngx_uint_t          ngx_http_openclaw_hub_nkeys;
+static ngx_shm_zone_t     *ngx_http_openclaw_hub_shm;
+
 const char  *ngx_http_openclaw_hub_states[] = {
     "down", "connecting", "ready", "draining", NULL
 };
@@ -339,8 +344,9 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
     u_char        *p, *q, *last;
     size_t         skip, len;
     in_port_t      port;
-    ngx_str_t      tail;
+    ngx_str_t      tail, none, *bad;
     ngx_uint_t     i, named;
+    const char    *name;
     ngx_keyval_t  *kv;
 
     if (ngx_http_openclaw_hub_literal(cf, hc, conf->agent,
@@ -357,13 +363,37 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
-    if (ngx_http_openclaw_relay_check(&hc->agent, &hc->uid, &hc->sender)
-        != NGX_OK)
+    /* each on its own, so that the error names the directive */
+
+    none.len = 0;
+    none.data = NULL;
+
+    if (ngx_http_openclaw_relay_check(&hc->agent, &none, &none) != NGX_OK) {
+        bad = &hc->agent;
+        name = "openclaw_bridge_agent_id";
+
+    } else if (ngx_http_openclaw_relay_check(&none, &hc->uid, &none)
+               != NGX_OK)
     {
+        bad = &hc->uid;
+        name = "openclaw_bridge_uid";
+
+    } else if (ngx_http_openclaw_relay_check(&none, &none, &hc->sender)
+               != NGX_OK)
+    {
+        bad = &hc->sender;
+        name = "openclaw_bridge_sender";
+
+    } else {
+        bad = NULL;
+        name = NULL;
+    }
+
+    if (bad) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "invalid agent id, uid or sender for the hub \"%V\" "
+                      "invalid \"%s\" value \"%V\" for the hub \"%V\" "
                       "in %s:%ui: letters, digits, \"-\", \"_\" and \".\" "
-                      "only", &hc->url, hc->file, hc->line);
+                      "only", name, bad, &hc->url, hc->file, hc->line);
         return NGX_ERROR;
     }
 
@@ -423,8 +453,8 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
         hc->tls = 1;
 #else
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "wss:// needs nginx built with the SSL module, in "
-                      "%s:%ui", hc->file, hc->line);
+                      "wss:// in \"openclaw_bridge_hub\" needs nginx built "
+                      "with the SSL module, in %s:%ui", hc->file, hc->line);
         return NGX_ERROR;
 #endif
     }
@@ -436,7 +466,8 @@ ngx_http_openclaw_hub_resolve(ngx_conf_t *cf,
 
     if (ngx_parse_url(cf->pool, &hc->u) != NGX_OK || hc->u.naddrs == 0) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "%s in hub URL \"%V\" in %s:%ui",
+                      "%s in hub URL \"%V\" of \"openclaw_bridge_hub\" "
+                      "in %s:%ui",
                       hc->u.err ? hc->u.err : "no address", &hc->url,
                       hc->file, hc->line);
         return NGX_ERROR;
@@ -586,6 +617,10 @@ ngx_http_openclaw_hub_init_process(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
+    ngx_http_openclaw_hub_keys = keys;
+    ngx_http_openclaw_hub_nkeys = omcf->hubs->nelts;
+    ngx_http_openclaw_hub_shm = omcf->hub_zone;
+
     for (i = 0; i < omcf->hubs->nelts; i++) {
         keys[i] = hc[i]->key;
     }
@@ -602,14 +637,22 @@ ngx_http_openclaw_hub_init_process(ngx_cycle_t *cycle,
         hub->conf = hc[i];
         ngx_queue_init(&hub->replies);
 
+        /*
+         * The old generation's links may still hold the slots this one
+         * needs (a reload to other links): the link waits for one, on its
+         * tick, rather than the worker failing to start.
+         */
+
         if (ngx_http_openclaw_hub_zone_slot(omcf->hub_zone, hc[i]->key, keys,
                                             omcf->hubs->nelts, &hub->hold)
             != NGX_OK)
         {
-            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                          "no slot for the hub link \"%V\" in the hub zone",
+            hub->hold.slot = NULL;
+
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "no free slot for the hub link \"%V\" in the hub "
+                          "zone yet, waiting for the old links to go",
                           &hc[i]->dial);
-            return NGX_ERROR;
         }
 
         ws = &hub->ws;
@@ -836,6 +879,26 @@ ngx_http_openclaw_hub_tick(ngx_event_t *ev)
     if (ngx_exiting || ngx_quit || ngx_terminate) {
         ngx_http_openclaw_hub_shutdown(hub, 1);
         return;
+    }
+
+    if (hub->hold.slot == NULL) {
+
+        /* still no slot (see init_process) */
+
+        if (ngx_http_openclaw_hub_zone_slot(ngx_http_openclaw_hub_shm,
+                                            hub->conf->key,
+                                            ngx_http_openclaw_hub_keys,
+                                            ngx_http_openclaw_hub_nkeys,
+                                            &hub->hold)
+            != NGX_OK)
+        {
+            hub->hold.slot = NULL;
+            ngx_add_timer(&hub->tick, NGX_HTTP_OPENCLAW_HUB_TICK);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, &hub->ws.log, 0,
+                      "the hub link has a slot in the hub zone");
     }
 
     if (ngx_http_openclaw_hub_zone_claim(&hub->hold) == NGX_OK) {
@@ -1416,6 +1479,23 @@ ngx_http_openclaw_hub_links(ngx_pool_t *pool)
         hs->url = hub[i].conf->dial;
         hs->location = hub[i].conf->location;
         hs->uid = hub[i].conf->uid;
+
+        if (slot == NULL) {
+
+            /* waiting for a slot: no worker has the link yet */
+
+            hs->state = NGX_HTTP_OPENCLAW_HUB_DOWN;
+            hs->pid = 0;
+            hs->since = 0;
+            hs->reconnects = 0;
+            hs->queued = 0;
+            hs->dropped = 0;
+            (void) ngx_cpystrn(hs->last_error,
+                               (u_char *) "waiting for a slot in the hub "
+                               "zone, held by the old links",
+                               sizeof(hs->last_error));
+            continue;
+        }
         hs->state = ngx_min(slot->state, NGX_HTTP_OPENCLAW_HUB_DRAINING);
         hs->pid = (ngx_pid_t) (slot->owner ? slot->owner : slot->draining);
         hs->since = (time_t) slot->since;

@@ -116,12 +116,25 @@ ngx_int_t
 ngx_http_openclaw_hub_zone_slot(ngx_shm_zone_t *zone, ngx_atomic_uint_t key,
     ngx_atomic_uint_t *keys, ngx_uint_t n, ngx_http_openclaw_hub_hold_t *hold)
 {
-    ngx_uint_t                     i, j, pass;
+    ngx_uint_t                     i, j, pass, locked;
+    ngx_slab_pool_t               *shpool;
     ngx_atomic_uint_t              old;
     ngx_http_openclaw_hub_shm_t   *sh;
     ngx_http_openclaw_hub_slot_t  *slot;
 
     sh = zone->data;
+
+    /*
+     * The passes are one step for all workers: two workers starting
+     * together would otherwise both miss the link's slot in pass 0 and
+     * each name a free one after it, two holders of one link.  (Not held
+     * over the slot's own lock below: zone_start takes them the other
+     * way round.)
+     */
+
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+    ngx_shmtx_lock(&shpool->mutex);
+    locked = 1;
 
     for (pass = 0; pass < 3; pass++) {
 
@@ -170,9 +183,14 @@ ngx_http_openclaw_hub_zone_slot(ngx_shm_zone_t *zone, ngx_atomic_uint_t key,
         }
     }
 
+    ngx_shmtx_unlock(&shpool->mutex);
+
     return NGX_ERROR;
 
 taken:
+
+    ngx_shmtx_unlock(&shpool->mutex);
+    locked = 0;
 
     /* the records of a link that no configuration has any more go */
 
@@ -199,6 +217,10 @@ taken:
     slot->last_error[0] = '\0';
 
 found:
+
+    if (locked) {
+        ngx_shmtx_unlock(&shpool->mutex);
+    }
 
     hold->shpool = (ngx_slab_pool_t *) zone->shm.addr;
     hold->slot = slot;
@@ -310,6 +332,7 @@ ngx_int_t
 ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
     u_char *data, size_t len)
 {
+    time_t                         now;
     uint64_t                       h;
     ngx_uint_t                     i;
     ngx_http_openclaw_hub_slot_t  *slot;
@@ -326,14 +349,25 @@ ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
 
     ngx_shmtx_lock(&hold->mutex);
 
+    now = ngx_time();
+
     for (i = 0; i < NGX_HTTP_OPENCLAW_HUB_SEEN; i++) {
-        if (slot->seen[i] == h) {
+        if (slot->seen[i] == h
+            && slot->seen_pid[i] != 0
+            && slot->seen_pid[i] != ngx_pid
+            && now - slot->seen_time[i] <= NGX_HTTP_OPENCLAW_HUB_SEEN_TIME)
+        {
+            /* the other link's copy of this frame: paired, and used up */
+
+            slot->seen_pid[i] = 0;
             ngx_shmtx_unlock(&hold->mutex);
             return NGX_DECLINED;
         }
     }
 
     slot->seen[slot->seen_next] = h;
+    slot->seen_pid[slot->seen_next] = ngx_pid;
+    slot->seen_time[slot->seen_next] = now;
     slot->seen_next = (slot->seen_next + 1) % NGX_HTTP_OPENCLAW_HUB_SEEN;
 
     ngx_shmtx_unlock(&hold->mutex);

@@ -23,6 +23,7 @@
 
 #define NGX_HTTP_OPENCLAW_HUB_SLOTS     256
 #define NGX_HTTP_OPENCLAW_HUB_SEEN      64
+#define NGX_HTTP_OPENCLAW_HUB_SEEN_TIME 10      /* seconds a copy may lag */
 #define NGX_HTTP_OPENCLAW_HUB_ERRLEN    256
 #define NGX_HTTP_OPENCLAW_HUB_IDLEN     128
 #define NGX_HTTP_OPENCLAW_HUB_FLIGHTS   4096
@@ -53,9 +54,16 @@ typedef struct {
     ngx_atomic_t                dropped;
     u_char                      last_error[NGX_HTTP_OPENCLAW_HUB_ERRLEN];
 
-    /* frames taken while two links overlap, by hash */
+    /*
+     * frames taken while two links overlap, by hash, with the worker
+     * that took each and when: a copy pairs with one taken by the OTHER
+     * link, moments before, never with one this link took (a user may
+     * send the same bytes twice)
+     */
     ngx_uint_t                  seen_next;
     uint64_t                    seen[NGX_HTTP_OPENCLAW_HUB_SEEN];
+    ngx_pid_t                   seen_pid[NGX_HTTP_OPENCLAW_HUB_SEEN];
+    time_t                      seen_time[NGX_HTTP_OPENCLAW_HUB_SEEN];
 
     /* messages taken and not yet ended, of every worker */
     ngx_queue_t                 flights;

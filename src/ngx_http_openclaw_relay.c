@@ -1176,6 +1176,7 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
     ngx_http_openclaw_jv_t *ev)
 {
     u_char                     *buf;
+    ngx_http_openclaw_stray_t  *stray;
     ngx_str_t                   text;
     ngx_http_openclaw_jv_t     *state, *message;
     ngx_http_openclaw_relay_t  *rl;
@@ -1250,6 +1251,36 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
     }
 
     if (ngx_http_openclaw_jv_is(state, "error")) {
+
+        /*
+         * Sent again after the link went down, the message may fail as a
+         * run of its own while the gateway, restarted, replays it in a run
+         * of its choosing on the same session (seen with 2026.9.6 after a
+         * SIGKILL): the reply is that run's.
+         */
+
+        stray = run->drops && !run->push
+                && run->state != NGX_HTTP_OPENCLAW_RUN_ADOPTING
+                ? ngx_http_openclaw_handover_find(&run->session) : NULL;
+
+        if (stray && (stray->text_len || !stray->ended)) {
+            ngx_log_error(NGX_LOG_INFO, run->ep ? run->ep->log
+                                                : ngx_cycle->log, 0,
+                          "openclaw run %V failed after the link came back, "
+                          "its session's reply comes in a run of the "
+                          "gateway's", &run->rid);
+
+            run->state = NGX_HTTP_OPENCLAW_RUN_ADOPTING;
+            rl->adopting++;
+
+            if (ngx_http_openclaw_relay_adopt_stray(run) == NGX_DONE) {
+                return;
+            }
+
+            run->state = NGX_HTTP_OPENCLAW_RUN_RUNNING;
+            rl->adopting--;
+        }
+
         rl->stats->errors_gateway++;
 
         ngx_http_openclaw_relay_fail(run, "agent error: %s",

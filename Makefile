@@ -3,6 +3,7 @@
 #   make run         nginx with the module on 127.0.0.1:8080 (conf-examples/)
 #   make demo        a real OpenClaw gateway with a fake model, nginx with
 #                    the module, and a prompt to chat through it
+#   make demo-hub    the same, through a WebSocket hub that nginx dials
 #   make test        unit tests, the whole suite (real gateways included),
 #                    then the suite again with the module under ASan + UBSan
 #   make test-asan   only the suite under AddressSanitizer + UBSan
@@ -61,7 +62,7 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
 
 .PHONY: all deps deps-deb gateways module module-asan unit run demo test \
-        test-asan test-stress fuzz deb clean
+        test-asan test-stress fuzz deb clean demo-hub
 
 all: module
 
@@ -200,6 +201,9 @@ run: module
 # in front of it, and a prompt that streams the replies.
 demo: module gateways
 	perl t/gateway/demo.pl
+
+demo-hub: module gateways
+	perl t/gateway/demo.pl --hub
 
 # The stock nginx binary is not instrumented, so the ASan runtime is
 # preloaded for it, with nodlclose.so; leaks are checked by the tests

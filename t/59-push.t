@@ -27,10 +27,12 @@ use HTTP::Tiny;
 use OCB;
 use FakeGateway;
 use RelayClient;
+use TestHub;
 
 my $TOKEN = 'tok-59-push-3b9a';
 
 my $gw = FakeGateway->new(token => $TOKEN, deltas => 3, delta_ms => 5);
+my $hub = TestHub->new(mode => 'rooms');
 
 my $ngx = OCB->new(workers => 1, http => <<"EOF");
 openclaw_gateway ws://127.0.0.1:@{[ $gw->port ]};
@@ -53,6 +55,13 @@ server {
     }
 
     location = /status { openclaw_bridge_status; }
+
+    # a hub link stands for its uid: its sessions are its users'
+    location /hub {
+        openclaw_bridge_hub @{[ $hub->url('/ws') ]};
+        openclaw_bridge_uid shop-1;
+        openclaw_bridge_session_zone s;
+    }
 
     location = /ops {
         openclaw_bridge;
@@ -237,11 +246,30 @@ is(scalar(grep { ($_->{content} // '') eq 'alice is away' } @bob_all), 0,
    'bob: not alice\'s run while she is away');
 
 
+# 8. a hub link gets the agent's runs of its uid's sessions, which its
+#    users all see; another uid's session reaches no one
+
+ok($hub->wait_until(sub { $hub->bridges('shop-1') == 1 }, 10),
+   'hub: nginx dialled the hub');
+my $user = $hub->client(uid => 'shop-1');
+my @h = $user->ask('h1', 'hello hub', session => 'orders');
+my $hsess = $h[-1]{session};
+is($hsess, "$P:uid:shop-1:session:orders", 'hub: a session of the uid');
+
+agent_run(session => "$P:uid:shop-2:session:orders", text => 'FOREIGN uid');
+agent_run(session => $hsess, text => 'your order shipped');
+@a = agent_replies($user, $hsess);
+is(scalar(grep { ($_->{content} // '') =~ /FOREIGN/ } @a), 0,
+   'hub: not another uid\'s session');
+is($a[-1]{content}, 'your order shipped', 'hub: the uid\'s session reaches its users');
+is($a[-1]{origin}, 'agent', 'hub: marked as the agent\'s');
+$user->close;
+
 # delivered runs of the agent are counted, and are no messages: the
 # messages in and out still match
 my $st = decode_json(HTTP::Tiny->new->get($ngx->http_url('/status'))->{content});
 my $w = $st->{workers}[0];
-is($w->{agent_runs}, 9, 'status: 9 runs of the agent delivered');
+is($w->{agent_runs}, 10, 'status: 10 runs of the agent delivered');
 is($w->{messages_out}, $w->{messages_in},
    'status: as many messages out as in');
 
@@ -251,5 +279,6 @@ $ops->close;
 
 $ngx->stop;
 $gw->stop;
+$hub->stop;
 
 done_testing;

@@ -28,6 +28,12 @@
 
 
 #define NGX_HTTP_OPENCLAW_HUB_TICK      200
+
+/*
+ * How long a draining worker holds a frame it read after the new holder's
+ * link came up: the new link has its copy by then, if the hub sent it one.
+ */
+#define NGX_HTTP_OPENCLAW_HUB_DEFER     300
 #define NGX_HTTP_OPENCLAW_HUB_VERSION   NGX_HTTP_OPENCLAW_VERSION
 
 
@@ -39,6 +45,17 @@ typedef struct {
     size_t                          len;
     u_char                          data[1];
 } ngx_http_openclaw_hub_reply_t;
+
+
+/* a frame a draining worker holds before it decides whose it is */
+
+typedef struct {
+    ngx_queue_t                     queue;
+    ngx_msec_t                      at;
+    ngx_uint_t                      opcode;
+    size_t                          len;
+    u_char                          data[1];
+} ngx_http_openclaw_hub_frame_t;
 
 
 /* what became of the last reply sent, for its end record */
@@ -62,6 +79,7 @@ typedef struct {
     ngx_msec_t                      drain_start;
 
     ngx_queue_t                     replies;    /* kept while down */
+    ngx_queue_t                     held;       /* frames, while draining */
     size_t                          queued;     /* their bytes */
     ngx_http_openclaw_hub_fate_e    fate;
     ngx_uint_t                      ticks;
@@ -70,6 +88,7 @@ typedef struct {
 
     unsigned                        holder:1;
     unsigned                        draining:1;
+    unsigned                        closing:1;  /* holds no more frames */
 } ngx_http_openclaw_hub_t;
 
 
@@ -106,6 +125,12 @@ static void ngx_http_openclaw_hub_track(ngx_http_openclaw_endpoint_t *ep,
     ngx_uint_t end, ngx_str_t *id);
 static void ngx_http_openclaw_hub_orphans(ngx_http_openclaw_hub_t *hub);
 static void ngx_http_openclaw_hub_free(ngx_http_openclaw_hub_reply_t *rp);
+static void ngx_http_openclaw_hub_hold_frame(ngx_http_openclaw_hub_t *hub,
+    ngx_uint_t opcode, u_char *data, size_t len);
+static void ngx_http_openclaw_hub_release_frames(ngx_http_openclaw_hub_t *hub,
+    ngx_uint_t all);
+static void ngx_http_openclaw_hub_handle(ngx_http_openclaw_hub_t *hub,
+    ngx_uint_t opcode, u_char *data, size_t len);
 static ngx_uint_t ngx_http_openclaw_hub_owes(ngx_http_openclaw_hub_t *hub);
 static void ngx_http_openclaw_hub_drop(ngx_http_openclaw_hub_t *hub,
     size_t len, const char *why);
@@ -636,6 +661,7 @@ ngx_http_openclaw_hub_init_process(ngx_cycle_t *cycle,
 
         hub->conf = hc[i];
         ngx_queue_init(&hub->replies);
+        ngx_queue_init(&hub->held);
 
         /*
          * The old generation's links may still hold the slots this one
@@ -788,6 +814,9 @@ ngx_http_openclaw_hub_exit_process(ngx_cycle_t *cycle)
         }
 
         ngx_http_openclaw_wsclient_stop(&hub[i].ws);
+
+        /* the link is closed: held frames are freed, not handled */
+        ngx_http_openclaw_hub_release_frames(&hub[i], 1);
 
         if (hub[i].tick.timer_set) {
             ngx_del_timer(&hub[i].tick);
@@ -1000,10 +1029,25 @@ ngx_http_openclaw_hub_drain(ngx_event_t *ev)
 
     hub = ev->data;
 
+    ngx_http_openclaw_hub_release_frames(hub, 0);
+
     if (hub->ws.state == NGX_HTTP_OPENCLAW_WSCLIENT_READY
         && (ngx_http_openclaw_hub_owes(hub)
-            || hub->ws.out_pos != hub->ws.out_last))
+            || hub->ws.out_pos != hub->ws.out_last
+            || !ngx_queue_empty(&hub->held)))
     {
+        /*
+         * Nothing owed but frames held: with the hub's users still
+         * talking there would always be some, so none is held any more,
+         * and the link closes once those are decided.
+         */
+
+        if (!ngx_http_openclaw_hub_owes(hub)
+            && hub->ws.out_pos == hub->ws.out_last)
+        {
+            hub->closing = 1;
+        }
+
         ngx_add_timer(&hub->drain, NGX_HTTP_OPENCLAW_HUB_TICK / 2);
         return;
     }
@@ -1133,13 +1177,21 @@ ngx_http_openclaw_hub_message(ngx_http_openclaw_wsclient_t *ws,
 
     if (hub->draining) {
 
-        /* the new holder's link is up: the message is its to handle */
+        /*
+         * The new holder's link is up: the frame is most likely its copy's
+         * twin, and the new holder's to handle.  But the hub may have sent
+         * it to this link alone, before the new one existed, and this
+         * worker read it late: it is held a moment, and handled here only
+         * if the new link took no copy meanwhile.
+         */
 
         up = (ngx_pid_t) hub->hold.slot->up;
 
         if (up && up != ngx_pid) {
-            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, &ws->log, 0,
-                           "openclaw hub message left to the new holder");
+            if (!hub->closing) {
+                ngx_http_openclaw_hub_hold_frame(hub, opcode, data, len);
+            }
+
             return NGX_OK;
         }
 
@@ -1147,10 +1199,89 @@ ngx_http_openclaw_hub_message(ngx_http_openclaw_wsclient_t *ws,
         return NGX_OK;
     }
 
+    ngx_http_openclaw_hub_handle(hub, opcode, data, len);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_openclaw_hub_hold_frame(ngx_http_openclaw_hub_t *hub,
+    ngx_uint_t opcode, u_char *data, size_t len)
+{
+    ngx_http_openclaw_hub_frame_t  *f;
+
+    f = ngx_alloc(offsetof(ngx_http_openclaw_hub_frame_t, data) + len,
+                  &hub->ws.log);
+
+    if (f == NULL) {
+
+        /* without memory to wait, it is taken now, at the worst twice */
+
+        ngx_http_openclaw_hub_handle(hub, opcode, data, len);
+        return;
+    }
+
+    f->at = ngx_current_msec;
+    f->opcode = opcode;
+    f->len = len;
+    ngx_memcpy(f->data, data, len);
+
+    ngx_queue_insert_tail(&hub->held, &f->queue);
+}
+
+
+/* the held frames that waited long enough */
+
+static void
+ngx_http_openclaw_hub_release_frames(ngx_http_openclaw_hub_t *hub,
+    ngx_uint_t all)
+{
+    ngx_queue_t                    *q, *next;
+    ngx_http_openclaw_hub_frame_t  *f;
+
+    for (q = ngx_queue_head(&hub->held);
+         q != ngx_queue_sentinel(&hub->held);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        f = ngx_queue_data(q, ngx_http_openclaw_hub_frame_t, queue);
+
+        if (all || hub->ws.state != NGX_HTTP_OPENCLAW_WSCLIENT_READY) {
+            ngx_queue_remove(q);
+            ngx_free(f);
+            continue;
+        }
+
+        /* the new link took its copy: nothing to wait for */
+
+        if (ngx_http_openclaw_hub_zone_twin(&hub->hold, f->data, f->len)
+            != NGX_OK)
+        {
+            ngx_queue_remove(q);
+            ngx_free(f);
+            continue;
+        }
+
+        if (ngx_current_msec - f->at < NGX_HTTP_OPENCLAW_HUB_DEFER) {
+            continue;
+        }
+
+        ngx_queue_remove(q);
+        ngx_http_openclaw_hub_handle(hub, f->opcode, f->data, f->len);
+        ngx_free(f);
+    }
+}
+
+
+static void
+ngx_http_openclaw_hub_handle(ngx_http_openclaw_hub_t *hub, ngx_uint_t opcode,
+    u_char *data, size_t len)
+{
     if (ngx_http_openclaw_hub_zone_take(&hub->hold, data, len) != NGX_OK) {
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, &ws->log, 0,
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, &hub->ws.log, 0,
                        "openclaw hub message taken by the other link");
-        return NGX_OK;
+        return;
     }
 
     /* a reply it cannot send is counted where it is dropped */
@@ -1158,8 +1289,6 @@ ngx_http_openclaw_hub_message(ngx_http_openclaw_wsclient_t *ws,
     (void) ngx_http_openclaw_relay_message(&hub->ep,
                                            opcode != NGX_HTTP_OPENCLAW_WS_TEXT,
                                            data, len);
-
-    return NGX_OK;
 }
 
 

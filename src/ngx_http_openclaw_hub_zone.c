@@ -37,6 +37,9 @@ static ngx_int_t ngx_http_openclaw_hub_zone_init(ngx_shm_zone_t *zone,
 static ngx_uint_t ngx_http_openclaw_hub_zone_alive(ngx_pid_t pid);
 static void ngx_http_openclaw_hub_zone_forget(
     ngx_http_openclaw_hub_hold_t *hold);
+static ngx_int_t ngx_http_openclaw_hub_zone_pair(
+    ngx_http_openclaw_hub_hold_t *hold, u_char *data, size_t len,
+    ngx_uint_t take);
 static uint64_t ngx_http_openclaw_hub_hash(uint64_t h, u_char *p, size_t n);
 
 
@@ -329,8 +332,24 @@ ngx_http_openclaw_hub_zone_drained(ngx_http_openclaw_hub_hold_t *hold)
 
 
 ngx_int_t
+ngx_http_openclaw_hub_zone_twin(ngx_http_openclaw_hub_hold_t *hold,
+    u_char *data, size_t len)
+{
+    return ngx_http_openclaw_hub_zone_pair(hold, data, len, 0);
+}
+
+
+ngx_int_t
 ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
     u_char *data, size_t len)
+{
+    return ngx_http_openclaw_hub_zone_pair(hold, data, len, 1);
+}
+
+
+static ngx_int_t
+ngx_http_openclaw_hub_zone_pair(ngx_http_openclaw_hub_hold_t *hold,
+    u_char *data, size_t len, ngx_uint_t take)
 {
     time_t                         now;
     uint64_t                       h;
@@ -363,6 +382,11 @@ ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
             ngx_shmtx_unlock(&hold->mutex);
             return NGX_DECLINED;
         }
+    }
+
+    if (!take) {
+        ngx_shmtx_unlock(&hold->mutex);
+        return NGX_OK;
     }
 
     slot->seen[slot->seen_next] = h;

@@ -125,6 +125,13 @@ void ngx_http_openclaw_hub_zone_drained(ngx_http_openclaw_hub_hold_t *hold);
 ngx_int_t ngx_http_openclaw_hub_zone_take(ngx_http_openclaw_hub_hold_t *hold,
     u_char *data, size_t len);
 
+/*
+ * NGX_DECLINED as take() would say, when the other link took the frame's
+ * copy; NGX_OK, without taking it, when it has not (yet).
+ */
+ngx_int_t ngx_http_openclaw_hub_zone_twin(ngx_http_openclaw_hub_hold_t *hold,
+    u_char *data, size_t len);
+
 
 /*
  * A message taken by this worker is recorded until the reply that ends

@@ -8,9 +8,10 @@
 # comes; the old worker is held (SIGSTOP, a few seconds: a busy worker)
 # so that it reads the message only after the new link has come up.
 #
-# FAILS at the time of writing (module bug): a draining worker leaves
-# every frame it reads after the new holder's link is up to the new
-# holder, which never received this one, so it is never answered.
+# A draining worker used to leave every frame it read after the new
+# holder's link was up to the new holder, which never received this one:
+# it was never answered.  Now such a frame is held a moment and handled by
+# the old worker when the new link took no copy of it.
 
 use strict;
 use warnings;

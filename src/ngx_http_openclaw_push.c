@@ -39,6 +39,7 @@ typedef struct {
 } ngx_http_openclaw_push_record_t;
 
 
+static ngx_uint_t ngx_http_openclaw_push_webhook(ngx_str_t *session);
 static ngx_uint_t ngx_http_openclaw_push_known(ngx_str_t *run_id);
 static ngx_uint_t ngx_http_openclaw_push_under(ngx_str_t *session,
     ngx_str_t *part, size_t at);
@@ -85,10 +86,13 @@ ngx_http_openclaw_push_endpoint(ngx_str_t *run_id, ngx_str_t *session)
     ngx_http_openclaw_endpoint_t     *ep, *found;
     ngx_http_openclaw_push_record_t   rec;
 
-    /* the agent's sessions of webhooks only: agent:<agent>:webhook... */
+    /*
+     * The agent's sessions of webhooks only, agent:<agent>:webhook...:
+     * every run of the agent's other channels comes here too, and is
+     * turned away before any endpoint is looked at.
+     */
 
-    if (session->len < sizeof("agent:") - 1
-        || ngx_strncmp(session->data, "agent:", 6) != 0
+    if (!ngx_http_openclaw_push_webhook(session)
         || run_id->len > NGX_HTTP_OPENCLAW_RUN_ID_MAX
         || ngx_queue_empty(&ngx_http_openclaw_push.endpoints)
         || ngx_http_openclaw_push_known(run_id))
@@ -180,6 +184,25 @@ ngx_http_openclaw_push_under(ngx_str_t *session, ngx_str_t *part, size_t at)
 
     return session->len == at + part->len
            || session->data[at + part->len] == ':';
+}
+
+
+static ngx_uint_t
+ngx_http_openclaw_push_webhook(ngx_str_t *session)
+{
+    u_char  *p, *last;
+
+    last = session->data + session->len;
+
+    if (session->len < sizeof("agent:x:webhook:") - 1
+        || ngx_strncmp(session->data, "agent:", 6) != 0)
+    {
+        return 0;
+    }
+
+    p = ngx_strlchr(session->data + 6, last, ':');
+
+    return p && last - p > 8 && ngx_strncmp(p, ":webhook:", 9) == 0;
 }
 
 

@@ -80,7 +80,8 @@ typedef struct {
 
     ngx_queue_t                     replies;    /* kept while down */
     ngx_queue_t                     held;       /* frames, while draining */
-    size_t                          queued;     /* their bytes */
+    ngx_uint_t                      nreplies;
+    size_t                          queued;     /* the replies' bytes */
     ngx_http_openclaw_hub_fate_e    fate;
     ngx_uint_t                      ticks;
 
@@ -1066,8 +1067,7 @@ static void
 ngx_http_openclaw_hub_publish(ngx_http_openclaw_hub_t *hub)
 {
     size_t                          len;
-    ngx_uint_t                      state, n;
-    ngx_queue_t                    *q;
+    ngx_uint_t                      state;
     ngx_http_openclaw_hub_slot_t   *slot;
 
     slot = hub->hold.slot;
@@ -1096,17 +1096,8 @@ ngx_http_openclaw_hub_publish(ngx_http_openclaw_hub_t *hub)
         slot->since = ngx_time();
     }
 
-    n = 0;
-
-    for (q = ngx_queue_head(&hub->replies);
-         q != ngx_queue_sentinel(&hub->replies);
-         q = ngx_queue_next(q))
-    {
-        n++;
-    }
-
     slot->reconnects = hub->ws.reconnects;
-    slot->queued = n;
+    slot->queued = hub->nreplies;
 
     len = ngx_strnlen(hub->error, sizeof(hub->error) - 1);
 
@@ -1151,6 +1142,7 @@ ngx_http_openclaw_hub_open(ngx_http_openclaw_wsclient_t *ws)
         }
 
         ngx_queue_remove(q);
+        hub->nreplies--;
         hub->queued -= rp->len;
 
         if (rp->end) {
@@ -1443,6 +1435,7 @@ ngx_http_openclaw_hub_send(ngx_http_openclaw_endpoint_t *ep, u_char *data,
     ngx_memcpy(rp->data, data, len);
 
     ngx_queue_insert_tail(&hub->replies, &rp->queue);
+    hub->nreplies++;
     hub->queued += len;
     hub->fate = NGX_HTTP_OPENCLAW_HUB_QUEUED;
 

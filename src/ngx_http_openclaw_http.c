@@ -80,6 +80,8 @@ static void ngx_http_openclaw_http_writer(ngx_http_request_t *r);
 static ngx_int_t ngx_http_openclaw_http_schedule(ngx_http_request_t *r);
 static ngx_int_t ngx_http_openclaw_http_answer(ngx_http_request_t *r,
     ngx_uint_t status, u_char *data, size_t len);
+static ngx_int_t ngx_http_openclaw_http_answer_json(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_str_t *json);
 static ngx_int_t ngx_http_openclaw_http_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *error);
 static void ngx_http_openclaw_http_watch(ngx_http_openclaw_http_ctx_t *ctx);
@@ -490,7 +492,6 @@ static ngx_int_t
 ngx_http_openclaw_http_callback(ngx_http_request_t *r,
     ngx_http_openclaw_http_ctx_t *ctx, ngx_str_t *body)
 {
-    u_char                    *p;
     ngx_int_t                  rc;
     ngx_str_t                  url, id, reply, session, delivery, out;
     ngx_uint_t                 progress;
@@ -593,16 +594,7 @@ ngx_http_openclaw_http_callback(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_pnalloc(r->pool, out.len + 1);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_memcpy(p, out.data, out.len);
-    p[out.len] = LF;
-
-    return ngx_http_openclaw_http_answer(r, NGX_HTTP_ACCEPTED, p,
-                                         out.len + 1);
+    return ngx_http_openclaw_http_answer_json(r, NGX_HTTP_ACCEPTED, &out);
 }
 
 
@@ -958,6 +950,29 @@ ngx_http_openclaw_http_end_handler(ngx_event_t *ev)
 }
 
 
+/*
+ * JSON the writer holds only until its next use: copied into the
+ * request's pool, with the line feed that ends a body of ours.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_http_answer_json(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *json)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(r->pool, json->len + 1);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(p, json->data, json->len);
+    p[json->len] = LF;
+
+    return ngx_http_openclaw_http_answer(r, status, p, json->len + 1);
+}
+
+
 static ngx_int_t
 ngx_http_openclaw_http_answer(ngx_http_request_t *r, ngx_uint_t status,
     u_char *data, size_t len)
@@ -1005,7 +1020,6 @@ static ngx_int_t
 ngx_http_openclaw_http_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *error)
 {
-    u_char                    *p;
     ngx_int_t                  rc;
     ngx_str_t                  out;
     ngx_http_openclaw_json_t   j;
@@ -1031,15 +1045,7 @@ ngx_http_openclaw_http_error(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_pnalloc(r->pool, out.len + 1);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_memcpy(p, out.data, out.len);
-    p[out.len] = LF;
-
-    return ngx_http_openclaw_http_answer(r, status, p, out.len + 1);
+    return ngx_http_openclaw_http_answer_json(r, status, &out);
 }
 
 

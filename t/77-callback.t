@@ -291,7 +291,9 @@ subtest '503 with Retry-After, then accepted' => sub {
               'numbered');
     ok(!(grep { !signature_ok($_) } @d), 'each signed');
     my @gaps = map { $d[$_]{t} - $d[$_ - 1]{t} } 1 .. $#d;
-    ok(!(grep { $_ < 0.95 || $_ > 2.5 } @gaps),
+    # the lower bound proves Retry-After (the backoff is 200 ms here); the
+    # upper one only that a retry comes, with room for a busy machine
+    ok(!(grep { $_ < 0.95 || $_ > 6 } @gaps),
        'each retry waited the Retry-After of 1 s, not the backoff')
         or diag "@gaps";
     sleep 0.5;
@@ -311,8 +313,9 @@ subtest '500s: exponential backoff with jitter' => sub {
     my @gaps = map { $d[$_]{t} - $d[$_ - 1]{t} } 1 .. $#d;
     for my $i (0 .. $#gaps) {
         my $b = 0.2 * 2 ** $i;
-        ok($gaps[$i] >= $b / 2 - 0.02 && $gaps[$i] <= $b + 0.8,
-           sprintf('retry %d after %.3f s, within [%.1f, %.1f]', $i + 1,
+        # late by up to 3 s on a busy machine, never early
+        ok($gaps[$i] >= $b / 2 - 0.02 && $gaps[$i] <= $b + 3,
+           sprintf('retry %d after %.3f s, within [%.1f, %.1f + 3]', $i + 1,
                    $gaps[$i], $b / 2, $b));
     }
 };

@@ -37,7 +37,7 @@ TESTS_DEB  := t/90-deb.t
 TESTS_ASAN := $(filter-out t/6% $(TESTS_DEB),$(TESTS))
 TESTS_GATEWAY := $(filter t/6%,$(TESTS))
 
-DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev \
+DEBS := nginx nginx-dev libcjson-dev libcurl4-openssl-dev curl \
         libmojolicious-perl libio-socket-ssl-perl \
         clang libclang-rt-14-dev gcc make perl openssl iproute2 \
         python3 python3-prometheus-client

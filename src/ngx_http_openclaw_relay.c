@@ -90,6 +90,12 @@ static const char *ngx_http_openclaw_relay_text(ngx_http_openclaw_jv_t *obj,
     const char *name, u_char *buf, size_t size, const char *none);
 static const char *ngx_http_openclaw_relay_decode(ngx_http_openclaw_jv_t *v,
     u_char *buf, size_t size, const char *none);
+static ngx_int_t ngx_http_openclaw_relay_lost(ngx_http_openclaw_run_t *run,
+    const char *how, const char *why);
+static void ngx_http_openclaw_relay_fetch(ngx_http_openclaw_run_t *run);
+static ngx_int_t ngx_http_openclaw_relay_reply_in(
+    ngx_http_openclaw_run_t *run, ngx_http_openclaw_jv_t *messages,
+    ngx_http_openclaw_jv_t *reply);
 static void ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
     ngx_http_openclaw_jv_t *res);
 static void ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
@@ -797,9 +803,8 @@ static void
 ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
     ngx_http_openclaw_jv_t *res)
 {
-    ngx_str_t                   params, status;
+    ngx_str_t                   status;
     ngx_http_openclaw_jv_t      m[3], st;
-    ngx_http_openclaw_json_t    j;
     ngx_http_openclaw_run_t    *run;
     ngx_http_openclaw_relay_t  *rl;
     const char                 *reason;
@@ -824,6 +829,15 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
     (void) ngx_http_openclaw_jv_lookup(res, &members, m);
 
     if (m[0].type != NGX_HTTP_OPENCLAW_JSON_TRUE) {
+
+        if (ngx_http_openclaw_relay_lost(run, "refused",
+                  ngx_http_openclaw_relay_text(&m[2], "message", message,
+                                               sizeof(message), "no reason"))
+            == NGX_DONE)
+        {
+            return;
+        }
+
         rl->stats->errors_gateway++;
 
         ngx_http_openclaw_relay_fail(run, "gateway refused the message: "
@@ -866,28 +880,7 @@ ngx_http_openclaw_relay_acked(ngx_http_openclaw_rpc_t *rpc,
          * reply is in the session's history.
          */
 
-        j.log = ngx_cycle->log;
-        ngx_http_openclaw_json_begin(&j, NULL);
-        ngx_http_openclaw_json_string(&j, "sessionKey", run->session.data,
-                                      run->session.len);
-        ngx_http_openclaw_json_raw(&j, "limit", (u_char *) "50", 2);
-
-        if (ngx_http_openclaw_json_end(&j, &params) != NGX_OK) {
-            ngx_http_openclaw_relay_fail(run, "out of memory");
-            return;
-        }
-
-        run->state = NGX_HTTP_OPENCLAW_RUN_HISTORY;
-        run->rpc.handler = ngx_http_openclaw_relay_history;
-
-        if (ngx_http_openclaw_gateway_call(&run->rpc, "chat.history",
-                                           params.data, params.len)
-            != NGX_OK)
-        {
-            ngx_http_openclaw_relay_fail(run, "gateway link lost while "
-                                         "fetching the reply");
-        }
-
+        ngx_http_openclaw_relay_fetch(run);
         return;
     }
 
@@ -959,13 +952,156 @@ ngx_http_openclaw_relay_decode(ngx_http_openclaw_jv_t *v, u_char *buf,
 }
 
 
+/*
+ * A message sent again after the link came back, and refused or failed
+ * there, may have its reply in the session's history all the same: a
+ * gateway restarted after a SIGKILL (2026.9.6) recovers the cut turn in
+ * a run of its own, and a worker whose link was still down saw none of
+ * that run's events.  Protocol 4 marks the user's turn with the message's
+ * run id, so the reply that follows it can be told from any other.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_relay_lost(ngx_http_openclaw_run_t *run, const char *how,
+    const char *why)
+{
+    if (run->drops == 0 || run->push || run->lost
+        || ngx_http_openclaw_relay.protocol != 4)
+    {
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, run->ep ? run->ep->log : ngx_cycle->log, 0,
+                  "openclaw run %V %s after the link came back (%s), "
+                  "looking for its reply in the session history",
+                  &run->rid, how, why);
+
+    run->lost = 1;
+    ngx_http_openclaw_relay_fetch(run);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_openclaw_relay_fetch(ngx_http_openclaw_run_t *run)
+{
+    ngx_str_t                 params;
+    ngx_http_openclaw_json_t  j;
+
+    j.log = ngx_cycle->log;
+    ngx_http_openclaw_json_begin(&j, NULL);
+    ngx_http_openclaw_json_string(&j, "sessionKey", run->session.data,
+                                  run->session.len);
+    ngx_http_openclaw_json_raw(&j, "limit", (u_char *) "50", 2);
+
+    if (ngx_http_openclaw_json_end(&j, &params) != NGX_OK) {
+        ngx_http_openclaw_relay_fail(run, "out of memory");
+        return;
+    }
+
+    ngx_http_openclaw_gateway_cancel(&run->rpc);
+
+    run->state = NGX_HTTP_OPENCLAW_RUN_HISTORY;
+    run->rpc.handler = ngx_http_openclaw_relay_history;
+
+    if (ngx_http_openclaw_gateway_call(&run->rpc, "chat.history",
+                                       params.data, params.len)
+        != NGX_OK)
+    {
+        ngx_http_openclaw_relay_fail(run, "gateway link lost while "
+                                     "fetching the reply");
+    }
+}
+
+
+/*
+ * The reply to the run in the history: the assistant message protocol 4
+ * marks with the run's id, or else the last assistant message after the
+ * user's turn with the run's id, before the turn of another message of
+ * this bridge (the gateway's own prompts, such as a recovery's, come
+ * between) and that did not end in an error.
+ */
+
+static ngx_int_t
+ngx_http_openclaw_relay_reply_in(ngx_http_openclaw_run_t *run,
+    ngx_http_openclaw_jv_t *messages, ngx_http_openclaw_jv_t *reply)
+{
+    ngx_uint_t              after, found;
+    ngx_http_openclaw_jv_t  message, role, meta, id, key, stop;
+
+    after = 0;
+    found = 0;
+    message.start = NULL;
+
+    while (ngx_http_openclaw_jv_next(messages, &message) == 0) {
+
+        if (ngx_http_openclaw_jv_get(&message, "role", &role) != 0) {
+            continue;
+        }
+
+        if (ngx_http_openclaw_jv_is(&role, "user")) {
+
+            if (ngx_http_openclaw_jv_get(&message, "idempotencyKey", &key)
+                   != 0
+                || key.type != NGX_HTTP_OPENCLAW_JSON_STRING
+                || key.escaped)
+            {
+                continue;
+            }
+
+            if (key.size == run->rid.len + sizeof(":user") - 1
+                && ngx_memcmp(key.data, run->rid.data, run->rid.len) == 0
+                && ngx_memcmp(key.data + run->rid.len, ":user",
+                              sizeof(":user") - 1) == 0)
+            {
+                after = 1;
+
+            } else if (after && key.size > 3
+                       && ngx_memcmp(key.data, "wh-", 3) == 0)
+            {
+                after = 0;
+            }
+
+            continue;
+        }
+
+        if (!ngx_http_openclaw_jv_is(&role, "assistant")) {
+            continue;
+        }
+
+        if (ngx_http_openclaw_jv_get(&message, "__openclaw", &meta) == 0
+            && ngx_http_openclaw_jv_get(&meta, "runId", &id) == 0
+            && id.type == NGX_HTTP_OPENCLAW_JSON_STRING
+            && !id.escaped
+            && id.size == run->rid.len
+            && ngx_memcmp(id.data, run->rid.data, id.size) == 0)
+        {
+            *reply = message;
+            return NGX_OK;
+        }
+
+        if (after
+            && !(ngx_http_openclaw_jv_get(&message, "stopReason", &stop) == 0
+                 && (ngx_http_openclaw_jv_is(&stop, "error")
+                     || ngx_http_openclaw_jv_is(&stop, "aborted"))))
+        {
+            *reply = message;
+            found = 1;
+        }
+    }
+
+    return found ? NGX_OK : NGX_DECLINED;
+}
+
+
 static void
 ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
     ngx_http_openclaw_jv_t *res)
 {
     u_char                   *buf;
     ngx_str_t                 text;
-    ngx_http_openclaw_jv_t    payload, messages, message, role, meta, id;
+    ngx_http_openclaw_jv_t    payload, messages, message;
     ngx_http_openclaw_run_t  *run;
 
     run = rpc->data;
@@ -976,46 +1112,35 @@ ngx_http_openclaw_relay_history(ngx_http_openclaw_rpc_t *rpc,
         return;
     }
 
-    /* protocol 4 marks assistant messages with the run they answer */
-
     if (ngx_http_openclaw_jv_get(res, "payload", &payload) == 0
-        && ngx_http_openclaw_jv_get(&payload, "messages", &messages) == 0)
+        && ngx_http_openclaw_jv_get(&payload, "messages", &messages) == 0
+        && ngx_http_openclaw_relay_reply_in(run, &messages, &message)
+           == NGX_OK)
     {
-        message.start = NULL;
-
-        while (ngx_http_openclaw_jv_next(&messages, &message) == 0) {
-
-            if (ngx_http_openclaw_jv_get(&message, "role", &role) != 0
-                || !ngx_http_openclaw_jv_is(&role, "assistant")
-                || ngx_http_openclaw_jv_get(&message, "__openclaw", &meta)
-                   != 0
-                || ngx_http_openclaw_jv_get(&meta, "runId", &id) != 0
-                || id.type != NGX_HTTP_OPENCLAW_JSON_STRING
-                || id.escaped
-                || id.size != run->rid.len
-                || ngx_memcmp(id.data, run->rid.data, id.size) != 0)
-            {
-                continue;
-            }
-
-            if (ngx_http_openclaw_message_text(&message, &text, &buf)
-                != NGX_OK)
-            {
-                ngx_http_openclaw_relay_fail(run, "out of memory");
-                return;
-            }
-
-            ngx_http_openclaw_relay_final(run, &message, &text);
-
-            if (buf) {
-                ngx_free(buf);
-            }
-
+        if (ngx_http_openclaw_message_text(&message, &text, &buf) != NGX_OK) {
+            ngx_http_openclaw_relay_fail(run, "out of memory");
             return;
         }
+
+        ngx_http_openclaw_relay_final(run, &message, &text);
+
+        if (buf) {
+            ngx_free(buf);
+        }
+
+        return;
     }
 
     ngx_http_openclaw_relay.stats->errors_gateway++;
+
+    if (run->lost) {
+        ngx_http_openclaw_relay_fail(run, "the gateway failed this message "
+                                     "when it was sent again after the link "
+                                     "came back, and the session history "
+                                     "has no reply to it");
+        return;
+    }
+
     ngx_http_openclaw_relay_fail(run, "the gateway already answered this "
                                  "message, and its reply is no longer in the "
                                  "session history");
@@ -1180,9 +1305,16 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
     ngx_str_t                   text;
     ngx_http_openclaw_jv_t     *state, *message;
     ngx_http_openclaw_relay_t  *rl;
+    const char                 *why;
     u_char                      error[400];
 
     rl = &ngx_http_openclaw_relay;
+
+    /* its reply is being fetched from the history: the run is over */
+
+    if (run->state == NGX_HTTP_OPENCLAW_RUN_HISTORY) {
+        return;
+    }
 
     state = &ev[C_STATE];
     message = &ev[C_MESSAGE];
@@ -1281,12 +1413,18 @@ ngx_http_openclaw_relay_run_event(ngx_http_openclaw_run_t *run,
             rl->adopting--;
         }
 
+        why = ngx_http_openclaw_relay_decode(&ev[C_ERROR], error,
+                                             sizeof(error), "the run failed");
+
+        if (run->state != NGX_HTTP_OPENCLAW_RUN_ADOPTING
+            && ngx_http_openclaw_relay_lost(run, "failed", why) == NGX_DONE)
+        {
+            return;
+        }
+
         rl->stats->errors_gateway++;
 
-        ngx_http_openclaw_relay_fail(run, "agent error: %s",
-                  ngx_http_openclaw_relay_decode(&ev[C_ERROR], error,
-                                                 sizeof(error),
-                                                 "the run failed"));
+        ngx_http_openclaw_relay_fail(run, "agent error: %s", why);
         return;
     }
 

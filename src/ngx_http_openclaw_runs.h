@@ -74,6 +74,9 @@ typedef struct {
     unsigned                        seen_text:1;
     unsigned                        block:1;
     unsigned                        push:1;     /* the agent started it */
+    unsigned                        lost:1;     /* sent again, it failed:
+                                                   its reply is looked for
+                                                   in the history */
 
     u_char                          run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
 

@@ -221,6 +221,77 @@ subtest 'gateway killed mid-stream and restarted' => sub {
 };
 
 ###########################################################################
+# a message sent again after a SIGKILL fails on the restarted gateway,
+# which recovered the cut turn in a run of its own while the link was
+# down (2026.9.6, gateway-protocol.md 13.9): the reply is taken from the
+# history, after the message's own turn; without one there, an error
+
+subtest 'message sent again fails, its reply recovered by the gateway' => sub {
+    for my $protocol (4, 3) {
+        my ($gw, $ngx) = setup(fake => { protocol => $protocol },
+                               http => 'openclaw_gateway_request_timeout 10s;');
+        ok(wait_up($ngx), "protocol $protocol: link up");
+
+        my $c = RelayClient->new($ngx);
+        my $text = "{{hang}} recover me $protocol";
+        my $lost = "{{hang}} lost $protocol";
+        $c->send_json({ id => 'rec', content => $text, session => 'rec' });
+        $c->send_json({ id => 'lost', content => $lost, session => 'lost' });
+        my $t0 = time;
+        sleep 0.02 while !(key_of($gw, $text) && key_of($gw, $lost))
+                         && time - $t0 < 5;
+        my ($key, $lkey) = (key_of($gw, $text), key_of($gw, $lost));
+        ok($key && $lkey, "protocol $protocol: both messages reached the gateway");
+
+        # the first one's turn is answered in the history, the second's not
+        my $r1 = $gw->action('recover', runId => $key);
+        my $r2 = $gw->action('recover', runId => $lkey, no_reply => 1);
+        ok($r1->{ok} && $r2->{ok}, "protocol $protocol: the gateway recovered both turns")
+            or diag encode_json([$r1, $r2]);
+
+        my $end = one_end_each("recover v$protocol", $c, ['rec', 'lost'], 15);
+        my @sends = grep { $_->{params}{idempotencyKey} eq $key }
+                    $gw->requests('chat.send');
+        is(scalar @sends, 2, "protocol $protocol: the message was sent again, "
+           . 'with its key');
+        my @hist = grep { $_->{params}{sessionKey} =~ /:(rec|lost)$/ }
+                   $gw->requests('chat.history');
+        if ($protocol == 4) {
+            is($end->{rec} && $end->{rec}{type}, 'complete',
+               'protocol 4: the message completes with the reply the gateway '
+               . 'recovered')
+                or diag encode_json($end->{rec});
+            is($end->{rec} && $end->{rec}{content}, "echo: $text",
+               'protocol 4: the reply after its own turn in the history');
+            is($end->{lost} && $end->{lost}{type}, 'error',
+               'protocol 4: no reply in the history: an error');
+            like($end->{lost} && $end->{lost}{error},
+                 qr/failed this message when it was sent again .* the session history has no reply to it/,
+                 'protocol 4: that says so');
+            is(scalar @hist, 2, 'protocol 4: the history was read once for each');
+        } else {
+            # protocol 3 marks no turn in the history with its message
+            is($end->{rec} && $end->{rec}{type}, 'error',
+               'protocol 3: the gateway\'s error, no reply to tell apart');
+            like($end->{rec} && $end->{rec}{error},
+                 qr/agent error: run superseded by restart recovery/,
+                 'protocol 3: the error the gateway gave');
+            is(scalar @hist, 0, 'protocol 3: the history was not read');
+        }
+
+        $c->send_json({ id => 'next', content => 'after recovery',
+                        session => 'rec' });
+        my $e = one_end_each("recover v$protocol", $c, ['next'], 5, 0);
+        is($e->{next} && $e->{next}{content}, 'echo: after recovery',
+           "protocol $protocol: the next message in the session gets its own reply");
+
+        $c->close;
+        $ngx->stop;
+        $gw->stop;
+    }
+};
+
+###########################################################################
 # gateway down when nginx starts
 
 subtest 'gateway down at nginx start' => sub {

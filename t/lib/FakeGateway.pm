@@ -185,6 +185,14 @@ package FakeGateway;
 #   agent_run session => KEY, text => '...', runId => ID, message => '...':
 #             starts a run that no chat.send asked for, on KEY (a message
 #             with {{...}} markers shapes it as for chat.send)
+#   recover   runId => ID, text => '...', message => '...': as a restarted
+#             2026.9.6 recovers a run a SIGKILL cut, while the bridge is
+#             away: every connection is closed (1012), the run is dropped
+#             without events, and a run of the gateway's writes the reply
+#             (text, default the run's) to the history after a prompt of
+#             its own (no_reply => 1: the prompt alone, as a recovery that
+#             failed); the next chat.send with the key starts a run that
+#             ends in an error event (message)
 #   finish    runId => ID, text => '...': ends a running run with a final
 #   fail      runId => ID, message => '...': ends a run with an error event
 #
@@ -496,7 +504,8 @@ use Mojo::JSON qw(decode_json encode_json true false);
 use Time::HiRes qw(time);
 
 my ($CFG, $REC, %CONNS, %RUNS, %HISTORY, %SESSIONS, $NCONN, $NRUN,
-    $NSESSION, $DOWN_UNTIL, %PAIRED, %PENDING, %DEVICE_TOKENS, $NREQ);
+    $NSESSION, $DOWN_UNTIL, %PAIRED, %PENDING, %DEVICE_TOKENS, $NREQ,
+    %RECOVERED);
 
 sub record {
     my (%r) = @_;
@@ -1021,6 +1030,15 @@ sub chat_send {
         return res($conn, $req, 1, { runId => $key, status => $1 });
     }
 
+    # a key whose run the fake "recovered" (the action recover): its run
+    # fails, as 2026.9.6 failed a message sent again after a restart
+    if (defined(my $why = delete $RECOVERED{$key})) {
+        res($conn, $req, 1, { runId => $key, status => 'started' });
+        start_run($conn, $key, $session, $msg, $CFG->{reply_prefix} . $msg,
+                  fail => $why);
+        return;
+    }
+
     if ($CFG->{dedupe} && (my $old = $RUNS{$key})) {
         return res($conn, $req, 1, {
             runId => $key,
@@ -1137,7 +1155,8 @@ sub start_run {
         ($deltas, $spacing) = ($1, $2);
     }
     my $v4 = $CFG->{protocol} != 3;
-    my $mode = $msg =~ /\{\{hang\}\}/ ? 'hang'
+    my $mode = defined $o{fail} ? 'fail'
+             : $msg =~ /\{\{hang\}\}/ ? 'hang'
              : $msg =~ /\{\{double_error\}\}/ ? 'double_error'
              : $msg =~ /\{\{error\}\}/ ? 'error'
              : $msg =~ /\{\{empty_final\}\}/ ? 'empty_final'
@@ -1155,7 +1174,7 @@ sub start_run {
                                       phase => 'starting_model') };
     }
 
-    my @parts = $mode =~ /^(hang|empty_final|handover)/ ? ()
+    my @parts = $mode =~ /^(hang|empty_final|handover|fail)/ ? ()
               : $mode =~ /error/ ? ((pieces($text, 2))[0])
               : $mode eq 'rewrite' ? pieces("DRAFT $text", $deltas)
               : pieces($text, $deltas);
@@ -1196,6 +1215,8 @@ sub start_run {
         } else {
             push @steps, $other, sub {}, sub {}, sub { finish_run($run, undef) };
         }
+    } elsif ($mode eq 'fail') {
+        push @steps, sub { fail_run($run, $o{fail}) };
     } elsif ($mode =~ /error/) {
         push @steps, sub {
             fail_run($run, 'LLM request failed: connection refused by the '
@@ -1512,6 +1533,39 @@ sub control {
         start_run($conn, $key, $arg->{session}, $arg->{message} // 'cron',
                   $arg->{text} // 'a message of the agent');
         return { ok => 1, runId => $key };
+    }
+
+    if ($name eq 'recover') {
+
+        # What a restarted 2026.9.6 does with a run a SIGKILL cut
+        # (main-session restart recovery), seen while the bridge's link
+        # was still down: the reply is made in a run of the gateway's,
+        # under a prompt of its own, and lands in the history only; the
+        # message sent again then fails.  Every connection is closed
+        # first, so that no event of either run reaches one.
+        my $key = $arg->{runId} // '';
+        my $run = $RUNS{$key} or return { ok => 0, error => 'no such run' };
+        close_conn($_, 1012, 'service restart') for values %CONNS;
+        stop_timers($run);
+        $run->{dropped} = 1;
+        delete $RUNS{$key};
+        my $gw = 'gw-run-' . ++$NRUN;
+        my $now = int(time * 1000);
+        push @{ $HISTORY{ $run->{session} } },
+            { role => 'user', timestamp => $now,
+              content => 'Your previous turn was interrupted by a gateway '
+                       . 'restart. Continue from the existing transcript.',
+              idempotencyKey => "$gw:user",
+              __openclaw => { kind => 'user' } },
+            ($arg->{no_reply} ? () : {
+                %{ assistant($arg->{text} // $run->{text}) },
+                stopReason => 'stop',
+                ($CFG->{protocol} != 3 ? (__openclaw => { runId => $gw }) : ()) });
+        $RECOVERED{$key} = $arg->{message}
+                           // 'run superseded by restart recovery';
+        record(kind => 'action', action => 'recover', runId => $key,
+               recoveryRunId => $gw);
+        return { ok => 1, runId => $gw };
     }
 
     if ($name eq 'finish' || $name eq 'fail') {

@@ -299,6 +299,19 @@ ngx_http_openclaw_http_get_ctx(ngx_http_request_t *r)
 }
 
 
+ngx_http_openclaw_endpoint_t *
+ngx_http_openclaw_http_endpoint(ngx_http_request_t *r)
+{
+    ngx_http_openclaw_http_ctx_t  *ctx;
+
+    ctx = ngx_http_openclaw_http_get_ctx(r);
+
+    /* the endpoint is the request's until its pool goes, after the log */
+
+    return (ctx && ctx->relayed) ? &ctx->ep : NULL;
+}
+
+
 static void
 ngx_http_openclaw_http_body(ngx_http_request_t *r)
 {

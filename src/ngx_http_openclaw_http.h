@@ -12,6 +12,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_openclaw_endpoint.h"
+
 
 /* the content handler of openclaw_bridge_http locations */
 ngx_int_t ngx_http_openclaw_http_handler(ngx_http_request_t *r);
@@ -21,6 +23,14 @@ ngx_int_t ngx_http_openclaw_http_handler(ngx_http_request_t *r);
  * a complete or a control reply, else the status its error text names.
  */
 ngx_uint_t ngx_http_openclaw_http_status(u_char *data, size_t len);
+
+/*
+ * The endpoint of a request of an openclaw_bridge_http location whose
+ * message went to the relay (waited for or streamed), for the variables;
+ * NULL for any other request.
+ */
+ngx_http_openclaw_endpoint_t *ngx_http_openclaw_http_endpoint(
+    ngx_http_request_t *r);
 
 
 #endif /* _NGX_HTTP_OPENCLAW_HTTP_H_INCLUDED_ */

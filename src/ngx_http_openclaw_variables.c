@@ -5,10 +5,11 @@
 
 
 /*
- * Variables that say what happened on a WebSocket connection, for
- * log_format and map.  An upgraded connection is logged when it ends, so
- * that its access log line has them all; before the upgrade, and outside
- * the module's locations, they are not found ("-" in the log).
+ * Variables that say what happened on a WebSocket connection, or to the
+ * message of an HTTP webhook request, for log_format and map.  An
+ * upgraded connection is logged when it ends, so that its access log line
+ * has them all; before the upgrade, and outside the module's locations,
+ * they are not found ("-" in the log).
  */
 
 
@@ -19,6 +20,7 @@
 #include "ngx_http_openclaw_variables.h"
 #include "ngx_http_openclaw_client.h"
 #include "ngx_http_openclaw_endpoint.h"
+#include "ngx_http_openclaw_http.h"
 
 
 typedef enum {
@@ -124,17 +126,22 @@ ngx_http_openclaw_endpoint_variable(ngx_http_request_t *r,
 
     cl = ngx_http_openclaw_variable_client(r);
 
+    if (cl == NULL) {
+        ep = ngx_http_openclaw_http_endpoint(r->main);
+
     /* an echo location's client, or one refused before it got one */
 
-    if (cl == NULL
-        || cl->conf->mode != NGX_HTTP_OPENCLAW_MODE_BRIDGE
-        || cl->data == NULL)
-    {
+    } else if (cl->conf->mode != NGX_HTTP_OPENCLAW_MODE_BRIDGE) {
+        ep = NULL;
+
+    } else {
+        ep = cl->data;
+    }
+
+    if (ep == NULL) {
         v->not_found = 1;
         return NGX_OK;
     }
-
-    ep = cl->data;
 
     switch (data) {
 

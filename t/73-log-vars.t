@@ -6,7 +6,8 @@
 # errors among them, and the close code and reason: of the client's
 # close, of the server's (idle timeout), 1006 for a connection lost
 # without one; the close variables on an echo location; "-" for all of
-# them before an upgrade and outside the module; a map into
+# them before an upgrade and outside the module; an HTTP webhook
+# request's relay variables, logged when it is answered; a map into
 # $openclaw_agent, as earlier examples had, still loads.
 
 use strict;
@@ -21,6 +22,7 @@ use Time::HiRes qw(sleep time);
 
 use OCB;
 use FakeGateway;
+use HttpClient;
 use RelayClient;
 
 my $TOKEN = 'tok-73-log-vars-9a41';
@@ -62,6 +64,12 @@ server {
 
     location /plain {
         return 204;
+    }
+
+    location /http {
+        openclaw_bridge_http;
+        openclaw_bridge_uid \$arg_uid;
+        openclaw_bridge_sender \$http_x_sender;
     }
 }
 EOF
@@ -203,6 +211,39 @@ my $session;
         is($v && join(',', map { $v->{$_} } @VARS), join(',', ('-') x @VARS),
            "$uri: every variable is \"-\"");
     }
+}
+
+###########################################################################
+# HTTP webhooks: each request is an endpoint, logged when it is answered;
+# no close frame, so no close variables
+
+{
+    my $uri = '/http?uid=u-9&t=g';
+    my $r = HttpClient::post($ngx->port, $uri,
+                             { id => 'g1', session => 'web', content => 'via http' },
+                             headers => { 'X-Sender' => 'Carol' });
+    is($r->{status}, 200, 'http: the message completes');
+    my $v = line_of($uri);
+    ok($v, 'http: the request is logged') or diag $ngx->read_log('ocb.log');
+    is($v && $v->{openclaw_agent}, 'main', 'http: $openclaw_agent');
+    is($v && $v->{openclaw_uid}, 'u-9', 'http: $openclaw_uid');
+    is($v && $v->{openclaw_sender}, 'sender:carol', 'http: $openclaw_sender');
+    is($v && $v->{openclaw_session}, $r->{json}{session},
+       'http: $openclaw_session: the session the reply names');
+    like($v && $v->{openclaw_session}, qr/^agent:main:webhook:uid:u-9:.*web$/,
+         'http: in the uid\'s namespace');
+    is($v && join(',', map { $v->{"openclaw_$_"} } qw(messages_in messages_out errors)),
+       '1,1,0', 'http: one message in and out, no error');
+    is($v && "$v->{openclaw_close_code},$v->{openclaw_close_reason}", '-,-',
+       'http: no close variables');
+
+    my $bad = '/http?t=h';
+    $r = HttpClient::post($ngx->port, $bad, { id => 'h1' });
+    is($r->{status}, 400, 'http: a message without content: 400');
+    $v = line_of($bad);
+    is($v && join(',', map { $v->{"openclaw_$_"} } qw(messages_in messages_out errors)),
+       '1,1,1', 'http: the bad message is in, its error out and counted')
+        or diag explain $v;
 }
 
 $ngx->stop;

@@ -36,7 +36,7 @@
 #                          openclaw_bridge_max_in_flight raised to fit
 #                          [1,64,1024; "" for none]
 #   BENCH_PIPELINE_CONNS   their connections [BENCH_CONNS]
-#   BENCH_PIPELINE_DURATION  their measured seconds [5]
+#   BENCH_PIPELINE_DURATION  their measured seconds [5; quick 3]
 #   BENCH_ONLY=inflight    only the slow-gateway runs, 1 repetition unless
 #                          BENCH_REPS says otherwise (make bench-inflight);
 #                          results in results-inflight.md/.csv
@@ -87,7 +87,7 @@ my $INFLIGHT_RATE = $ENV{BENCH_INFLIGHT_RATE} // 20000;
 my $INFLIGHT_DURATION = $ENV{BENCH_INFLIGHT_DURATION} // 5;
 my @PIPELINE = split /,/, ($ENV{BENCH_PIPELINE} // '1,64,1024');
 my $PIPELINE_CONNS = $ENV{BENCH_PIPELINE_CONNS} // $CONNS;
-my $PIPELINE_DURATION = $ENV{BENCH_PIPELINE_DURATION} // 5;
+my $PIPELINE_DURATION = $ENV{BENCH_PIPELINE_DURATION} // ($QUICK ? 3 : 5);
 die "BENCH_ONLY: only \"inflight\" and \"pipeline\" are known\n"
     if $ONLY && $ONLY ne 'inflight' && $ONLY ne 'pipeline';
 @PIPELINE = () if $ONLY eq 'inflight';
@@ -790,6 +790,10 @@ sub machine_desc {
         module => $mod . (@st ? ' (built ' . strftime('%Y-%m-%d %H:%M', localtime $st[9]) . ')' : ''),
         git => "$git$dirty",
         nofile => "soft $nofile_soft, hard $nofile_hard",
+        # what this run was asked to do, so that a report says how to
+        # make it again (the make target only sets BENCH_ONLY)
+        env => join(' ', map { "$_=$ENV{$_}" }
+                         grep { /^BENCH_/ && $_ ne 'BENCH_ULIMIT_DONE' } sort keys %ENV),
     );
 }
 
@@ -805,6 +809,8 @@ sub report {
     push @md, sprintf('- machine: %s CPUs, %s, %s', $machine->{nproc}, $machine->{cpu}, $machine->{kernel});
     push @md, sprintf('- nginx: %s (stock binary %s)', $machine->{nginx}, $NGINX);
     push @md, sprintf('- module: %s; git %s', $machine->{module}, $machine->{git});
+    push @md, sprintf('- environment: %s', $machine->{env} || 'no BENCH_ variables')
+        if defined $machine->{env};
     push @md, sprintf('- load average before / after: %s / %s', $load_before, $load_after);
     push @md, sprintf('- busiest other processes before the start: %s', $busy_before) if $busy_before;
     push @md, sprintf('- settings: %d repetition(s); %d connections, %d-byte content; runs in flight %s',

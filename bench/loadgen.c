@@ -42,9 +42,9 @@
  * accounted for, warm-up included: sent = completed_all + errors_all +
  * unanswered, a reply whose id is not outstanding (a second reply to a
  * message, or one never sent) counts as unmatched, so "each message got
- * exactly one reply" is sent = completed_all, unanswered = unmatched = 0.  Exit status 0 when the
- * run went through (even with errors, which are in the figures), 2 on a
- * usage or setup error.
+ * exactly one reply" is sent = completed_all, unanswered = unmatched = 0.
+ * Exit status 0 when the run went through (even with errors, which are in
+ * the figures), 2 on a usage or setup error.
  */
 
 #include "ws_common.h"

@@ -289,7 +289,7 @@ clean:
 # The module against stock nginx proxy_pass, side by side (bench/README.md):
 # BENCH_QUICK=1 for a two-minute smoke run, BENCH_MODULE=path/to.so to use
 # a module that is already built instead of `make module`.
-.PHONY: bench bench-inflight bench-profile
+.PHONY: bench bench-inflight bench-pipeline bench-profile
 bench:
 	perl bench/run.pl
 
@@ -297,6 +297,12 @@ bench:
 # 100k runs in flight in one worker (about a minute)
 bench-inflight:
 	BENCH_ONLY=inflight perl bench/run.pl
+
+# only the pipelining runs: clients keeping 1, 64 and 1024 messages
+# outstanding each, so that pipelining is seen to cost what pacing does
+# (issue 10's overload case; about 40 s)
+bench-pipeline:
+	BENCH_ONLY=pipeline perl bench/run.pl
 
 # instructions per relayed message, with callgrind (bench/callgrind.sh)
 bench-profile: module

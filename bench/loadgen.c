@@ -16,7 +16,7 @@
  *   -d S        measurement seconds (default 10)
  *   -w S        warm-up seconds before it (default 2)
  *   -D S        drain: after the measurement, wait up to this long for the
- *               replies of messages sent in it (default 2)
+ *               replies of every message still outstanding (default 2)
  *   -s BYTES    size of the "content" string (default 32)
  *   -m MODE     bridge: a message is complete when {"type":"complete",...,
  *               "id":<id>} arrives (progress is counted and ignored, an
@@ -38,9 +38,13 @@
  * queued on one connection in one loop iteration go out in one write().
  *
  * Output: one line "RESULT key=value ..." on stdout (latencies in
- * microseconds), and a human summary on stderr.  Exit status 0 when the
- * run went through (even with errors, which are in the figures), 2 on a
- * usage or setup error.
+ * microseconds), and a human summary on stderr.  Every message is
+ * accounted for, warm-up included: sent = completed_all + errors_all +
+ * unanswered, a reply whose id is not outstanding (a second reply to a
+ * message, or one never sent) counts as unmatched, so "each message got
+ * exactly one reply" is sent = completed_all, unanswered = unmatched = 0.
+ * Exit status 0 when the run went through (even with errors, which are in
+ * the figures), 2 on a usage or setup error.
  */
 
 #include "ws_common.h"
@@ -112,6 +116,9 @@ static uint64_t     sent, sent_measured, completed_window, progress,
                     proto_errors;
 static uint64_t     max_lag;
 static uint64_t     meas_out;        /* sent in the window, not yet answered */
+static uint64_t     all_out;         /* sent at any time, not yet answered */
+static uint64_t     completed_all;   /* complete replies, whatever the phase */
+static uint64_t     errors_all;      /* error replies that ended a message */
 static char         first_error[256];
 
 /* histogram: HDR-style, 128 linear sub-buckets per power of two (< 1 %) */
@@ -408,6 +415,7 @@ conn_queue_msg(conn_t *c, uint64_t id, uint64_t now)
     c->ts[slot] = (now & ~1ull) | (phase == P_MEASURE);
     c->ids[slot] = id;
     c->outstanding++;
+    all_out++;
     sent++;
     if (phase == P_MEASURE) {
         sent_measured++;
@@ -510,6 +518,13 @@ complete(conn_t *c, uint64_t id, int ok, uint64_t now)
     ts = c->ts[slot];
     c->ts[slot] = 0;
     c->outstanding--;
+    all_out--;
+
+    if (ok) {
+        completed_all++;
+    } else {
+        errors_all++;
+    }
 
     if (phase == P_MEASURE && ok) {
         completed_window++;         /* error replies are not throughput */
@@ -1084,7 +1099,7 @@ main(int argc, char **argv)
         }
 
         if (phase == P_DRAIN) {
-            if (now >= drain_until || meas_out == 0) {
+            if (now >= drain_until || all_out == 0) {
                 phase = P_DONE;
                 break;
             }
@@ -1149,7 +1164,8 @@ main(int argc, char **argv)
                "error_replies=%llu lost=%llu skipped=%llu late=%llu "
                "max_lag_us=%.1f progress=%llu unmatched=%llu other=%llu "
                "proto_errors=%llu loadgen_cpu_s=%.3f loadgen_cpu_pct=%.1f "
-               "machine_cpu_pct=%.1f irq_cpu_pct=%.1f ncpu=%ld clk_tck=%ld",
+               "machine_cpu_pct=%.1f irq_cpu_pct=%.1f ncpu=%ld clk_tck=%ld "
+               "completed_all=%llu errors_all=%llu unanswered=%llu",
                mode == M_ECHO ? "echo" : "bridge", nconns, n_open,
                n_failed, n_closed, (double) (t_connected - t_connect0) / 1e9,
                idle ? "idle" : flood ? "flood" : "rate",
@@ -1172,7 +1188,10 @@ main(int argc, char **argv)
                (double) (sys_busy1 - sys_busy0) / (double) clk_tck / window_s
                * 100.0,
                (double) (sys_irq1 - sys_irq0) / (double) clk_tck / window_s
-               * 100.0, sysconf(_SC_NPROCESSORS_ONLN), clk_tck);
+               * 100.0, sysconf(_SC_NPROCESSORS_ONLN), clk_tck,
+               (unsigned long long) completed_all,
+               (unsigned long long) errors_all,
+               (unsigned long long) all_out);
 
         for (i = 0; i < npids; i++) {
             double cpu_s = (double) (ps1[i].ticks - ps0[i].ticks)
@@ -1194,6 +1213,8 @@ main(int argc, char **argv)
             fprintf(stderr,
                     "loadgen: %s %s, %d/%d connections, %.1f s measured\n"
                     "  completed %llu (%.0f msg/s), sent %llu in window\n"
+                    "  whole run: sent %llu, completed %llu, error replies "
+                    "%llu, unanswered %llu\n"
                     "  latency us: p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f"
                     "  max %.1f  (n=%llu)\n"
                     "  errors: replies %llu, lost %llu, skipped %llu, "
@@ -1205,6 +1226,10 @@ main(int argc, char **argv)
                     (unsigned long long) completed_window,
                     (double) completed_window / window_s,
                     (unsigned long long) sent_measured,
+                    (unsigned long long) sent,
+                    (unsigned long long) completed_all,
+                    (unsigned long long) errors_all,
+                    (unsigned long long) all_out,
                     hist_pct(50) / 1e3, hist_pct(90) / 1e3, hist_pct(99) / 1e3,
                     hist_pct(99.9) / 1e3, hist_max / 1e3,
                     (unsigned long long) hist_n,

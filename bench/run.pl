@@ -31,9 +31,17 @@
 #   BENCH_INFLIGHT_RATE    their offered msg/s [20000]; fakegw delays each
 #                          run's events by IN_FLIGHT / RATE seconds
 #   BENCH_INFLIGHT_DURATION  their measured seconds [5]
+#   BENCH_PIPELINE         windows of the pipelining runs: every client
+#                          keeps W messages outstanding, one worker with
+#                          openclaw_bridge_max_in_flight raised to fit
+#                          [1,64,1024; "" for none]
+#   BENCH_PIPELINE_CONNS   their connections [BENCH_CONNS]
+#   BENCH_PIPELINE_DURATION  their measured seconds [5; quick 3]
 #   BENCH_ONLY=inflight    only the slow-gateway runs, 1 repetition unless
 #                          BENCH_REPS says otherwise (make bench-inflight);
 #                          results in results-inflight.md/.csv
+#   BENCH_ONLY=pipeline    only the pipelining runs, the same way (make
+#                          bench-pipeline); results in results-pipeline.md/.csv
 
 use strict;
 use warnings;
@@ -77,7 +85,13 @@ my $ONLY = $ENV{BENCH_ONLY} // '';
 my @INFLIGHT = split /,/, ($ENV{BENCH_INFLIGHT} // '1000,10000,100000');
 my $INFLIGHT_RATE = $ENV{BENCH_INFLIGHT_RATE} // 20000;
 my $INFLIGHT_DURATION = $ENV{BENCH_INFLIGHT_DURATION} // 5;
-die "BENCH_ONLY: only \"inflight\" is known\n" if $ONLY && $ONLY ne 'inflight';
+my @PIPELINE = split /,/, ($ENV{BENCH_PIPELINE} // '1,64,1024');
+my $PIPELINE_CONNS = $ENV{BENCH_PIPELINE_CONNS} // $CONNS;
+my $PIPELINE_DURATION = $ENV{BENCH_PIPELINE_DURATION} // ($QUICK ? 3 : 5);
+die "BENCH_ONLY: only \"inflight\" and \"pipeline\" are known\n"
+    if $ONLY && $ONLY ne 'inflight' && $ONLY ne 'pipeline';
+@PIPELINE = () if $ONLY eq 'inflight';
+@INFLIGHT = () if $ONLY eq 'pipeline';
 $REPS = $ENV{BENCH_REPS} // 1 if $ONLY;
 my $SUFFIX = $ONLY ? "-$ONLY" : '';
 my $TOKEN = 'bench';
@@ -193,6 +207,13 @@ sub worker_pids {
 sub rss_kb {
     my ($pid) = @_;
     return slurp("/proc/$pid/status") =~ /VmRSS:\s+(\d+)/ ? $1 : 0;
+}
+
+# the most the process ever had resident: a fresh nginx per run makes it
+# the run's peak, which the samples at the window's edges can miss
+sub hwm_kb {
+    my ($pid) = @_;
+    return slurp("/proc/$pid/status") =~ /VmHWM:\s+(\d+)/ ? $1 : 0;
 }
 
 # established TCP connections of the given pids whose peer port is $port
@@ -442,13 +463,32 @@ sub derive {
 }
 
 # $inflight: a slow gateway (fakegw -L) and an open loop that together
-# hold that many runs in flight in the worker, through the whole window
+# hold that many runs in flight in the worker, through the whole window.
+# $pipe: clients that pipeline, each keeping that many messages
+# outstanding (issue 10's overload case), against a fast gateway
 sub run_load {
-    my ($scen, $workers, $load, $rep, $inflight) = @_;
+    my ($scen, $workers, $load, $rep, $inflight, $pipe) = @_;
     my $tag = sprintf '%s%dw-%s-r%d', $scen, $workers,
-                      $inflight ? "inflight$inflight" : $load, $rep;
+                      $inflight ? "inflight$inflight"
+                      : $pipe ? "pipeW$pipe" : $load, $rep;
     my ($duration, $warmup, $drain) = ($DURATION, $WARMUP, $DRAIN);
+    my ($conns, $window) = ($CONNS, $WINDOW);
     my %extra;
+    if ($pipe) {
+        # the same limits for every window, so that only W differs between
+        # the runs: the connection's above the largest window, the worker's
+        # above every client's window together.  The drain has a whole
+        # window of every client to answer
+        my $maxw = (sort { $b <=> $a } @PIPELINE)[0];
+        my $conn_max = 2 * $maxw < 4096 ? 4096 : 2 * $maxw;
+        my $runs_max = 2 * $PIPELINE_CONNS * $maxw + 1000;
+        $runs_max = 100000 if $runs_max < 100000;
+        ($load, $conns, $window) = ('flood', $PIPELINE_CONNS, $pipe);
+        ($duration, $drain) = ($PIPELINE_DURATION, $DRAIN + 8);
+        %extra = (http_extra => "    openclaw_gateway_max_runs $runs_max;\n",
+                  loc_extra => "            openclaw_bridge_max_in_flight "
+                               . "$conn_max;\n");
+    }
     if ($inflight) {
         # Little's law: a run lasts inflight / rate seconds; the warm-up
         # fills the worker, the drain waits for the last runs
@@ -469,9 +509,9 @@ sub run_load {
     my $rss_idle = 0;
     $rss_idle += rss_kb($_) for @w;
 
-    my @load_args = $load eq 'flood' ? ('-f', '-W', $WINDOW) : ('-R', $load);
+    my @load_args = $load eq 'flood' ? ('-f', '-W', $window) : ('-R', $load);
     my $lg = spawn('loadgen', "$s->{dir}/logs/loadgen.out", "$s->{dir}/logs/loadgen.err",
-        "$BB/loadgen", '-p', $s->{port}, '-c', $CONNS, @load_args,
+        "$BB/loadgen", '-p', $s->{port}, '-c', $conns, @load_args,
         '-d', $duration, '-w', $warmup, '-D', $drain, '-s', $SIZE,
         '-m', $scen eq 'A' ? 'bridge' : 'echo',
         '-P', join(',', @w, $s->{up_pid}));
@@ -481,7 +521,7 @@ sub run_load {
     my @up_conns = conns_to($s->{up}, @w);
     my $rss_mid = 0;
     $rss_mid += rss_kb($_) for @w;
-    my $st = $inflight ? status_json($s) : undef;
+    my $st = $inflight || $pipe ? status_json($s) : undef;
     my $runs_mid = 0;
     $runs_mid += $_->{runs_in_flight} for @{ $st ? $st->{workers} : [] };
 
@@ -489,6 +529,8 @@ sub run_load {
         note("WARNING: $tag: loadgen did not finish, killed");
         stop_child($lg, 'KILL', 2);
     };
+    my $hwm = 0;
+    $hwm += hwm_kb($_) for @w;
     stop_pair($s);
 
     my $r = parse_result("$s->{dir}/logs/loadgen.out");
@@ -517,6 +559,7 @@ sub run_load {
         cpu_rt => $completed ? $wcpu * 1e6 / $completed : 0,
         wticks => $wticks,
         wrss_mb => $wrss / 1024,
+        wrss_peak_mb => $hwm / 1024,
         rss_growth_kb => $wrss - $wrss0,
         wcpu_pct => join('+', @wpct),
         wcpu_max => (sort { $b <=> $a } @wpct)[0],
@@ -525,7 +568,11 @@ sub run_load {
         machine_pct => $r->{machine_cpu_pct},
         completed => $completed,
         errors => $r->{error_replies} + $r->{lost} + $r->{closed} + $r->{connect_failed}
-                  + $r->{proto_errors} + $r->{unmatched},
+                  + $r->{proto_errors} + $r->{unmatched} + ($r->{unanswered} // 0),
+        sent => $r->{sent}, completed_all => $r->{completed_all},
+        errors_all => $r->{errors_all}, unanswered => $r->{unanswered},
+        unmatched => $r->{unmatched}, proto_errors => $r->{proto_errors},
+        conns => $conns,
         error_replies => $r->{error_replies}, lost => $r->{lost},
         closed => $r->{closed}, connected => $r->{connected},
         skipped => $r->{skipped}, late => $r->{late},
@@ -543,6 +590,23 @@ sub run_load {
             = ($inflight, $load, $extra{latency_ms}, $runs_mid, $rss_idle);
         $run{kb_per_run} = ($wrss - $rss_idle) / ($runs_mid || 1);
     }
+    if ($pipe) {
+        # every message of the run, warm-up included, got exactly one
+        # reply and it was a complete: anything else fails the bench
+        @run{qw(pipeline runs_mid rss_idle_kb)} = ($pipe, $runs_mid, $rss_idle);
+        my @why;
+        push @why, "$run{unanswered} of $run{sent} messages never answered"
+            if !defined $run{unanswered} || $run{unanswered};
+        push @why, "$run{unmatched} replies to no outstanding message (a second reply?)"
+            if $run{unmatched};
+        push @why, "$run{errors_all} error replies" if $run{errors_all};
+        push @why, "$run{completed_all} completes for $run{sent} messages"
+            if ($run{completed_all} // -1) != $run{sent};
+        push @why, "$run{closed} connections closed, $run{connected}/$conns connected"
+            if $run{closed} || $run{connected} != $conns;
+        push @why, "$run{proto_errors} protocol errors" if $run{proto_errors};
+        $run{exact_fail} = join '; ', @why;
+    }
     derive(\%run);
 
     push @RUNS, \%run;
@@ -555,6 +619,12 @@ sub run_load {
          . "%.2f kB per run in flight", $runs_mid, $wrss / 1024, $rss_idle / 1024,
          $run{kb_per_run})
         if $inflight;
+    note(sprintf "    W=%d on %d connections: %d runs in flight mid-window, worker RSS peak "
+         . "%.1f MB; whole run: %d sent, %d completes, %d unanswered: %s",
+         $pipe, $conns, $runs_mid, $hwm / 1024, $run{sent}, $run{completed_all} // 0,
+         $run{unanswered} // -1,
+         $run{exact_fail} ? "FAILED: $run{exact_fail}" : 'exactly one complete each')
+        if $pipe;
     note("    error.log: $_") for @{ $s->{log_bad} };
     if ($run{errors}) {
         my ($fe) = slurp("$s->{dir}/logs/loadgen.err") =~ /first error: (.*)/;
@@ -672,7 +742,7 @@ sub groups {
     my %g;
     my @order;
     for my $r (@RUNS) {
-        next if $r->{load} eq 'idle' || $r->{inflight};
+        next if $r->{load} eq 'idle' || $r->{inflight} || $r->{pipeline};
         my $k = "$r->{scen}|$r->{workers}|$r->{load}";
         push @order, $k unless $g{$k};
         push @{ $g{$k} }, $r;
@@ -720,6 +790,10 @@ sub machine_desc {
         module => $mod . (@st ? ' (built ' . strftime('%Y-%m-%d %H:%M', localtime $st[9]) . ')' : ''),
         git => "$git$dirty",
         nofile => "soft $nofile_soft, hard $nofile_hard",
+        # what this run was asked to do, so that a report says how to
+        # make it again (the make target only sets BENCH_ONLY)
+        env => join(' ', map { "$_=$ENV{$_}" }
+                         grep { /^BENCH_/ && $_ ne 'BENCH_ULIMIT_DONE' } sort keys %ENV),
     );
 }
 
@@ -728,17 +802,25 @@ sub report {
     my ($g, $order) = groups();
     my @md;
 
-    push @md, $ONLY ? '# make bench-inflight: openclaw_bridge with runs in flight'
-                    : '# make bench: openclaw_bridge (A) vs nginx proxy_pass (B)', '';
+    push @md, $ONLY eq 'inflight' ? '# make bench-inflight: openclaw_bridge with runs in flight'
+            : $ONLY eq 'pipeline' ? '# make bench-pipeline: openclaw_bridge with clients that pipeline'
+            : '# make bench: openclaw_bridge (A) vs nginx proxy_pass (B)', '';
     push @md, sprintf('- date: %s', $machine->{date});
     push @md, sprintf('- machine: %s CPUs, %s, %s', $machine->{nproc}, $machine->{cpu}, $machine->{kernel});
     push @md, sprintf('- nginx: %s (stock binary %s)', $machine->{nginx}, $NGINX);
     push @md, sprintf('- module: %s; git %s', $machine->{module}, $machine->{git});
+    push @md, sprintf('- environment: %s', $machine->{env} || 'no BENCH_ variables')
+        if defined $machine->{env};
     push @md, sprintf('- load average before / after: %s / %s', $load_before, $load_after);
     push @md, sprintf('- busiest other processes before the start: %s', $busy_before) if $busy_before;
     push @md, sprintf('- settings: %d repetition(s); %d connections, %d-byte content; runs in flight %s',
                       $REPS, $CONNS, $SIZE, join(', ', map { fmt($_, 0) } @INFLIGHT))
-        if $ONLY;
+        if $ONLY eq 'inflight';
+    push @md, sprintf('- settings: %d repetition(s); %d connections, %d-byte content; windows %s; '
+                      . '%g s warm-up + %g s measured per run; CLK_TCK %s',
+                      $REPS, $PIPELINE_CONNS, $SIZE, join(', ', @PIPELINE), $WARMUP,
+                      $PIPELINE_DURATION, $CLK_TCK)
+        if $ONLY eq 'pipeline';
     push @md, sprintf('- settings: %s; %d repetition(s), interleaved; %g s warm-up + %g s measured per run; '
                       . '%d connections, %d-byte content, flood window %d per connection, %d delta events '
                       . 'per reply%s; open files %s; CLK_TCK %s',
@@ -880,6 +962,60 @@ sub report {
         }
     }
 
+    # clients that pipeline
+    my %pip;
+    push @{ $pip{$_->{pipeline}} }, $_ for grep { $_->{pipeline} } @RUNS;
+    if (%pip) {
+        my @ws = sort { $a <=> $b } keys %pip;
+        my $base_cpu = median(map { $_->{cpu_rt} } @{ $pip{$ws[0]} });
+        push @md, '', '### Clients that pipeline (fast gateway)', '';
+        push @md, sprintf('One worker, %d connections, each keeping W messages outstanding: a '
+                . 'reply sends the next message at once, so W = 1 is a client that waits for '
+                . 'each reply (paced) and a larger W one that pipelines without waiting. '
+                . '`openclaw_bridge_max_in_flight` and `openclaw_gateway_max_runs` are raised '
+                . 'above the largest window for every run. fakegw answers each chat.send at once. '
+                . '"worker µs/msg" is the worker\'s CPU (utime + stime) over the %g s window per '
+                . 'message completed in it; "vs W=%d" divides it by that of the first row. '
+                . '"runs in flight" is the status count in the middle of the window; "RSS peak" '
+                . 'the worker\'s VmHWM after the run. "whole run" counts every message, warm-up '
+                . 'and drain included: it must be sent = completes with nothing unanswered, no '
+                . 'error reply and no second reply, or the bench fails.',
+                $PIPELINE_CONNS, $PIPELINE_DURATION, $ws[0]), '';
+        push @md, "| W | runs | messages in window | goodput msg/s | worker µs/msg | vs W=$ws[0] "
+                . '| worker CPU % | runs in flight | worker RSS peak MB | whole run: sent / completes '
+                . '| exactly one complete | p50 ms | other % | bottleneck |';
+        push @md, '|' . join('|', ('---') x 14) . '|';
+        for my $w (@ws) {
+            my @r = @{ $pip{$w} };
+            my $cpu = median(map { $_->{cpu_rt} } @r);
+            my ($sent, $done) = (0, 0);
+            $sent += $_->{sent} for @r;
+            $done += $_->{completed_all} // 0 for @r;
+            my $bad = grep { $_->{exact_fail} } @r;
+            push @md, sprintf '| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s |',
+                fmt($w, 0), scalar @r,
+                fmt_mr(0, map { $_->{completed} } @r),
+                fmt_mr(0, map { $_->{msgs} } @r),
+                fmt_mr(1, map { $_->{cpu_rt} } @r),
+                $base_cpu ? fmt($cpu / $base_cpu, 2) : '–',
+                fmt_mr(0, map { $_->{wcpu_max} } @r),
+                fmt_mr(0, map { $_->{runs_mid} } @r),
+                fmt_mr(1, map { $_->{wrss_peak_mb} } @r),
+                fmt($sent, 0), fmt($done, 0),
+                $bad ? "NO ($bad of " . scalar(@r) . ' runs)' : 'yes',
+                fmt_mr(3, map { $_->{p50} } @r),
+                fmt_mr(0, map { $_->{other_pct} } @r),
+                mode_of(map { $_->{bottleneck} } @r);
+            push @csv, join ',', 'A', 1, "pipeW$w", scalar @r,
+                (map { sprintf '%.1f', $_ } stats(map { $_->{msgs} } @r)),
+                (map { sprintf '%.4f', $_ } stats(map { $_->{p50} } @r)), ('') x 4,
+                (map { sprintf '%.2f', $_ } stats(map { $_->{cpu_rt} } @r)),
+                sprintf('%.2f', median(map { $_->{wrss_peak_mb} } @r)), ('') x 6,
+                $bad ? scalar(grep { $_->{exact_fail} } @r) : 0,
+                '', '', '', '', '', '';
+        }
+    }
+
     # targets
     my @t = targets($g);
     push @md, '', '### Targets', '';
@@ -905,7 +1041,9 @@ sub report {
     my @cols = qw(tag scen workers load rep msgs p50 p90 p99 p999 cpu_rt wticks wrss_mb wcpu_pct
                   rss_growth_kb lg_pct up_pct machine_pct irq_pct other_pct completed errors error_replies lost closed skipped late
                   up_conns gw_hellos bottleneck busiest idle_conns rss0_kb rss1_kb per_conn
-                  up_per_conn log_levels inflight latency_ms runs_mid kb_per_run);
+                  up_per_conn log_levels inflight latency_ms runs_mid kb_per_run
+                  pipeline conns sent completed_all errors_all unanswered unmatched
+                  wrss_peak_mb exact_fail);
     open $f, '>', "$OUT/$base-runs.csv" or die $!;
     print $f join(',', @cols), "\n";
     for my $r (@RUNS) {
@@ -956,6 +1094,24 @@ sub targets {
                   . ' runs in flight', fmt($hi, 1) . ' µs', fmt($lo, 1) . ' µs', fmt($v, 2),
                   '≤ 1.5', $v && $v <= 1.5 ? 'PASS' : 'MISS'];
     }
+    # pipelining clients cost the worker what paced ones do
+    my %pip;
+    push @{ $pip{$_->{pipeline}} }, $_->{cpu_rt} for grep { $_->{pipeline} } @RUNS;
+    my @ws = sort { $a <=> $b } keys %pip;
+    if (@ws >= 2) {
+        my ($lo, $hi) = (median(@{ $pip{$ws[0]} }), median(@{ $pip{$ws[-1]} }));
+        my $v = $lo ? $hi / $lo : 0;
+        push @t, ['worker CPU per message, window ' . fmt($ws[-1], 0) . ' vs ' . fmt($ws[0], 0)
+                  . ' per connection', fmt($hi, 1) . ' µs', fmt($lo, 1) . ' µs', fmt($v, 2),
+                  '≤ 1.5', $v && $v <= 1.5 ? 'PASS' : 'MISS'];
+    }
+    if (my @bad = grep { $_->{exact_fail} } @RUNS) {
+        push @t, ['every pipelined message answered by exactly one complete',
+                  scalar(@bad) . ' run(s) failed', '', '', 'all', 'FAIL'];
+    } elsif (@ws) {
+        push @t, ['every pipelined message answered by exactly one complete',
+                  'all runs', '', '', 'all', 'PASS'];
+    }
     my (@ia, @ib);
     for (grep { $_->{load} eq 'idle' } @RUNS) {
         push @ia, $_->{per_conn} if $_->{scen} eq 'A';
@@ -983,7 +1139,10 @@ sub anomalies {
             push @w, "$r->{error_replies} error replies" if $r->{error_replies};
             push @w, "$r->{lost} messages sent in the window never completed" if $r->{lost};
             push @w, "$r->{closed} connections closed by the server" if $r->{closed};
-            push @w, "$r->{connected}/$CONNS connected" if $r->{connected} != $CONNS;
+            push @w, "$r->{connected}/" . ($r->{conns} // $CONNS) . " connected"
+                if $r->{connected} != ($r->{conns} // $CONNS);
+            push @w, "not exactly one complete per message: $r->{exact_fail}"
+                if $r->{exact_fail};
             push @w, "gateway links per worker $r->{up_conns} (want 1 each)"
                 if $r->{scen} eq 'A' && !$r->{gw_ok};
             push @w, "$r->{gw_hellos} gateway handshakes for $r->{workers} worker(s): the link reconnected"
@@ -1030,6 +1189,9 @@ if (my $saved = $ENV{BENCH_REPORT}) {
     $ONLY = $st->{only} // '';
     $INFLIGHT_RATE = $st->{inflight_rate} // $INFLIGHT_RATE;
     $INFLIGHT_DURATION = $st->{inflight_duration} // $INFLIGHT_DURATION;
+    @PIPELINE = @{ $st->{pipeline} // [] };
+    $PIPELINE_CONNS = $st->{pipeline_conns} // $PIPELINE_CONNS;
+    $PIPELINE_DURATION = $st->{pipeline_duration} // $PIPELINE_DURATION;
     @RUNS = @{ $d->{runs} };
     derive($_) for @RUNS;
     my ($md, $targets) = report($d->{machine}, $d->{load_before}, $d->{load_after},
@@ -1056,11 +1218,15 @@ for my $n (@INFLIGHT) {
     $nruns += $REPS;
     $secs += $REPS * (2 * $n / $INFLIGHT_RATE + $INFLIGHT_DURATION + 5.5);
 }
+$nruns += $REPS * @PIPELINE;
+$secs += $REPS * @PIPELINE * ($WARMUP + $PIPELINE_DURATION + 4);
 note(sprintf "%d runs, about %.0f minutes", $nruns, $secs / 60);
 
 for my $rep (1 .. $REPS) {
     # the slow-gateway runs, fewest runs in flight first
     run_load('A', 1, 'inflight', $rep, $_) for sort { $a <=> $b } @INFLIGHT;
+    # clients that pipeline, paced (smallest window) first
+    run_load('A', 1, 'flood', $rep, undef, $_) for sort { $a <=> $b } @PIPELINE;
     next if $ONLY;
 
     # alternate which scenario goes first, against order effects
@@ -1091,7 +1257,9 @@ my $load_after = join ' ', (split ' ', slurp('/proc/loadavg'))[0 .. 2];
                       clk_tck => $CLK_TCK, nginx => $NGINX,
                       loads => \@LOADS, loads_2w => \@LOADS_2W, only => $ONLY,
                       inflight => \@INFLIGHT, inflight_rate => $INFLIGHT_RATE,
-                      inflight_duration => $INFLIGHT_DURATION },
+                      inflight_duration => $INFLIGHT_DURATION,
+                      pipeline => \@PIPELINE, pipeline_conns => $PIPELINE_CONNS,
+                      pipeline_duration => $PIPELINE_DURATION },
         runs => \@RUNS });
     close $f;
 }
@@ -1106,4 +1274,11 @@ print "\nwritten: $OUT/$base.md, $OUT/$base.csv, $OUT/$base-runs.csv; "
     . "logs under $RUNDIR/; figures in $BB/runs$SUFFIX.json\n";
 note("done");
 stop_all();
+
+# a bench that loses or doubles replies measured nothing: say so, and fail
+if (my @bad = grep { $_->{exact_fail} } @RUNS) {
+    print STDERR "\nFAIL: $_->{tag}: not exactly one complete per message: $_->{exact_fail}\n"
+        for @bad;
+    exit 1;
+}
 exit 0;

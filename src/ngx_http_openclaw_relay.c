@@ -1719,10 +1719,7 @@ ngx_http_openclaw_relay_push(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
 
     if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
         || v->size == 0 || v->size > NGX_HTTP_OPENCLAW_SESSION_MAX
-        || (run_id->len > 3 && ngx_strncmp(run_id->data, "wh-", 3) == 0)
-        || !(ngx_http_openclaw_jv_is(&ev[C_STATE], "delta")
-             || ngx_http_openclaw_jv_is(&ev[C_STATE], "final")
-             || ngx_http_openclaw_jv_is(&ev[C_STATE], "error")))
+        || (run_id->len > 3 && ngx_strncmp(run_id->data, "wh-", 3) == 0))
     {
         return NULL;
     }
@@ -1736,8 +1733,23 @@ ngx_http_openclaw_relay_push(ngx_http_openclaw_jv_t *ev, ngx_str_t *run_id)
         return NULL;
     }
 
+    /*
+     * Judged at the run's first event, whatever it is: protocol 4 starts
+     * a run with "status" events, and a hand-over whose text comes only
+     * after its message ended must not become the agent's then.
+     */
+
     if (ngx_http_openclaw_relay_busy(&session)) {
         ngx_http_openclaw_push_not(run_id);
+        return NULL;
+    }
+
+    /* a typing signal: the run is the agent's once it says something */
+
+    if (!(ngx_http_openclaw_jv_is(&ev[C_STATE], "delta")
+          || ngx_http_openclaw_jv_is(&ev[C_STATE], "final")
+          || ngx_http_openclaw_jv_is(&ev[C_STATE], "error")))
+    {
         return NULL;
     }
 

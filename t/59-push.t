@@ -23,6 +23,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Mojo::JSON qw(decode_json encode_json);
 use HTTP::Tiny;
+use Time::HiRes qw(sleep time);
 
 use OCB;
 use FakeGateway;
@@ -180,17 +181,53 @@ is($a[-1]{content}, 'noted', 'alice: the agent\'s run in her named session');
 #    session may be that message's hand-over: it never becomes the
 #    agent's, and her message still gets its own reply once
 
-$gw->set(deltas => 5, delta_ms => 40);
-$alice->send_json({ id => 'a3', content => 'slow one' });
-my $first = $alice->next_json(10);
-is($first->{type}, 'progress', 'alice: her slow message is running');
-agent_run(session => $alice_session, text => 'NOT THE AGENT, a hand-over');
-my @f = $alice->until_terminal(['a3'], 10);
-my @a3 = grep { ($_->{id} // '') eq 'a3' } map { $_->{json} // () } @f;
+#    The order is arranged whatever the timing: her message's run ends
+#    only once the other run's first event (a "status" one, as protocol 4
+#    starts a run) went out, and the other run's text comes after that end.
+
+# the chat.send of a message, once the fake has it: its run id
+sub sent_key {
+    my ($text) = @_;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my ($s) = grep { ($_->{params}{message} // '') eq $text }
+                  $gw->requests('chat.send');
+        return $s->{params}{idempotencyKey} if $s;
+        sleep 0.02;
+    }
+    return undef;
+}
+
+# a run's first event went out of the fake
+sub first_event {
+    my ($rid) = @_;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        return 1 if $gw->records(kind => 'chat', runId => $rid);
+        sleep 0.02;
+    }
+    return 0;
+}
+
+sub overlapped {
+    my ($c, $id, $session, $text) = @_;
+    $gw->set(deltas => 5, delta_ms => 40);
+    $c->send_json({ id => $id, content => "{{hang}} $id slow one" });
+    my $key = sent_key("{{hang}} $id slow one");
+    ok($key, "$id: the message is running on the gateway");
+    my $rid = agent_run(session => $session, text => $text);
+    ok(first_event($rid), "$id: the other run began while it ran");
+    my $r = $gw->action('finish', runId => $key // '');
+    ok($r->{ok}, "$id: then the message's run ended") or diag encode_json($r);
+    my @f = $c->until_terminal([$id], 10);
+    $gw->set(deltas => 3, delta_ms => 5);
+    return grep { ($_->{id} // '') eq $id } map { $_->{json} // () } @f;
+}
+
+my @a3 = overlapped($alice, 'a3', $alice_session, 'NOT THE AGENT, a hand-over');
 is(scalar(grep { $_->{type} =~ /^(complete|error)$/ } @a3), 1,
    'alice: her message ends once');
-is($a3[-1]{content}, 'echo: slow one', 'alice: with its own text');
-$gw->set(deltas => 3, delta_ms => 5);
+is($a3[-1]{content}, 'echo: {{hang}} a3 slow one', 'alice: with its own text');
 
 # the end of that run, if it were delivered, would come before this one's
 agent_run(session => $alice_session, text => 'third reminder');
@@ -207,14 +244,8 @@ agent_run(session => "$P:sender:carol:msg:x", text => 'for carol');
 is($a[-1]{content}, 'for carol', 'no zone: the sender\'s own part reaches it');
 
 # without a zone, only this worker's own runs tell a hand-over apart
-$gw->set(deltas => 5, delta_ms => 40);
-$carol->send_json({ id => 'c1', content => 'slow one' });
-is($carol->next_json(10)->{type}, 'progress', 'no zone: carol\'s message runs');
-agent_run(session => "$P:sender:carol", text => 'NOT THE AGENT either');
-@f = $carol->until_terminal(['c1'], 10);
-my @c1 = grep { ($_->{id} // '') eq 'c1' } map { $_->{json} // () } @f;
-is($c1[-1]{content}, 'echo: slow one', 'no zone: carol\'s message, its text');
-$gw->set(deltas => 3, delta_ms => 5);
+my @c1 = overlapped($carol, 'c1', "$P:sender:carol", 'NOT THE AGENT either');
+is($c1[-1]{content}, 'echo: {{hang}} c1 slow one', 'no zone: carol\'s message, its text');
 agent_run(session => "$P:sender:carol", text => 'for carol again');
 @a = agent_replies($carol, "$P:sender:carol");
 is(scalar(grep { ($_->{content} // '') =~ /NOT THE AGENT/ } @a), 0,

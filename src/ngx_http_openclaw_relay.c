@@ -115,6 +115,8 @@ static ngx_uint_t ngx_http_openclaw_relay_busy(ngx_str_t *session);
 static ngx_int_t ngx_http_openclaw_relay_adopt_stray(
     ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_settle(ngx_str_t *session);
+static void ngx_http_openclaw_relay_end(ngx_str_t *run_id,
+    ngx_http_openclaw_jv_t *ev, ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
     ngx_http_openclaw_jv_t *ev);
 static void ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run);
@@ -1162,12 +1164,59 @@ ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
         }
 
         if (run == NULL) {
+            ngx_http_openclaw_relay_end(&run_id, ev, NULL);
             ngx_http_openclaw_relay_stray(&run_id, ev);
             return;
         }
     }
 
+    ngx_http_openclaw_relay_end(&run_id, ev, run);
     ngx_http_openclaw_relay_run_event(run, ev);
+}
+
+
+/*
+ * The end of a run that no client started, whether this worker has it
+ * ("run") or not: a run of the agent that no worker delivered is dropped,
+ * not kept, and counted once among all the workers.
+ */
+
+static void
+ngx_http_openclaw_relay_end(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev,
+    ngx_http_openclaw_run_t *run)
+{
+    ngx_str_t                session;
+    ngx_uint_t               delivered;
+    ngx_http_openclaw_jv_t  *v;
+
+    v = &ev[C_SESSION];
+
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
+        || v->size == 0 || v->size > NGX_HTTP_OPENCLAW_SESSION_MAX
+        || (run_id->len > 3 && ngx_strncmp(run_id->data, "wh-", 3) == 0)
+        || !(ngx_http_openclaw_jv_is(&ev[C_STATE], "final")
+             || ngx_http_openclaw_jv_is(&ev[C_STATE], "error")
+             || ngx_http_openclaw_jv_is(&ev[C_STATE], "aborted")))
+    {
+        return;
+    }
+
+    session.data = (u_char *) v->data;
+    session.len = v->size;
+
+    /* beside a message in flight, it may be the message's reply */
+
+    delivered = run != NULL || ngx_http_openclaw_relay_busy(&session);
+
+    if (ngx_http_openclaw_push_end(run_id, &session, delivered) != NGX_OK) {
+        return;
+    }
+
+    ngx_http_openclaw_relay.stats->undelivered++;
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "openclaw run %V of the agent in %V reached no endpoint: "
+                  "dropped", run_id, &session);
 }
 
 

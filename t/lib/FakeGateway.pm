@@ -1001,6 +1001,14 @@ sub chat_send {
                                      message => "invalid chat.send params: $bad" });
     }
 
+    # as both gateways: an image may come without text, nothing may not
+    if ($p->{message} !~ /\S/
+        && !(ref $p->{attachments} eq 'ARRAY' && @{ $p->{attachments} }))
+    {
+        return res($conn, $req, 0, { code => 'INVALID_REQUEST',
+                                     message => 'message or attachment required' });
+    }
+
     my $key = $p->{idempotencyKey};
     my $msg = $p->{message};
     my $session = canonical($p->{sessionKey});

@@ -1726,7 +1726,7 @@ ngx_http_openclaw_relay_busy(ngx_str_t *session)
 static ngx_int_t
 ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 {
-    ngx_str_t                   text;
+    ngx_str_t                   text, media;
     ngx_http_openclaw_relay_t  *rl;
     ngx_http_openclaw_stray_t  *stray;
 
@@ -1747,7 +1747,10 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
     text.len = stray->text_len;
 
     if (stray->ended) {
-        ngx_http_openclaw_relay_complete(run, &text, NULL);
+        media.data = stray->media;
+        media.len = stray->media_len;
+
+        ngx_http_openclaw_relay_complete(run, &text, &media);
 
     } else {
         ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
@@ -1797,8 +1800,8 @@ ngx_http_openclaw_relay_settle(ngx_str_t *session)
 static void
 ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
 {
-    u_char                  *buf;
-    ngx_str_t                session, text;
+    u_char                  *buf, *mbuf;
+    ngx_str_t                session, text, media;
     ngx_uint_t               ended;
     ngx_http_openclaw_jv_t  *v, *message;
 
@@ -1822,6 +1825,8 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
             || ngx_http_openclaw_jv_is(v, "aborted");
 
     buf = NULL;
+    mbuf = NULL;
+    ngx_str_null(&media);
 
     if (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
         || ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK)
@@ -1829,10 +1834,24 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
         ngx_str_null(&text);
     }
 
-    ngx_http_openclaw_handover_remember(run_id, &session, ended, &text);
+    /* a reply handed over after its end keeps what its final carried */
+
+    if (message->type == NGX_HTTP_OPENCLAW_JSON_OBJECT
+        && ngx_http_openclaw_jv_is(v, "final")
+        && ngx_http_openclaw_message_media(message, &media, &mbuf) != NGX_OK)
+    {
+        ngx_str_null(&media);
+    }
+
+    ngx_http_openclaw_handover_remember(run_id, &session, ended, &text,
+                                        &media);
 
     if (buf) {
         ngx_free(buf);
+    }
+
+    if (mbuf) {
+        ngx_free(mbuf);
     }
 }
 

@@ -300,6 +300,22 @@ subtest 'media of the final message on the complete' => sub {
              grep { ($_->{type} // '') eq 'progress' } map { $_->{json} // () } @f),
        'only the complete does');
 
+    # a reply handed over (protocol 3's quirk): the run that carries it
+    # may start, or even end, before the message's own empty final, and
+    # its media are kept for the message that adopts it
+    for my $mode (qw(handover handover_early handover_after)) {
+        $c->send_json({ id => $mode, session => "s-$mode",
+                        content => "{{$mode}} draw" });
+        @f = $c->until_terminal([$mode], 10);
+        ($end) = grep { ($_->{type} // '') =~ /^(complete|error)$/ }
+                 map { $_->{json} // () } @f;
+        is($end && $end->{content}, "echo: {{$mode}} draw and more text",
+           "$mode: the reply of the run handed over");
+        is_deeply($end && $end->{media}, [$media->[0], $media->[2]],
+                  "$mode: with its media")
+            or diag encode_json($end);
+    }
+
     $gw->set(final_media => undef);
     $c->send_json({ id => 'plain', content => 'plain' });
     @f = $c->until_terminal(['plain'], 10);

@@ -107,6 +107,22 @@ for my $v (@versions) {
         } grep { ref $_ eq 'HASH' } $gw->model_requests;
         ok(scalar @with, 'the model request holds an image_url part');
 
+        # an image alone: both gateways take an empty message with it
+        $t = time;
+        $c->send_msg(id => 'imgonly', session => 't67-imgonly',
+                     attachments => [{ mimeType => 'image/png',
+                                       content => $png }]);
+        ok(pump([$c], time + 200, sub { $c->done('imgonly') }),
+           'the image without text is answered');
+        note sprintf 'the turn took %.1f s', time - $t;
+        my ($only) = $c->terminals('imgonly');
+        is($only && $only->{type}, 'complete', 'image alone: complete')
+            or diag encode_json($only);
+        like($only && $only->{content},
+             qr/Images: 1 \(image\/png \d+ bytes\)\./,
+             'image alone: the fake model got it')
+            or diag encode_json($only);
+
         my @texts = map { encode_json($_->{messages} // []) }
                     grep { ref $_ eq 'HASH' } $gw->model_requests;
         ok(!grep({ /too big|broken/ } @texts),

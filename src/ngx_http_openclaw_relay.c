@@ -117,6 +117,7 @@ static ngx_int_t ngx_http_openclaw_relay_adopt_stray(
 static void ngx_http_openclaw_relay_settle(ngx_str_t *session);
 static void ngx_http_openclaw_relay_end(ngx_str_t *run_id,
     ngx_http_openclaw_jv_t *ev, ngx_http_openclaw_run_t *run);
+static ngx_uint_t ngx_http_openclaw_relay_empty(ngx_http_openclaw_jv_t *ev);
 static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
     ngx_http_openclaw_jv_t *ev);
 static void ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run);
@@ -1204,9 +1205,14 @@ ngx_http_openclaw_relay_end(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev,
     session.data = (u_char *) v->data;
     session.len = v->size;
 
-    /* beside a message in flight, it may be the message's reply */
+    /*
+     * Beside a message in flight, it may be the message's reply; a final
+     * with nothing in it loses nothing (a silent reply, or protocol 3's
+     * hand-over of the turn to a run of its own, which is counted then).
+     */
 
-    delivered = run != NULL || ngx_http_openclaw_relay_busy(&session);
+    delivered = run != NULL || ngx_http_openclaw_relay_busy(&session)
+                || ngx_http_openclaw_relay_empty(ev);
 
     if (ngx_http_openclaw_push_end(run_id, &session, delivered) != NGX_OK) {
         return;
@@ -1792,6 +1798,54 @@ ngx_http_openclaw_relay_settle(ngx_str_t *session)
     ngx_http_openclaw_handover_settle(&rl->sent, session,
                          ngx_min(NGX_HTTP_OPENCLAW_ADOPT_GRACE,
                                  rl->conf->run_timeout));
+}
+
+
+/* a final without text and without media */
+
+static ngx_uint_t
+ngx_http_openclaw_relay_empty(ngx_http_openclaw_jv_t *ev)
+{
+    u_char                  *buf;
+    ngx_str_t                text;
+    ngx_uint_t               empty;
+    ngx_http_openclaw_jv_t  *message;
+
+    message = &ev[C_MESSAGE];
+
+    if (!ngx_http_openclaw_jv_is(&ev[C_STATE], "final")) {
+        return 0;
+    }
+
+    if (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT) {
+        return 1;
+    }
+
+    buf = NULL;
+
+    if (ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK) {
+        return 0;
+    }
+
+    empty = (text.len == 0);
+
+    if (buf) {
+        ngx_free(buf);
+    }
+
+    if (empty) {
+        if (ngx_http_openclaw_message_media(message, &text, &buf) != NGX_OK) {
+            return 0;
+        }
+
+        empty = (text.len == 0);
+
+        if (buf) {
+            ngx_free(buf);
+        }
+    }
+
+    return empty;
 }
 
 

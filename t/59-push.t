@@ -287,6 +287,19 @@ is(scalar(grep { ($_->{content} // '') eq 'alice is away' } @a), 0,
    'bob: and still not alice\'s');
 is(undelivered(), 3, 'status: counted once, and bob\'s not at all');
 
+# a run that ends with nothing in it loses nothing: a silent reply, or
+# protocol 3 handing the turn to a run of its own, which is the one
+# counted
+agent_run(session => $alice_session, message => '{{empty_final}}',
+          text => 'SILENT');
+agent_run(session => $alice_session, message => '{{handover}}',
+          text => 'handed over while away');
+is(wait_undelivered(4), 4, 'status: the run handed the turn is counted');
+agent_run(session => "$P:sender:bob", text => 'for bob again');
+@a = agent_replies($bob, "$P:sender:bob");
+is($a[-1]{content}, 'for bob again', 'bob: his own session\'s next run');
+is(undelivered(), 4, 'status: the empty finals are not');
+
 
 # 8. a hub link gets the agent's runs of its uid's sessions, which its
 #    users all see; another uid's session reaches no one
@@ -305,14 +318,14 @@ is(scalar(grep { ($_->{content} // '') =~ /FOREIGN/ } @a), 0,
    'hub: not another uid\'s session');
 is($a[-1]{content}, 'your order shipped', 'hub: the uid\'s session reaches its users');
 is($a[-1]{origin}, 'agent', 'hub: marked as the agent\'s');
-is(undelivered(), 4, 'status: the other uid\'s run reached nobody');
+is(undelivered(), 5, 'status: the other uid\'s run reached nobody');
 $user->close;
 
 # delivered runs of the agent are counted, and are no messages: the
 # messages in and out still match
 my $w = status();
-is($w->{agent_runs}, 11, 'status: 11 runs of the agent delivered');
-is($w->{agent_runs_undelivered}, 4, 'status: 4 dropped');
+is($w->{agent_runs}, 12, 'status: 12 runs of the agent delivered');
+is($w->{agent_runs_undelivered}, 5, 'status: 5 dropped');
 is($w->{messages_out}, $w->{messages_in},
    'status: as many messages out as in');
 

@@ -27,6 +27,7 @@
 
 static ngx_uint_t ngx_http_openclaw_handover_in(ngx_http_openclaw_run_t *run,
     ngx_str_t *session);
+static void ngx_http_openclaw_handover_free(ngx_http_openclaw_stray_t *s);
 
 
 static ngx_http_openclaw_stray_t
@@ -35,7 +36,7 @@ static ngx_http_openclaw_stray_t
 
 void
 ngx_http_openclaw_handover_remember(ngx_str_t *run_id, ngx_str_t *session,
-    ngx_uint_t ended, ngx_str_t *text)
+    ngx_uint_t ended, ngx_str_t *text, ngx_str_t *media)
 {
     ngx_uint_t                  i, oldest;
     ngx_http_openclaw_stray_t  *s, *strays;
@@ -66,9 +67,7 @@ ngx_http_openclaw_handover_remember(ngx_str_t *run_id, ngx_str_t *session,
     if (s == NULL) {
         s = &strays[oldest];
 
-        if (s->text) {
-            ngx_free(s->text);
-        }
+        ngx_http_openclaw_handover_free(s);
 
         ngx_memzero(s, sizeof(ngx_http_openclaw_stray_t));
         ngx_memcpy(s->run_id, run_id->data, run_id->len);
@@ -81,6 +80,17 @@ ngx_http_openclaw_handover_remember(ngx_str_t *run_id, ngx_str_t *session,
 
     if (ended) {
         s->ended = 1;
+    }
+
+    /* the final's images and files, for the run that adopts it later */
+
+    if (media->len && s->media == NULL) {
+        s->media = ngx_alloc(media->len, ngx_cycle->log);
+
+        if (s->media) {
+            ngx_memcpy(s->media, media->data, media->len);
+            s->media_len = media->len;
+        }
     }
 
     /* an event without text leaves the text of the one before */
@@ -130,10 +140,23 @@ ngx_http_openclaw_handover_forget(ngx_http_openclaw_stray_t *stray)
 {
     stray->run_id_len = 0;
 
-    if (stray->text) {
-        ngx_free(stray->text);
-        stray->text = NULL;
-        stray->text_len = 0;
+    ngx_http_openclaw_handover_free(stray);
+}
+
+
+static void
+ngx_http_openclaw_handover_free(ngx_http_openclaw_stray_t *s)
+{
+    if (s->text) {
+        ngx_free(s->text);
+        s->text = NULL;
+        s->text_len = 0;
+    }
+
+    if (s->media) {
+        ngx_free(s->media);
+        s->media = NULL;
+        s->media_len = 0;
     }
 }
 

@@ -25,17 +25,19 @@ typedef struct {
     ngx_msec_t                      seen;
     u_char                         *text;
     size_t                          text_len;
+    u_char                         *media;     /* of its final, or NULL */
+    size_t                          media_len;
     ngx_uint_t                      ended;
 } ngx_http_openclaw_stray_t;
 
 
 /*
  * An event of "run_id" in "session" that no run here owns: its latest
- * text (if any) and whether it ended are kept a while, the oldest such
- * run giving way to a new one.
+ * text (if any), whether it ended, and the media of its final (if any)
+ * are kept a while, the oldest such run giving way to a new one.
  */
 void ngx_http_openclaw_handover_remember(ngx_str_t *run_id,
-    ngx_str_t *session, ngx_uint_t ended, ngx_str_t *text);
+    ngx_str_t *session, ngx_uint_t ended, ngx_str_t *text, ngx_str_t *media);
 
 /* a stray of "session" seen recently, or NULL */
 ngx_http_openclaw_stray_t *ngx_http_openclaw_handover_find(

@@ -208,25 +208,21 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
                                                &none, err);
     }
 
-    if (v[F_CONTENT].start == NULL
-        || v[F_CONTENT].type == NGX_HTTP_OPENCLAW_JSON_NULL)
+    ngx_str_set(&in->content, "");
+
+    if (v[F_CONTENT].start != NULL
+        && v[F_CONTENT].type != NGX_HTTP_OPENCLAW_JSON_NULL)
     {
-        *err = "missing field \"content\"";
-        return NGX_ERROR;
-    }
+        if (v[F_CONTENT].type != NGX_HTTP_OPENCLAW_JSON_STRING) {
+            *err = "field \"content\" must be a string";
+            return NGX_ERROR;
+        }
 
-    if (v[F_CONTENT].type != NGX_HTTP_OPENCLAW_JSON_STRING) {
-        *err = "field \"content\" must be a string";
-        return NGX_ERROR;
+        if (v[F_CONTENT].size) {
+            in->content.data = (u_char *) v[F_CONTENT].data;
+            in->content.len = v[F_CONTENT].size;
+        }
     }
-
-    if (v[F_CONTENT].size == 0) {
-        *err = "field \"content\" is empty";
-        return NGX_ERROR;
-    }
-
-    in->content.data = (u_char *) v[F_CONTENT].data;
-    in->content.len = v[F_CONTENT].size;
 
     if (ngx_http_openclaw_message_field(&v[F_SESSION], "session",
                                         &in->session, &none, err)
@@ -247,7 +243,26 @@ ngx_http_openclaw_message_parse(u_char *data, size_t len,
         return NGX_ERROR;
     }
 
-    return ngx_http_openclaw_message_attachments(&v[F_ATTACHMENTS], in, err);
+    if (ngx_http_openclaw_message_attachments(&v[F_ATTACHMENTS], in, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /*
+     * Both gateways take an image without a text ("message or attachment
+     * required"): the text may be left out only where there is one.
+     */
+
+    if (in->content.len == 0 && in->nattachments == 0) {
+        *err = (v[F_CONTENT].start == NULL
+                || v[F_CONTENT].type == NGX_HTTP_OPENCLAW_JSON_NULL)
+               ? "missing field \"content\""
+               : "field \"content\" is empty";
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -30,7 +30,7 @@
 
 /* the sample lines of one worker: the table, link states, histograms */
 #define NGX_HTTP_OPENCLAW_METRICS_WORKER                                      \
-    (64 * NGX_HTTP_OPENCLAW_METRICS_LINE)
+    (80 * NGX_HTTP_OPENCLAW_METRICS_LINE)
 
 
 typedef struct {
@@ -113,6 +113,11 @@ static ngx_http_openclaw_metric_t  ngx_http_openclaw_metrics[] = {
       "Runs the agent started itself, delivered to the endpoint that owns "
       "their session.", NULL,
       ngx_http_openclaw_slot(relay.pushed) },
+
+    { "openclaw_bridge_agent_runs_undelivered_total", "counter",
+      "Runs the agent started itself on a webhook session that no endpoint "
+      "got, counted once, by the last worker to see their end.", NULL,
+      ngx_http_openclaw_slot(relay.undelivered) },
 
     { "openclaw_bridge_runs_waiting_for_link", "gauge",
       "Chat messages in flight that wait for the gateway connection.",

@@ -12,6 +12,7 @@
 #include "ngx_http_openclaw_push.h"
 #include "ngx_http_openclaw_runs.h"
 #include "ngx_http_openclaw_sessions.h"
+#include "ngx_http_openclaw_status.h"
 
 
 /*
@@ -168,6 +169,24 @@ ngx_http_openclaw_push_endpoint(ngx_str_t *run_id, ngx_str_t *session)
     ngx_reset_pool(ngx_http_openclaw_push.pool);
 
     return found;
+}
+
+
+ngx_int_t
+ngx_http_openclaw_push_end(ngx_str_t *run_id, ngx_str_t *session,
+    ngx_uint_t delivered)
+{
+    if (!ngx_http_openclaw_push_webhook(session)) {
+        return NGX_DECLINED;
+    }
+
+    /* a run that may be a message's hand-over is that message's */
+
+    if (ngx_http_openclaw_push_known(run_id)) {
+        delivered = 1;
+    }
+
+    return ngx_http_openclaw_status_run_end(run_id, delivered);
 }
 
 

@@ -42,5 +42,15 @@ ngx_http_openclaw_endpoint_t *ngx_http_openclaw_push_endpoint(
  */
 void ngx_http_openclaw_push_not(ngx_str_t *run_id);
 
+/*
+ * The run "run_id" in "session", no client's run of any worker, ended
+ * here, "delivered" to an endpoint of this worker (or given to a message
+ * as its hand-over) or not.  A run of a webhook session that no worker
+ * delivered is dropped: NGX_OK, once for all the workers, when this one
+ * is the last to see the end.
+ */
+ngx_int_t ngx_http_openclaw_push_end(ngx_str_t *run_id, ngx_str_t *session,
+    ngx_uint_t delivered);
+
 
 #endif /* _NGX_HTTP_OPENCLAW_PUSH_H_INCLUDED_ */

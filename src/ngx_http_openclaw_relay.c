@@ -121,6 +121,9 @@ static ngx_uint_t ngx_http_openclaw_relay_busy(ngx_str_t *session);
 static ngx_int_t ngx_http_openclaw_relay_adopt_stray(
     ngx_http_openclaw_run_t *run);
 static void ngx_http_openclaw_relay_settle(ngx_str_t *session);
+static void ngx_http_openclaw_relay_end(ngx_str_t *run_id,
+    ngx_http_openclaw_jv_t *ev, ngx_http_openclaw_run_t *run);
+static ngx_uint_t ngx_http_openclaw_relay_empty(ngx_http_openclaw_jv_t *ev);
 static void ngx_http_openclaw_relay_stray(ngx_str_t *run_id,
     ngx_http_openclaw_jv_t *ev);
 static void ngx_http_openclaw_relay_timeout(ngx_http_openclaw_run_t *run);
@@ -1287,12 +1290,64 @@ ngx_http_openclaw_relay_chat_event(ngx_http_openclaw_jv_t *payload)
         }
 
         if (run == NULL) {
+            ngx_http_openclaw_relay_end(&run_id, ev, NULL);
             ngx_http_openclaw_relay_stray(&run_id, ev);
             return;
         }
     }
 
+    ngx_http_openclaw_relay_end(&run_id, ev, run);
     ngx_http_openclaw_relay_run_event(run, ev);
+}
+
+
+/*
+ * The end of a run that no client started, whether this worker has it
+ * ("run") or not: a run of the agent that no worker delivered is dropped,
+ * not kept, and counted once among all the workers.
+ */
+
+static void
+ngx_http_openclaw_relay_end(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev,
+    ngx_http_openclaw_run_t *run)
+{
+    ngx_str_t                session;
+    ngx_uint_t               delivered;
+    ngx_http_openclaw_jv_t  *v;
+
+    v = &ev[C_SESSION];
+
+    if (v->type != NGX_HTTP_OPENCLAW_JSON_STRING || v->escaped
+        || v->size == 0 || v->size > NGX_HTTP_OPENCLAW_SESSION_MAX
+        || (run_id->len > 3 && ngx_strncmp(run_id->data, "wh-", 3) == 0)
+        || !(ngx_http_openclaw_jv_is(&ev[C_STATE], "final")
+             || ngx_http_openclaw_jv_is(&ev[C_STATE], "error")
+             || ngx_http_openclaw_jv_is(&ev[C_STATE], "aborted")))
+    {
+        return;
+    }
+
+    session.data = (u_char *) v->data;
+    session.len = v->size;
+
+    /*
+     * Beside a message in flight, it may be the message's reply; a final
+     * with nothing in it loses nothing (a silent reply, or protocol 3's
+     * hand-over of the turn to a run of its own, which is counted then).
+     */
+
+    delivered = run != NULL || ngx_http_openclaw_relay_busy(&session)
+                || ngx_http_openclaw_relay_empty(ev);
+
+    if (ngx_http_openclaw_push_end(run_id, &session, delivered) != NGX_OK) {
+        return;
+    }
+
+    ngx_http_openclaw_relay.stats->undelivered++;
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "openclaw run %V of the agent in %V reached no endpoint: "
+                  "dropped", run_id, &session);
 }
 
 
@@ -1827,7 +1882,7 @@ ngx_http_openclaw_relay_busy(ngx_str_t *session)
 static ngx_int_t
 ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
 {
-    ngx_str_t                   text;
+    ngx_str_t                   text, media;
     ngx_http_openclaw_relay_t  *rl;
     ngx_http_openclaw_stray_t  *stray;
 
@@ -1848,7 +1903,10 @@ ngx_http_openclaw_relay_adopt_stray(ngx_http_openclaw_run_t *run)
     text.len = stray->text_len;
 
     if (stray->ended) {
-        ngx_http_openclaw_relay_complete(run, &text, NULL);
+        media.data = stray->media;
+        media.len = stray->media_len;
+
+        ngx_http_openclaw_relay_complete(run, &text, &media);
 
     } else {
         ngx_http_openclaw_runs_arm(run, rl->conf->run_timeout);
@@ -1893,13 +1951,61 @@ ngx_http_openclaw_relay_settle(ngx_str_t *session)
 }
 
 
+/* a final without text and without media */
+
+static ngx_uint_t
+ngx_http_openclaw_relay_empty(ngx_http_openclaw_jv_t *ev)
+{
+    u_char                  *buf;
+    ngx_str_t                text;
+    ngx_uint_t               empty;
+    ngx_http_openclaw_jv_t  *message;
+
+    message = &ev[C_MESSAGE];
+
+    if (!ngx_http_openclaw_jv_is(&ev[C_STATE], "final")) {
+        return 0;
+    }
+
+    if (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT) {
+        return 1;
+    }
+
+    buf = NULL;
+
+    if (ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK) {
+        return 0;
+    }
+
+    empty = (text.len == 0);
+
+    if (buf) {
+        ngx_free(buf);
+    }
+
+    if (empty) {
+        if (ngx_http_openclaw_message_media(message, &text, &buf) != NGX_OK) {
+            return 0;
+        }
+
+        empty = (text.len == 0);
+
+        if (buf) {
+            ngx_free(buf);
+        }
+    }
+
+    return empty;
+}
+
+
 /* remembers an unowned run briefly, in case protocol 3 hands it over */
 
 static void
 ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
 {
-    u_char                  *buf;
-    ngx_str_t                session, text;
+    u_char                  *buf, *mbuf;
+    ngx_str_t                session, text, media;
     ngx_uint_t               ended;
     ngx_http_openclaw_jv_t  *v, *message;
 
@@ -1923,6 +2029,8 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
             || ngx_http_openclaw_jv_is(v, "aborted");
 
     buf = NULL;
+    mbuf = NULL;
+    ngx_str_null(&media);
 
     if (message->type != NGX_HTTP_OPENCLAW_JSON_OBJECT
         || ngx_http_openclaw_message_text(message, &text, &buf) != NGX_OK)
@@ -1930,10 +2038,24 @@ ngx_http_openclaw_relay_stray(ngx_str_t *run_id, ngx_http_openclaw_jv_t *ev)
         ngx_str_null(&text);
     }
 
-    ngx_http_openclaw_handover_remember(run_id, &session, ended, &text);
+    /* a reply handed over after its end keeps what its final carried */
+
+    if (message->type == NGX_HTTP_OPENCLAW_JSON_OBJECT
+        && ngx_http_openclaw_jv_is(v, "final")
+        && ngx_http_openclaw_message_media(message, &media, &mbuf) != NGX_OK)
+    {
+        ngx_str_null(&media);
+    }
+
+    ngx_http_openclaw_handover_remember(run_id, &session, ended, &text,
+                                        &media);
 
     if (buf) {
         ngx_free(buf);
+    }
+
+    if (mbuf) {
+        ngx_free(mbuf);
     }
 }
 

@@ -33,6 +33,7 @@ typedef struct {
     ngx_uint_t                  errors_link;
     ngx_uint_t                  errors_overload;
     ngx_uint_t                  pushed;     /* runs the agent started */
+    ngx_uint_t                  undelivered;    /* ... that reached nobody */
 
     /* from the message to its first progress, and to its complete */
     ngx_http_openclaw_histogram_t  first_progress;

@@ -11,10 +11,18 @@
 #include "ngx_http_openclaw_status.h"
 #include "ngx_http_openclaw_hub.h"
 #include "ngx_http_openclaw_identity.h"
+#include "ngx_http_openclaw_runs.h"
 
 
 /* old and new workers overlap during a reload: room for both */
 #define NGX_HTTP_OPENCLAW_STATUS_SLOTS  256
+
+/*
+ * The ends of the agent's runs that the workers are saying whether they
+ * delivered: a run's word is complete within moments, as every link gets
+ * the same events, so a few runs at a time are enough.
+ */
+#define NGX_HTTP_OPENCLAW_STATUS_ENDS   128
 
 /*
  * A worker's entry: its figures take about 600 bytes at most, and its
@@ -25,9 +33,24 @@
     (1280 + 6 * NGX_HTTP_OPENCLAW_LINK_ERRLEN)
 
 
+/* a run of the agent that ended: which workers said so, and what */
+
+typedef struct {
+    uint32_t                            hash;
+    u_char                              len;
+    u_char                              delivered;
+    u_char                              done;
+    u_char                              run_id[NGX_HTTP_OPENCLAW_RUN_ID_MAX];
+    u_char                              said[NGX_HTTP_OPENCLAW_STATUS_SLOTS
+                                             / 8];
+} ngx_http_openclaw_status_end_t;
+
+
 typedef struct {
     ngx_uint_t                          nslots;
     ngx_http_openclaw_worker_status_t   slots[NGX_HTTP_OPENCLAW_STATUS_SLOTS];
+    ngx_uint_t                          next_end;
+    ngx_http_openclaw_status_end_t      ends[NGX_HTTP_OPENCLAW_STATUS_ENDS];
 } ngx_http_openclaw_status_sh_t;
 
 
@@ -40,6 +63,7 @@ static u_char *ngx_http_openclaw_status_worker(u_char *p,
 
 
 static ngx_http_openclaw_worker_status_t  *ngx_http_openclaw_status_slot;
+static ngx_slab_pool_t                    *ngx_http_openclaw_status_shpool;
 
 const char  *ngx_http_openclaw_link_states[] = {
     "down", "connecting", "upgrading", "challenge", "hello", "ready"
@@ -148,8 +172,118 @@ ngx_http_openclaw_status_attach(ngx_cycle_t *cycle,
     }
 
     ngx_http_openclaw_status_slot = ws;
+    ngx_http_openclaw_status_shpool = ws ? shpool : NULL;
 
     return ws;
+}
+
+
+/*
+ * Every worker's link gets every run's events, and each worker delivers
+ * the run to its own endpoints only: a run reached nobody when every
+ * worker with its link up said it did not deliver it.  The last one to
+ * say so decides, once.  A worker whose link goes down before the run's
+ * end never says: a later word decides without it, and without one the
+ * run is not counted, which is the better error for a count of losses.
+ */
+
+ngx_int_t
+ngx_http_openclaw_status_run_end(ngx_str_t *run_id, ngx_uint_t delivered)
+{
+    u_char                              bit;
+    uint32_t                            hash;
+    ngx_int_t                           rc;
+    ngx_uint_t                          i, me, said, up;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_openclaw_status_sh_t      *sh;
+    ngx_http_openclaw_status_end_t     *end;
+    ngx_http_openclaw_worker_status_t  *ws;
+
+    shpool = ngx_http_openclaw_status_shpool;
+
+    if (shpool == NULL || run_id->len > NGX_HTTP_OPENCLAW_RUN_ID_MAX) {
+        return NGX_DECLINED;
+    }
+
+    sh = shpool->data;
+    me = ngx_http_openclaw_status_slot - sh->slots;
+    bit = (u_char) (1 << (me % 8));
+    hash = ngx_murmur_hash2(run_id->data, run_id->len);
+
+    /* the workers whose link would have got the run's end, this one too */
+
+    up = 1;
+
+    for (i = 0; i < sh->nslots; i++) {
+        ws = &sh->slots[i];
+
+        if (i != me && ws->pid != 0
+            && ws->link.state == NGX_HTTP_OPENCLAW_LINK_READY
+            && !(kill(ws->pid, 0) == -1 && ngx_errno == NGX_ESRCH))
+        {
+            up++;
+        }
+    }
+
+    rc = NGX_DECLINED;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    end = NULL;
+
+    for (i = 0; i < NGX_HTTP_OPENCLAW_STATUS_ENDS; i++) {
+        if (sh->ends[i].hash == hash && sh->ends[i].len == run_id->len
+            && ngx_memcmp(sh->ends[i].run_id, run_id->data, run_id->len)
+               == 0)
+        {
+            end = &sh->ends[i];
+            break;
+        }
+    }
+
+    if (end == NULL) {
+        end = &sh->ends[sh->next_end];
+        sh->next_end = (sh->next_end + 1) % NGX_HTTP_OPENCLAW_STATUS_ENDS;
+
+        ngx_memzero(end, sizeof(ngx_http_openclaw_status_end_t));
+        end->hash = hash;
+        end->len = (u_char) run_id->len;
+        ngx_memcpy(end->run_id, run_id->data, run_id->len);
+    }
+
+    /* a second error event of the same run is no second word */
+
+    if (end->done || (end->said[me / 8] & bit)) {
+        goto done;
+    }
+
+    end->said[me / 8] |= bit;
+
+    if (delivered) {
+        end->delivered = 1;
+    }
+
+    said = 0;
+
+    for (i = 0; i < sizeof(end->said); i++) {
+        for (bit = end->said[i]; bit; bit &= bit - 1) {
+            said++;
+        }
+    }
+
+    if (said >= up) {
+        end->done = 1;
+
+        if (!end->delivered) {
+            rc = NGX_OK;
+        }
+    }
+
+done:
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
 }
 
 
@@ -470,13 +604,15 @@ ngx_http_openclaw_status_worker(u_char *p,
     p = ngx_sprintf(p, "\"},\"clients\":%ui,\"messages_in\":%ui,"
                     "\"messages_out\":%ui,\"completed\":%ui,"
                     "\"runs_in_flight\":%ui,\"waiting_for_link\":%ui,"
-                    "\"agent_runs\":%ui,\"errors\":{\"input\":%ui,"
+                    "\"agent_runs\":%ui,\"agent_runs_undelivered\":%ui,"
+                    "\"errors\":{\"input\":%ui,"
                     "\"gateway\":%ui,\"timeout\":%ui,\"link\":%ui,"
                     "\"overload\":%ui},"
                     "\"callbacks\":{\"pending\":%ui,\"delivered\":%ui,"
                     "\"failed\":%ui,\"retries\":%ui}}",
                     rs->clients, rs->messages_in, rs->messages_out,
                     rs->completed, rs->runs, rs->waiting, rs->pushed,
+                    rs->undelivered,
                     rs->errors_input,
                     rs->errors_gateway, rs->errors_timeout, rs->errors_link,
                     rs->errors_overload, ws->callbacks.pending,

@@ -52,6 +52,14 @@ ngx_http_openclaw_worker_status_t *ngx_http_openclaw_status_attach(
 void ngx_http_openclaw_status_detach(void);
 
 /*
+ * This worker saw the end of the agent's run "run_id" and "delivered" it
+ * (or may have: a message's hand-over) or not: NGX_OK when it is the last
+ * worker to say, and no worker delivered it.
+ */
+ngx_int_t ngx_http_openclaw_status_run_end(ngx_str_t *run_id,
+    ngx_uint_t delivered);
+
+/*
  * What the status and metrics endpoints report: copies of the live
  * workers' slots (ngx_http_openclaw_worker_status_t), taken without a
  * lock, and the sessions zones of the running configuration

@@ -196,6 +196,50 @@ subtest 'protocol 4: limits from hello-ok, errors, pass-through' => sub {
 
 ###########################################################################
 
+# both gateways take an empty message with attachments ("message or
+# attachment required" only when neither is there)
+subtest 'an image without text' => sub {
+    my ($gw, $ngx) = setup();
+    my $c = RelayClient->new($ngx);
+
+    my $img = [{ mimeType => 'image/png', content => $png }];
+    $c->send_json({ id => 'nokey', attachments => $img });
+    $c->send_json({ id => 'empty', content => '', attachments => $img });
+    $c->send_json({ id => 'null', content => undef, attachments => $img });
+    $c->send_json({ id => 'notext' });
+    $c->send_json({ id => 'emptytext', content => '' });
+    $c->send_json({ id => 'emptylist', attachments => [] });
+    $c->send_json({ id => 'nulllist', content => '', attachments => undef });
+    $c->send_json({ id => 'badtext', content => 7, attachments => $img });
+
+    my $end = ends($c, [qw(nokey empty null notext emptytext emptylist
+                           nulllist badtext)]);
+    is($end->{$_} && $end->{$_}{type}, 'complete', "$_: complete")
+        for qw(nokey empty null);
+    my %want = (
+        notext => 'missing field "content"',
+        emptytext => 'field "content" is empty',
+        emptylist => 'missing field "content"',
+        nulllist => 'field "content" is empty',
+        badtext => 'field "content" must be a string',
+    );
+    is($end->{$_} && $end->{$_}{error}, $want{$_}, "$_: $want{$_}")
+        for sort keys %want;
+
+    my @sends = map { $_->{params} } $gw->requests('chat.send');
+    is(scalar @sends, 3, 'only the three with an image reached the gateway');
+    is_deeply([map { $_->{message} } @sends], ['', '', ''],
+              'each with an empty message');
+    is_deeply([map { $_->{attachments} } @sends], [$img, $img, $img],
+              'and its image');
+
+    $c->close;
+    $ngx->stop;
+    $gw->stop;
+};
+
+###########################################################################
+
 subtest 'protocol 3: no advertised limit, 5000000 bytes' => sub {
     my ($gw, $ngx) = setup(protocol => 3);
     my $c = RelayClient->new($ngx);
@@ -255,6 +299,22 @@ subtest 'media of the final message on the complete' => sub {
     ok(!grep({ ($_->{id} // '') eq 'm' && exists $_->{media} }
              grep { ($_->{type} // '') eq 'progress' } map { $_->{json} // () } @f),
        'only the complete does');
+
+    # a reply handed over (protocol 3's quirk): the run that carries it
+    # may start, or even end, before the message's own empty final, and
+    # its media are kept for the message that adopts it
+    for my $mode (qw(handover handover_early handover_after)) {
+        $c->send_json({ id => $mode, session => "s-$mode",
+                        content => "{{$mode}} draw" });
+        @f = $c->until_terminal([$mode], 10);
+        ($end) = grep { ($_->{type} // '') =~ /^(complete|error)$/ }
+                 map { $_->{json} // () } @f;
+        is($end && $end->{content}, "echo: {{$mode}} draw and more text",
+           "$mode: the reply of the run handed over");
+        is_deeply($end && $end->{media}, [$media->[0], $media->[2]],
+                  "$mode: with its media")
+            or diag encode_json($end);
+    }
 
     $gw->set(final_media => undef);
     $c->send_json({ id => 'plain', content => 'plain' });

@@ -107,6 +107,28 @@ sub agent_replies {
     return @got;
 }
 
+# the worker's figures
+sub status {
+    my $r = HTTP::Tiny->new(timeout => 10)->get($ngx->http_url('/status'));
+    die "status: $r->{status}" unless $r->{success};
+    return decode_json($r->{content})->{workers}[0];
+}
+
+sub undelivered { status()->{agent_runs_undelivered} }
+
+# waits until the count of runs that reached nobody is "want"
+sub wait_undelivered {
+    my ($want) = @_;
+    my $deadline = time + 10;
+    my $n;
+    while (time < $deadline) {
+        $n = undelivered();
+        return $n if $n >= $want;
+        select undef, undef, undef, 0.02;
+    }
+    return $n;
+}
+
 # a client and its sender's default session, made by a message of it
 my $alice = client('/own?sender=alice');
 my $bob = client('/own?sender=bob');
@@ -136,6 +158,7 @@ is_deeply([ RelayClient::delta_problems(@a) ], [],
           "alice: the agent's deltas add up to its complete");
 ok((grep { $_->{type} eq 'progress' } @a) >= 1,
    'alice: the agent\'s run streams as progress first');
+is(undelivered(), 0, 'status: a run its owner got is not counted as dropped');
 
 # bob's next message is answered after anything sent to him before it
 @r = ask($bob, 'b2', 'still there?');
@@ -158,6 +181,12 @@ agent_run(session => $alice_session, text => 'second reminder');
 is(scalar(grep { ($_->{content} // '') =~ /FOREIGN/ } @a), 0,
    'alice: no run of a session not hers');
 is($a[-1]{content}, 'second reminder', 'alice: her second agent run');
+
+# the runs ended in the order they started: of the five before alice's,
+# the two on webhook sessions that reached nobody (the ops agent's, with
+# no endpoint of it yet, and a session nobody made) are counted, each
+# once however many deltas it had; the other channels' runs are not ours
+is(undelivered(), 2, 'status: the two webhook runs that reached nobody');
 
 @r = ask($bob, 'b3', 'and now?');
 @bob_all = map { $_->{json} // () } $bob->frames;
@@ -235,6 +264,7 @@ agent_run(session => $alice_session, text => 'third reminder');
 is(scalar(grep { ($_->{content} // '') =~ /NOT THE AGENT/ } @a), 0,
    'alice: the run that started in her message\'s flight is not delivered');
 is($a[-1]{content}, 'third reminder', 'alice: the next agent run is');
+is(undelivered(), 2, 'status: the possible hand-over is not counted as dropped');
 
 # 5. without a zone, a sender's own part is still its own
 
@@ -275,6 +305,31 @@ agent_run(session => $alice_session, text => 'alice is away');
 @bob_all = map { $_->{json} // () } $bob->frames;
 is(scalar(grep { ($_->{content} // '') eq 'alice is away' } @bob_all), 0,
    'bob: not alice\'s run while she is away');
+is(wait_undelivered(3), 3, 'status: her run that reached nobody is counted');
+my @dropped = $ngx->error_log =~ /\[info\].*(openclaw run \S+ of the agent in \Q$alice_session\E reached no endpoint: dropped)/g;
+is(scalar @dropped, 1, 'log: one line for it, at info');
+unlike($ngx->error_log, qr/alice is away/, 'log: without its text');
+
+# once: a later run of bob's, delivered, ends after it
+agent_run(session => "$P:sender:bob", text => 'for bob');
+@a = agent_replies($bob, "$P:sender:bob");
+is($a[-1]{content}, 'for bob', 'bob: his own session\'s run');
+is(scalar(grep { ($_->{content} // '') eq 'alice is away' } @a), 0,
+   'bob: and still not alice\'s');
+is(undelivered(), 3, 'status: counted once, and bob\'s not at all');
+
+# a run that ends with nothing in it loses nothing: a silent reply, or
+# protocol 3 handing the turn to a run of its own, which is the one
+# counted
+agent_run(session => $alice_session, message => '{{empty_final}}',
+          text => 'SILENT');
+agent_run(session => $alice_session, message => '{{handover}}',
+          text => 'handed over while away');
+is(wait_undelivered(4), 4, 'status: the run handed the turn is counted');
+agent_run(session => "$P:sender:bob", text => 'for bob again');
+@a = agent_replies($bob, "$P:sender:bob");
+is($a[-1]{content}, 'for bob again', 'bob: his own session\'s next run');
+is(undelivered(), 4, 'status: the empty finals are not');
 
 
 # 8. a hub link gets the agent's runs of its uid's sessions, which its
@@ -294,13 +349,14 @@ is(scalar(grep { ($_->{content} // '') =~ /FOREIGN/ } @a), 0,
    'hub: not another uid\'s session');
 is($a[-1]{content}, 'your order shipped', 'hub: the uid\'s session reaches its users');
 is($a[-1]{origin}, 'agent', 'hub: marked as the agent\'s');
+is(undelivered(), 5, 'status: the other uid\'s run reached nobody');
 $user->close;
 
 # delivered runs of the agent are counted, and are no messages: the
 # messages in and out still match
-my $st = decode_json(HTTP::Tiny->new->get($ngx->http_url('/status'))->{content});
-my $w = $st->{workers}[0];
-is($w->{agent_runs}, 10, 'status: 10 runs of the agent delivered');
+my $w = status();
+is($w->{agent_runs}, 12, 'status: 12 runs of the agent delivered');
+is($w->{agent_runs_undelivered}, 5, 'status: 5 dropped');
 is($w->{messages_out}, $w->{messages_in},
    'status: as many messages out as in');
 

@@ -18,7 +18,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::HiRes qw(time);
-use MIME::Base64 qw(encode_base64);
+use MIME::Base64 qw(encode_base64 decode_base64);
 use Mojo::JSON qw(encode_json);
 
 use OCB;
@@ -106,6 +106,59 @@ for my $v (@versions) {
                  @{ $_->{messages} // [] }
         } grep { ref $_ eq 'HASH' } $gw->model_requests;
         ok(scalar @with, 'the model request holds an image_url part');
+
+        # an image alone: both gateways take an empty message with it
+        $t = time;
+        $c->send_msg(id => 'imgonly', session => 't67-imgonly',
+                     attachments => [{ mimeType => 'image/png',
+                                       content => $png }]);
+        ok(pump([$c], time + 200, sub { $c->done('imgonly') }),
+           'the image without text is answered');
+        note sprintf 'the turn took %.1f s', time - $t;
+        my ($only) = $c->terminals('imgonly');
+        is($only && $only->{type}, 'complete', 'image alone: complete')
+            or diag encode_json($only);
+        like($only && $only->{content},
+             qr/Images: 1 \(image\/png \d+ bytes\)\./,
+             'image alone: the fake model got it')
+            or diag encode_json($only);
+
+        # the agent's media: a model names a file it made with a line
+        # "MEDIA:<path>" (the fake model's #media= marker); neither gateway
+        # turns that into a block of its chat events (both drop the line
+        # from the text), only tools' output and replies no model run made
+        # carry blocks, which the fake model cannot play.  Whatever the
+        # gateway's final holds, the complete holds the same: the text
+        # blocks in "content", the others as they came in "media".
+        my $dir = $gw->home . '/.openclaw/workspace/out';
+        system('mkdir', '-p', $dir) == 0 or die "mkdir $dir";
+        open my $f, '>', "$dir/dot.png" or die "$dir/dot.png: $!";
+        print $f decode_base64($png);
+        close $f;
+        $c->send_msg(id => 'media', content => 'draw #media=out/dot.png',
+                     session => 't67-media');
+        ok(pump([$c], time + 200, sub { $c->done('media') }),
+           'the reply naming a file is answered');
+        my ($m) = $c->terminals('media');
+        # the spy's own connection may get the final a little later
+        my ($final, $until) = (undef, time + 30);
+        while (!$final && time < $until) {
+            ($final) = map { $_->{frame}{payload} }
+                       grep { ($_->{frame}{payload}{state} // '') eq 'final' }
+                       $gw->spy_chat('agent:main:webhook:session:t67-media');
+            select undef, undef, undef, 0.1 unless $final;
+        }
+        ok($final, 'media: the gateway\'s final, as its spy saw it');
+        my @blocks = @{ ($final // {})->{message}{content} // [] };
+        my @text = grep { ($_->{type} // '') eq 'text' } @blocks;
+        my @other = grep { ($_->{type} // '') ne 'text' } @blocks;
+        is($m && $m->{content}, join('', map { $_->{text} } @text),
+           'media: the complete has the final\'s text')
+            or diag encode_json([$m, $final]);
+        is_deeply($m && ($m->{media} // []), \@other,
+                  'media: and its other blocks, as they came')
+            or diag encode_json([$m, $final]);
+        note 'the final: ' . encode_json($final);
 
         my @texts = map { encode_json($_->{messages} // []) }
                     grep { ref $_ eq 'HASH' } $gw->model_requests;

@@ -8,7 +8,9 @@
 # "origin":"agent", with the model's reply to it; another sender does not;
 # a run in a session of no one here, going on at the same time, reaches
 # nobody.  nginx has two workers, so the owner's worker delivers it and the
-# other one, which sees the same events, does not.
+# other one, which sees the same events, does not; and with the owner
+# gone, the agent's run reaches nobody and is counted once, not once per
+# worker.
 
 use strict;
 use warnings;
@@ -17,6 +19,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use HTTP::Tiny;
 use Time::HiRes qw(time);
 use Mojo::JSON qw(decode_json encode_json);
 
@@ -38,6 +41,29 @@ sub agent_events {
     return grep { ref $_ eq 'HASH' && ($_->{origin} // '') eq 'agent'
                   && (!defined $session || ($_->{session} // '') eq $session) }
            $c->events('');
+}
+
+# the workers' figures, summed: $name's total, or undef
+sub total {
+    my ($ngx, $name) = @_;
+    my $r = HTTP::Tiny->new(timeout => 5)->get($ngx->http_url('/status'));
+    return undef unless $r->{success};
+    my $st = eval { decode_json($r->{content}) } or return undef;
+    my $n = 0;
+    $n += $_->{$name} // 0 for @{ $st->{workers} // [] };
+    return $n;
+}
+
+sub wait_total {
+    my ($ngx, $name, $want, $timeout) = @_;
+    my $deadline = time + $timeout;
+    my $n;
+    while (time < $deadline) {
+        $n = total($ngx, $name);
+        return $n if defined $n && $n == $want;
+        select undef, undef, undef, 0.1;
+    }
+    return $n;
 }
 
 sub agent_done {
@@ -131,6 +157,38 @@ for my $version (4, 3) {
     my ($a2) = $alice->terminals('a2');
     like($a2->{content} // '', qr/^Reply to: thanks\./,
          "v$version: with its own reply");
+
+    # the agent's run reached its owner: neither worker counts it dropped,
+    # not even the one without her connection
+    is(total($ngx, 'agent_runs'), 1, "v$version: one agent run delivered");
+    is(total($ngx, 'agent_runs_undelivered'), 0,
+       "v$version: none counted as dropped");
+
+    # alice gone, the agent speaks in her session: nobody gets it, and of
+    # the two workers that see it end, one counts it
+
+    $alice->close;
+    is(wait_total($ngx, 'clients', 1, 30), 1,
+       "v$version: alice's connection is gone");
+    ($res, $err) = operator_send($gw, {
+        sessionKey => $session, message => 'cron: alice is away',
+        idempotencyKey => "t68-away-$version-$$" });
+    ok($res && $res->{ok}, "v$version: the gateway took the agent's turn")
+        or diag $err // encode_json($res);
+    is(wait_total($ngx, 'agent_runs_undelivered', 1, 150), 1,
+       "v$version: the run that reached nobody is counted");
+
+    # bob's next turn ends after the other worker had its say
+    $bob->send_msg(id => 'b3', content => 'one more');
+    ok(pump([$bob], time + 120, sub { $bob->done('b3') }),
+       "v$version: bob's next message answered");
+    is(scalar(grep { ($_->{content} // '') =~ /alice is away/ }
+              agent_events($bob)), 0, "v$version: bob did not get it");
+    is(total($ngx, 'agent_runs_undelivered'), 1,
+       "v$version: counted once, not once per worker");
+    like($ngx->error_log,
+         qr/\[info\].*openclaw run \S+ of the agent in \Q$session\E reached no endpoint: dropped/,
+         "v$version: and logged");
 
     $ngx->stop;
     $gw->stop;

@@ -166,7 +166,7 @@ is(total($st, 'completed'), 5, 'completed 5');
 is(total($st, 'errors.input'), 2, 'errors.input 2');
 is(total($st, $_), 0, "$_ 0") for qw(errors.gateway errors.timeout errors.link
                                      runs_in_flight waiting_for_link
-                                     agent_runs);
+                                     agent_runs agent_runs_undelivered);
 is(zone($st, 'st')->{sessions}, 3, 'zone st: 3 sessions');
 cmp_ok(zone($st, 'st')->{free}, '<=', $z->{free}, 'zone st: less free');
 is(zone($st, 'st2')->{sessions}, 0, 'zone st2: still none');

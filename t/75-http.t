@@ -142,6 +142,15 @@ subtest 'a message, and its complete' => sub {
     $r = post($ngx, '/sender?sender=big', { id => 'big', content => $text });
     is($r->{status}, 200, 'a body past client_body_buffer_size (in a file)');
     is($r->{json}{content}, "echo: $text", 'is read back whole');
+
+    # an image alone, as over WebSocket
+    my $img = [{ mimeType => 'image/png', content => 'iVBORw0KGgo=' }];
+    $r = post($ngx, '/http', { id => 'img', attachments => $img });
+    is($r->{status}, 200, 'an image without text: 200');
+    is($r->{json}{type}, 'complete', 'and its complete');
+    @s = grep { $_->{params}{message} eq '' } $gw->requests('chat.send');
+    is(scalar @s, 1, 'one chat.send with an empty message');
+    is_deeply($s[0]{params}{attachments}, $img, 'and the image');
 };
 
 subtest 'bad input: 400, never relayed' => sub {

@@ -40,6 +40,8 @@
 #   #slow       1000 ms between chunks      #slow=MS   MS between chunks
 #   #history    the sentence also lists every genuine user message of the
 #               request, oldest first: "Seen: a | b | c."
+#   #media=PATH the reply ends with a line "MEDIA:PATH", the way a model
+#               names a file it made for the gateway to send
 #
 # Images in the latest user message (OpenAI "image_url" parts with a data:
 # URL, as the gateway sends an image attachment to a model that takes
@@ -212,6 +214,7 @@ post '/v1/chat/completions' => sub ($c) {
     $reply .= ' Images: ' . @images . ' (' . join(', ', @images) . ').'
         if @images;
     $reply .= ' This reply is streamed in pieces.';
+    $reply .= "\nMEDIA:$1" if $whole =~ /#media=(\S+)/;
 
     my $id = 'chatcmpl-fake-' . ++$next_id;
     my $model = $body->{model} // 'fake-model';

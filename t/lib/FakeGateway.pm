@@ -137,6 +137,8 @@ package FakeGateway;
 #                       ("gw-run-N") on the same session
 #   {{handover_early}}  the same, but the other run starts before the
 #                       empty final
+#   {{handover_after}}  the same, but the other run ends before the
+#                       empty final
 #   {{final_early}}     the final (with the whole text) comes before the
 #                       last delta, as a real gateway's coalescing allows
 #   {{rewrite}}         the deltas stream "DRAFT " and the text, the final
@@ -1010,6 +1012,14 @@ sub chat_send {
                                      message => "invalid chat.send params: $bad" });
     }
 
+    # as both gateways: an image may come without text, nothing may not
+    if ($p->{message} !~ /\S/
+        && !(ref $p->{attachments} eq 'ARRAY' && @{ $p->{attachments} }))
+    {
+        return res($conn, $req, 0, { code => 'INVALID_REQUEST',
+                                     message => 'message or attachment required' });
+    }
+
     my $key = $p->{idempotencyKey};
     my $msg = $p->{message};
     my $session = canonical($p->{sessionKey});
@@ -1161,6 +1171,7 @@ sub start_run {
              : $msg =~ /\{\{error\}\}/ ? 'error'
              : $msg =~ /\{\{empty_final\}\}/ ? 'empty_final'
              : $msg =~ /\{\{handover_early\}\}/ ? 'handover_early'
+             : $msg =~ /\{\{handover_after\}\}/ ? 'handover_after'
              : $msg =~ /\{\{handover\}\}/ ? 'handover'
              : $msg =~ /\{\{final_early\}\}/ ? 'final_early'
              : $msg =~ /\{\{rewrite\}\}/ ? 'rewrite'
@@ -1205,7 +1216,13 @@ sub start_run {
         my $other = sub {
             start_run($conn, 'gw-run-' . ++$NRUN, $session, 'plain', $text);
         };
-        if ($mode eq 'handover') {
+        if ($mode eq 'handover_after') {
+            # this run's empty final once the other one's final is out
+            push @steps, sub {
+                start_run($conn, 'gw-run-' . ++$NRUN, $session, 'plain',
+                          $text)->{then} = sub { finish_run($run, undef) };
+            };
+        } elsif ($mode eq 'handover') {
             # finish_run ends this run's chain: the other run is started
             # by a timer of its own
             push @steps, sub {
@@ -1277,6 +1294,7 @@ sub finish_run {
     }
     chat_event($run, state => 'final', stopReason => 'stop',
                (defined $msg ? (message => $msg) : ()));
+    (delete $run->{then})->() if $run->{then};
 }
 
 sub fail_run {

@@ -1019,11 +1019,11 @@ ngx_http_openclaw_relay_fetch(ngx_http_openclaw_run_t *run)
 
 
 /*
- * The reply to the run in the history: the assistant message protocol 4
- * marks with the run's id, or else the last assistant message after the
- * user's turn with the run's id, before the turn of another message of
- * this bridge (the gateway's own prompts, such as a recovery's, come
- * between) and that did not end in an error.
+ * The reply to the run in the history, among the assistant messages that
+ * did not end in an error: the one protocol 4 marks with the run's id, or
+ * else the last one after the user's turn with the run's id, before the
+ * turn of another message of this bridge (the gateway's own prompts, such
+ * as a recovery's, come between).
  */
 
 static ngx_int_t
@@ -1069,7 +1069,17 @@ ngx_http_openclaw_relay_reply_in(ngx_http_openclaw_run_t *run,
             continue;
         }
 
-        if (!ngx_http_openclaw_jv_is(&role, "assistant")) {
+        /*
+         * A run that failed has an assistant message too, with its run id
+         * (2026.9.6: "The agent run failed before producing a reply."):
+         * it is no reply.
+         */
+
+        if (!ngx_http_openclaw_jv_is(&role, "assistant")
+            || (ngx_http_openclaw_jv_get(&message, "stopReason", &stop) == 0
+                && (ngx_http_openclaw_jv_is(&stop, "error")
+                    || ngx_http_openclaw_jv_is(&stop, "aborted"))))
+        {
             continue;
         }
 
@@ -1084,11 +1094,7 @@ ngx_http_openclaw_relay_reply_in(ngx_http_openclaw_run_t *run,
             return NGX_OK;
         }
 
-        if (after
-            && !(ngx_http_openclaw_jv_get(&message, "stopReason", &stop) == 0
-                 && (ngx_http_openclaw_jv_is(&stop, "error")
-                     || ngx_http_openclaw_jv_is(&stop, "aborted"))))
-        {
+        if (after) {
             *reply = message;
             found = 1;
         }

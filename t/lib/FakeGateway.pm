@@ -194,7 +194,8 @@ package FakeGateway;
 #             (text, default the run's) to the history after a prompt of
 #             its own (no_reply => 1: the prompt alone, as a recovery that
 #             failed); the next chat.send with the key starts a run that
-#             ends in an error event (message)
+#             ends in an error event (message), its assistant message in
+#             the history marked stopReason "error", as 2026.9.6 has it
 #   finish    runId => ID, text => '...': ends a running run with a final
 #   fail      runId => ID, message => '...': ends a run with an error event
 #
@@ -1233,7 +1234,16 @@ sub start_run {
             push @steps, $other, sub {}, sub {}, sub { finish_run($run, undef) };
         }
     } elsif ($mode eq 'fail') {
-        push @steps, sub { fail_run($run, $o{fail}) };
+        # 2026.9.6 writes the failed run's assistant message first, with
+        # the run's id and stopReason "error" (chat.history shows it with a
+        # text of its own)
+        push @steps, sub {
+            push @{ $HISTORY{$session} }, {
+                %{ assistant('The agent run failed before producing a reply.') },
+                stopReason => 'error',
+                ($v4 ? (__openclaw => { runId => $key }) : ()) };
+            fail_run($run, $o{fail});
+        };
     } elsif ($mode =~ /error/) {
         push @steps, sub {
             fail_run($run, 'LLM request failed: connection refused by the '

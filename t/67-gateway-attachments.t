@@ -44,7 +44,7 @@ for my $v (@versions) {
             $gw->dir;
 
         my $ngx = $gw->nginx(workers => 1,
-                             extra => 'openclaw_gateway_run_timeout 200s;',
+                             extra => 'openclaw_gateway_run_timeout 300s;',
                              loc => 'openclaw_bridge_max_message_size 16m;');
         ok(OCGateway::wait_links($ngx, 1, 30, $v), "link up, protocol $v");
 
@@ -86,7 +86,7 @@ for my $v (@versions) {
                      attachments => [{ mimeType => 'image/png',
                                        content => $png,
                                        fileName => 'dot.png' }]);
-        ok(pump([$c], time + 200, sub { $c->done('img') }),
+        ok(pump([$c], time + 330, sub { $c->done('img') }),
            'the message with the image is answered');
         note sprintf 'the turn took %.1f s', time - $t;
 
@@ -112,7 +112,7 @@ for my $v (@versions) {
         $c->send_msg(id => 'imgonly', session => 't67-imgonly',
                      attachments => [{ mimeType => 'image/png',
                                        content => $png }]);
-        ok(pump([$c], time + 200, sub { $c->done('imgonly') }),
+        ok(pump([$c], time + 330, sub { $c->done('imgonly') }),
            'the image without text is answered');
         note sprintf 'the turn took %.1f s', time - $t;
         my ($only) = $c->terminals('imgonly');
@@ -137,7 +137,7 @@ for my $v (@versions) {
         close $f;
         $c->send_msg(id => 'media', content => 'draw #media=out/dot.png',
                      session => 't67-media');
-        ok(pump([$c], time + 200, sub { $c->done('media') }),
+        ok(pump([$c], time + 330, sub { $c->done('media') }),
            'the reply naming a file is answered');
         my ($m) = $c->terminals('media');
         # the spy's own connection may get the final a little later

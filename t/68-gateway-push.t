@@ -81,7 +81,7 @@ for my $version (4, 3) {
 
     my $ngx = $gw->nginx(
         workers => 2,
-        extra => "openclaw_gateway_run_timeout 120s;\n"
+        extra => "openclaw_gateway_run_timeout 300s;\n"
                . "    openclaw_bridge_zone s:1m;",
         loc => "openclaw_bridge_session_zone s;\n"
              . "            openclaw_bridge_sender \$arg_sender;");
@@ -98,7 +98,7 @@ for my $version (4, 3) {
 
     $alice->send_msg(id => 'a1', content => 'hello from alice');
     $bob->send_msg(id => 'b1', content => 'hello from bob');
-    ok(pump(\@all, time + 150, sub { $alice->done('a1') && $bob->done('b1') }),
+    ok(pump(\@all, time + 330, sub { $alice->done('a1') && $bob->done('b1') }),
        "v$version: both first messages answered");
     my ($a1) = $alice->terminals('a1');
     my $session = $a1->{session} // '';
@@ -119,7 +119,7 @@ for my $version (4, 3) {
     ok($res && $res->{ok}, "v$version: and the foreign turn")
         or diag $err // encode_json($res);
 
-    ok(pump(\@all, time + 120, sub { agent_done($alice, $session) }),
+    ok(pump(\@all, time + 330, sub { agent_done($alice, $session) }),
        "v$version: alice got the agent's run");
 
     my @ev = agent_events($alice, $session);
@@ -141,7 +141,7 @@ for my $version (4, 3) {
     # bob's next message is answered after anything sent to him before it
 
     $bob->send_msg(id => 'b2', content => 'anything for me?');
-    ok(pump(\@all, time + 120, sub { $bob->done('b2') }),
+    ok(pump(\@all, time + 330, sub { $bob->done('b2') }),
        "v$version: bob's next message answered");
     is(scalar(agent_events($bob)), 0,
        "v$version: bob got nothing of the agent's runs");
@@ -152,7 +152,7 @@ for my $version (4, 3) {
     # alice's own messages still get their own replies
 
     $alice->send_msg(id => 'a2', content => 'thanks');
-    ok(pump(\@all, time + 120, sub { $alice->done('a2') }),
+    ok(pump(\@all, time + 330, sub { $alice->done('a2') }),
        "v$version: alice's next message answered");
     my ($a2) = $alice->terminals('a2');
     like($a2->{content} // '', qr/^Reply to: thanks\./,
@@ -175,12 +175,12 @@ for my $version (4, 3) {
         idempotencyKey => "t68-away-$version-$$" });
     ok($res && $res->{ok}, "v$version: the gateway took the agent's turn")
         or diag $err // encode_json($res);
-    is(wait_total($ngx, 'agent_runs_undelivered', 1, 150), 1,
+    is(wait_total($ngx, 'agent_runs_undelivered', 1, 330), 1,
        "v$version: the run that reached nobody is counted");
 
     # bob's next turn ends after the other worker had its say
     $bob->send_msg(id => 'b3', content => 'one more');
-    ok(pump([$bob], time + 120, sub { $bob->done('b3') }),
+    ok(pump([$bob], time + 330, sub { $bob->done('b3') }),
        "v$version: bob's next message answered");
     is(scalar(grep { ($_->{content} // '') =~ /alice is away/ }
               agent_events($bob)), 0, "v$version: bob did not get it");

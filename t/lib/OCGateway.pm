@@ -622,6 +622,10 @@ sub nginx {
     my ($self, %o) = @_;
     my $extra = $o{extra} // '';
     my $loc = $o{loc} // '';
+    # protocol 3 stalls for tens of seconds while a turn runs (13.9), and
+    # longer on a busy machine: a chat.send is acknowledged only then
+    $extra = "openclaw_gateway_request_timeout 120s;\n    $extra"
+        unless $extra =~ /openclaw_gateway_request_timeout/;
     my $ngx = OCB->new(
         workers => $o{workers} // 2,
         http => <<"EOF");

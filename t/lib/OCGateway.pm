@@ -704,26 +704,41 @@ sub check {
 # One request over an operator connection of the test's own (the
 # loopback backend path, with the gateway's token): ($res, $err), $res the
 # whole "res" frame.  scopes => [...] (default operator.read), timeout.
+#
+# One user agent serves every call of the test: Mojo ends a
+# WebSocket transaction as soon as its close frame is queued, so the
+# connection is still draining when the call returns, and the gateway's
+# close frame that arrives then must find a live agent (it drops it) and
+# not a freed one (Mojo: "I/O watcher failed").  A call that timed out
+# leaves its connection closing, with its handlers muted by $done.
+my $operator_ua;
+
 sub operator_call {
     my ($self, $method, $params, %o) = @_;
-    my ($res, $err);
-    my $ua = Mojo::UserAgent->new(inactivity_timeout => 0,
-                                  connect_timeout => 5);
+    my ($res, $err, $done, $conn);
+    my $ua = $operator_ua //= Mojo::UserAgent->new(
+        inactivity_timeout => 0, connect_timeout => 5);
     my $timer = Mojo::IOLoop->timer($o{timeout} // 60 => sub {
         $err = 'timeout';
         Mojo::IOLoop->stop;
     });
     $ua->websocket($self->url . '/' => sub {
         my ($ua, $tx) = @_;
+        if ($done) {
+            $tx->finish if $tx->is_websocket;
+            return;
+        }
         if (!$tx->is_websocket) {
             $err = 'no WebSocket';
             Mojo::IOLoop->stop;
             return;
         }
+        $conn = $tx;
         $tx->max_websocket_size(64 << 20);
-        $tx->on(finish => sub { Mojo::IOLoop->stop });
+        $tx->on(finish => sub { Mojo::IOLoop->stop unless $done });
         $tx->on(text => sub {
             my ($tx, $text) = @_;
+            return if $done;
             my $f = eval { decode_json($text) } or return;
             if (($f->{event} // '') eq 'connect.challenge') {
                 $tx->send(encode_json({
@@ -759,6 +774,8 @@ sub operator_call {
     });
     Mojo::IOLoop->start;
     Mojo::IOLoop->remove($timer);
+    $done = 1;
+    $conn->finish if $conn && !$conn->is_finished;
     return ($res, $err);
 }
 
